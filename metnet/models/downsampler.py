@@ -1,0 +1,50 @@
+"""MetNet's spatial downsampler, applied to every input frame."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class Downsampler(nn.Module):
+    """Space-to-depth packing, then 3x3 conv -> 2x2 max-pool -> three 3x3 convs -> 2x2 max-pool.
+
+    Reduces each side by ``pack_factor * 4``. MetNet packs the 1 km input 4x (1024 px ->
+    256 px with 16x the channels) and downsamples to a 64x64 map.
+
+    Args:
+        in_channels: channels C of an input frame.
+        channels: ``(c1, c2)``: width of the first conv and of the three later convs.
+        pack_factor: space-to-depth factor p (``F.pixel_unshuffle``); 1 disables packing.
+    """
+
+    def __init__(self, in_channels: int, channels: tuple[int, int], pack_factor: int) -> None:
+        super().__init__()
+        c1, c2 = channels
+        self.pack_factor = pack_factor
+        self.net = nn.Sequential(
+            _conv(in_channels * pack_factor**2, c1),
+            nn.MaxPool2d(2),
+            _conv(c1, c2),
+            _conv(c2, c2),
+            _conv(c2, c2),
+            nn.MaxPool2d(2),
+        )
+
+    @property
+    def factor(self) -> int:
+        """Total reduction of each side (input pixels per output pixel)."""
+        return self.pack_factor * 4
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, C, H, W) -> (B, T, c2, H / factor, W / factor), frame by frame."""
+        b, t = x.shape[:2]
+        y = x.flatten(0, 1)
+        if self.pack_factor > 1:
+            y = F.pixel_unshuffle(y, self.pack_factor)
+        y = self.net(y)
+        return y.unflatten(0, (b, t))

@@ -1,0 +1,64 @@
+"""Output head: crop the target region of the latent, upsample, predict bin logits."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from metnet.models.conditioning import FiLM, modulate
+
+
+def _upsample_stage(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.ConvTranspose2d(c_in, c_out, 2, stride=2),
+        nn.GELU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1),
+        nn.GELU(),
+    )
+
+
+class Head(nn.Module):
+    """Crop the central target region of a channels-last latent and decode it to bin logits.
+
+    The crop (``crop`` latent pixels) is upsampled by ``factor`` (a power of 2) in stages
+    of 2x (transposed conv + 3x3 conv), halving the channels each stage down to at least
+    ``min_channels``, then a 1x1 conv gives ``num_bins`` logits per output pixel. With
+    ``cond_dim`` set, the cropped latent is FiLM-modulated by the lead-time embedding.
+
+    Args:
+        dim: latent channels C.
+        num_bins: number K of rain-rate bins.
+        crop: ``(ht, wt)`` size of the central crop, latent pixels.
+        factor: upsampling factor (latent pixel -> input pixels), a power of 2.
+        cond_dim: lead-time embedding size, or None.
+        min_channels: narrowest upsampling stage.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_bins: int,
+        crop: tuple[int, int],
+        factor: int,
+        cond_dim: int | None = None,
+        min_channels: int = 16,
+    ) -> None:
+        super().__init__()
+        if factor < 1 or factor & (factor - 1):
+            raise ValueError(f"upsampling factor must be a power of 2, got {factor}")
+        self.crop = crop
+        self.norm = nn.LayerNorm(dim)
+        self.film = FiLM(cond_dim, dim) if cond_dim else None
+        stages, c = [], dim
+        for _ in range(factor.bit_length() - 1):
+            stages.append(_upsample_stage(c, max(c // 2, min_channels)))
+            c = max(c // 2, min_channels)
+        self.upsample = nn.Sequential(*stages)
+        self.logits = nn.Conv2d(c, num_bins, 1)
+
+    def forward(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        """(N, h, w, C) latent, optional (N, cond_dim) -> (N, K, ht * factor, wt * factor)."""
+        (ht, wt), (h, w) = self.crop, z.shape[1:3]
+        top, left = (h - ht) // 2, (w - wt) // 2
+        z = self.norm(z[:, top : top + ht, left : left + wt])
+        z = modulate(z, self.film(cond)[0] if self.film is not None else None)
+        return self.logits(self.upsample(z.permute(0, 3, 1, 2)))

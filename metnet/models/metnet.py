@@ -1,0 +1,238 @@
+"""The assembled MetNet network: encoder once per sample, lead-conditioned decoder per lead."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from metnet.distribution import check_edges, compact_bins, uniform_bins
+from metnet.models.attention import AxialPositionalEmbedding
+from metnet.models.blocks import ATTENTION_KINDS, AttentionBlock
+from metnet.models.conditioning import LeadTimeEmbedding, one_hot_lead_planes
+from metnet.models.convlstm import ConvLSTM
+from metnet.models.downsampler import Downsampler
+from metnet.models.head import Head
+
+CONDITIONING_KINDS = ("film", "onehot")
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    """An int side or an (H, W) pair as an (H, W) tuple of ints."""
+    if isinstance(value, int):
+        return value, value
+    height, width = value
+    return int(height), int(width)
+
+
+def _latent_side(size: int, target: int, factor: int) -> tuple[int, int]:
+    """(latent side, crop side) for one axis, checking that the crop is exactly central."""
+    if size % factor or target % factor or (size - target) % (2 * factor) or target > size:
+        raise ValueError(
+            f"input side {size} and target side {target} must be multiples of the total "
+            f"downsampling {factor}, with the target centred on whole latent pixels"
+        )
+    return size // factor, target // factor
+
+
+class MetNet(nn.Module):
+    """MetNet-style nowcasting network: rain-rate bin logits for several lead times.
+
+    Encoder (once per sample): per-frame :class:`Downsampler` (optional space-to-depth
+    packing by ``pack_factor``, then 4x), :class:`ConvLSTM` over time, a learned axial
+    positional embedding, and the first ``conditioned_from`` attention blocks. Decoder (per
+    lead time, all leads batched): the remaining attention blocks and the :class:`Head`,
+    both FiLM-modulated by a lead-time embedding that starts as the identity.
+    With ``conditioning="onehot"`` the network instead takes one-hot lead-time planes as
+    extra input channels and runs entirely once per lead, as in the MetNet paper.
+
+    Args:
+        input_channels: channels C of an input frame (e.g. rain rate and a validity mask).
+        context_frames: input frames T the network expects.
+        input_size: context patch side(s) in input pixels, int or (H, W).
+        target_size: central output patch side(s) in input pixels, int or (Ht, Wt).
+        pack_factor: space-to-depth factor in front of the downsampler (1 = none).
+        downsampler_channels: (first conv, later convs) widths of the downsampler.
+        lstm_hidden: ConvLSTM hidden channels, also the width of the attention stack.
+        lstm_layers: stacked ConvLSTM layers.
+        attention: ``"axial"`` or ``"criss_cross"`` blocks.
+        num_blocks: attention blocks.
+        conditioned_from: index of the first lead-conditioned block (film mode); blocks
+            before it form the shared context, run once per sample.
+        heads: attention heads.
+        mlp_ratio: MLP width relative to ``lstm_hidden``.
+        bin_edges: K+1 rain-rate bin edges in mm/h; default: ``num_bins`` uniform bins of
+            ``bin_width`` if ``num_bins`` is set, else the compact 24-bin set.
+        num_bins: number of uniform bins (with ``bin_width``) when ``bin_edges`` is unset.
+        bin_width: uniform bin width in mm/h.
+        lead_embedding_dim: size of the lead-time embedding (film mode).
+        conditioning: ``"film"`` or ``"onehot"``.
+        max_lead_minutes: longest lead time in minutes.
+        lead_step_minutes: spacing of the possible lead times (one-hot channel index
+            = lead / step - 1; onehot mode has ``max_lead_minutes / step`` channels).
+        gradient_checkpointing: recompute attention blocks in the backward pass to save
+            activation memory.
+    """
+
+    def __init__(
+        self,
+        input_channels: int = 1,
+        context_frames: int = 6,
+        input_size: int | tuple[int, int] = 256,
+        target_size: int | tuple[int, int] = 64,
+        pack_factor: int = 4,
+        downsampler_channels: tuple[int, int] = (32, 64),
+        lstm_hidden: int = 64,
+        lstm_layers: int = 1,
+        attention: str = "axial",
+        num_blocks: int = 4,
+        conditioned_from: int = 2,
+        heads: int = 4,
+        mlp_ratio: float = 2.0,
+        bin_edges: list[float] | None = None,
+        num_bins: int | None = None,
+        bin_width: float = 0.2,
+        lead_embedding_dim: int = 32,
+        conditioning: str = "film",
+        max_lead_minutes: int = 120,
+        lead_step_minutes: int = 10,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if attention not in ATTENTION_KINDS or conditioning not in CONDITIONING_KINDS:
+            raise ValueError(
+                f"attention must be in {ATTENTION_KINDS} and conditioning in "
+                f"{CONDITIONING_KINDS}, got {attention!r}, {conditioning!r}"
+            )
+        if not 0 <= conditioned_from <= num_blocks:
+            raise ValueError(f"conditioned_from must be in [0, {num_blocks}]")
+        if max_lead_minutes % lead_step_minutes:
+            raise ValueError("max_lead_minutes must be a multiple of lead_step_minutes")
+        self.input_channels = input_channels
+        self.context_frames = context_frames
+        self.input_size = _pair(input_size)
+        self.target_size = _pair(target_size)
+        self.conditioning = conditioning
+        self.lead_step_minutes = lead_step_minutes
+        self.num_leads = max_lead_minutes // lead_step_minutes
+        self.gradient_checkpointing = gradient_checkpointing
+        self.bin_edges = self._resolve_bins(bin_edges, num_bins, bin_width)
+
+        onehot = conditioning == "onehot"
+        self.downsampler = Downsampler(
+            input_channels + (self.num_leads if onehot else 0),
+            _pair(downsampler_channels),
+            pack_factor,
+        )
+        factor = self.downsampler.factor
+        (h, ht), (w, wt) = (
+            _latent_side(s, t, factor)
+            for s, t in zip(self.input_size, self.target_size, strict=True)
+        )
+        self.latent_size = (h, w)
+        self.lstm = ConvLSTM(downsampler_channels[1], lstm_hidden, lstm_layers)
+        self.position = AxialPositionalEmbedding(lstm_hidden, h, w)
+        split = num_blocks if onehot else conditioned_from
+        cond_dim = None if onehot else lead_embedding_dim
+        self.lead_embedding = None if onehot else LeadTimeEmbedding(cond_dim, max_lead_minutes)
+
+        def block(conditioned: bool) -> AttentionBlock:
+            dim = cond_dim if conditioned else None
+            return AttentionBlock(lstm_hidden, heads, mlp_ratio, attention, dim)
+
+        self.context_blocks = nn.ModuleList(block(False) for _ in range(split))
+        self.conditioned_blocks = nn.ModuleList(block(True) for _ in range(num_blocks - split))
+        self.head = Head(lstm_hidden, len(self.bin_edges) - 1, (ht, wt), factor, cond_dim)
+
+    @staticmethod
+    def _resolve_bins(
+        bin_edges: Sequence[float] | None, num_bins: int | None, bin_width: float
+    ) -> tuple[float, ...]:
+        if bin_edges is not None and num_bins is not None:
+            raise ValueError("give bin_edges or num_bins, not both")
+        if bin_edges is None:
+            bin_edges = uniform_bins(num_bins, bin_width) if num_bins else compact_bins()
+        check_edges(bin_edges)
+        return tuple(float(e) for e in bin_edges)
+
+    @property
+    def num_bins(self) -> int:
+        """Number K of rain-rate bins."""
+        return len(self.bin_edges) - 1
+
+    def forward(self, x: Tensor, lead_times: Tensor | Sequence[float]) -> Tensor:
+        """Bin logits for every lead time.
+
+        Args:
+            x: (B, T, C, H, W) transformed input frames (NaN already replaced).
+            lead_times: (L,) or (B, L) lead times in minutes (int or float).
+
+        Returns:
+            (B, L, K, Ht, Wt) logits over the K rain-rate bins for the central target patch.
+        """
+        leads = self._lead_matrix(lead_times, x)
+        if self.conditioning == "onehot":
+            return self._forward_onehot(x, leads)
+        return self.decode(self.encode(x), leads)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Lead-independent latent (B, C_hidden, h, w) of input (B, T, C, H, W) (film mode).
+
+        Runs the downsampler, ConvLSTM, positional embedding and context blocks once.
+        """
+        if self.conditioning == "onehot":
+            raise RuntimeError("onehot conditioning runs the whole network per lead: use forward")
+        return self._encode(x).permute(0, 3, 1, 2)
+
+    def decode(self, latent: Tensor, lead_times: Tensor | Sequence[float]) -> Tensor:
+        """Logits (B, L, K, Ht, Wt) from a latent (B, C_hidden, h, w) of :meth:`encode`.
+
+        The latent is expanded to (B * L, h, w, C) and every lead runs in one batched pass
+        through the conditioned blocks and the head. (Lead-specific inputs, e.g. an
+        extrapolated field per lead, would be concatenated to the expanded latent here.)
+        """
+        leads = self._lead_matrix(lead_times, latent)
+        b, num = leads.shape
+        z = latent.permute(0, 2, 3, 1)  # (B, h, w, C)
+        z = z[:, None].expand(b, num, *z.shape[1:]).flatten(0, 1)  # (B L, h, w, C)
+        cond = self.lead_embedding(leads.flatten())
+        z = self._run_blocks(self.conditioned_blocks, z, cond)
+        return self.head(z, cond).unflatten(0, (b, num))
+
+    def _forward_onehot(self, x: Tensor, leads: Tensor) -> Tensor:
+        """The paper's form: one-hot lead planes as input channels, whole network per lead."""
+        b, num = leads.shape
+        x = x[:, None].expand(b, num, *x.shape[1:]).flatten(0, 1)  # (B L, T, C, H, W)
+        planes = one_hot_lead_planes(leads.flatten(), self.lead_step_minutes, self.num_leads, x)
+        z = self._encode(torch.cat([x, planes], dim=2), extra_channels=self.num_leads)
+        return self.head(z).unflatten(0, (b, num))
+
+    def _encode(self, x: Tensor, extra_channels: int = 0) -> Tensor:
+        """(N, T, C, H, W) -> channels-last latent (N, h, w, C_hidden) after context blocks."""
+        self._check_input(x, extra_channels)
+        z = self.lstm(self.downsampler(x)).permute(0, 2, 3, 1)
+        return self._run_blocks(self.context_blocks, self.position(z), None)
+
+    def _run_blocks(self, blocks: nn.ModuleList, z: Tensor, cond: Tensor | None) -> Tensor:
+        checkpointing = self.gradient_checkpointing and torch.is_grad_enabled()
+        for block in blocks:
+            z = checkpoint(block, z, cond, use_reentrant=False) if checkpointing else block(z, cond)
+        return z
+
+    def _check_input(self, x: Tensor, extra_channels: int) -> None:
+        expected = (self.context_frames, self.input_channels + extra_channels, *self.input_size)
+        if x.ndim != 5 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"expected input (B, {', '.join(map(str, expected))}), got {x.shape}")
+
+    @staticmethod
+    def _lead_matrix(lead_times: Tensor | Sequence[float], like: Tensor) -> Tensor:
+        """Lead times as a (B, L) tensor on ``like``'s device (B = like.shape[0])."""
+        leads = torch.as_tensor(lead_times, device=like.device)
+        if leads.ndim == 1:
+            leads = leads.expand(like.shape[0], -1)
+        if leads.ndim != 2 or leads.shape[0] != like.shape[0]:
+            raise ValueError(f"lead_times must be (L,) or (B, L), got {tuple(leads.shape)}")
+        return leads
+
