@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +29,9 @@ import pandas as pd
 import pyproj
 import xarray as xr
 import zarr
+
+# Consolidated metadata is how appends commit atomically (see module docstring).
+warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
 
 VARIABLE = "precip_rate"
 UNITS = "mm/h"
@@ -150,15 +154,20 @@ def append_frames(path: str | Path, new: xr.Dataset) -> None:
     """
     path = Path(path)
     group = zarr.open_group(path, mode="r+", use_consolidated=True)
-    n_old = group["time"].shape[0]
-    n_new = new.sizes["time"]
-    encoded_time = _encode_times(group["time"], new["time"].values)
-    group["time"].resize((n_old + n_new,))
-    group["time"][n_old:] = encoded_time
-    precip = group[VARIABLE]
+    # Hold the array objects: each group[...] lookup rebuilds one from the stale consolidated
+    # metadata, which would silently drop writes beyond the old shape.
+    time_array, precip = group["time"], group[VARIABLE]
+    n_old, n_new = time_array.shape[0], new.sizes["time"]
+    if precip.shape[1:] != new[VARIABLE].shape[1:]:
+        raise StoreError(
+            f"{path}: new frames are {new[VARIABLE].shape[1:]}, store is {precip.shape[1:]}"
+        )
+    encoded_time = _encode_times(time_array, new["time"].values)
     precip.resize((n_old + n_new, *precip.shape[1:]))
     precip[n_old:] = new[VARIABLE].values.astype(np.float32)
-    all_times = _decode_times(group["time"])
+    time_array.resize((n_old + n_new,))
+    time_array[n_old:] = encoded_time
+    all_times = _decode_times(time_array)
     attrs = dict(group.attrs)
     attrs["source_files"] = list(attrs.get("source_files", [])) + list(
         new.attrs.get("source_files", [])

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from scipy.ndimage import map_coordinates
+from tqdm.auto import tqdm
 
 from metnet.io.store import make_dataset
 
@@ -40,6 +41,7 @@ def synthesize(
     seed: int = 0,
     pixel_size: float = 1000.0,
     start: str = "2024-06-01T12:00",
+    progress: bool = False,
 ) -> xr.Dataset:
     """Simulate a radar rain-rate sequence in the store format.
 
@@ -50,6 +52,7 @@ def synthesize(
         seed: random seed; equal seeds give equal sequences.
         pixel_size: pixel size in metres.
         start: UTC time of the first frame.
+        progress: show a progress bar.
 
     Returns:
         A store-conformant dataset with ``precip_rate`` (T, height, width) in mm/h.
@@ -62,7 +65,8 @@ def synthesize(
     latent = _noise(amplitude, rng)
     rain = np.empty((frames, height, width), dtype=np.float32)
     threshold = _threshold_series(frames, rng)
-    for step in range(-SPIN_UP_STEPS, frames):
+    steps = tqdm(range(-SPIN_UP_STEPS, frames), desc="synth", unit="step", disable=not progress)
+    for step in steps:
         latent = _evolve(latent, motion.displacement(step), amplitude, persistence, rng)
         if step >= 0:
             rain[step] = _rain_rate(latent, threshold[step])
@@ -128,7 +132,12 @@ class _MotionField:
     """Smooth motion: a uniform drift plus a large-scale rotational part, slowly turning."""
 
     def __init__(
-        self, height: int, width: int, step_minutes: int, pixel_size: float, rng: np.random.Generator
+        self,
+        height: int,
+        width: int,
+        step_minutes: int,
+        pixel_size: float,
+        rng: np.random.Generator,
     ) -> None:
         speed_m_s = rng.uniform(6.0, 14.0)
         self.speed_px = speed_m_s * step_minutes * 60 / pixel_size
