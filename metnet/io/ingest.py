@@ -370,7 +370,7 @@ def _proj_km_to_m(proj4: str) -> str:
             params[key] = float(params[key]) * 1000.0
     params["units"] = "m"
     params.pop("type", None)
-    return " ".join(f"+{k}={v}" if v is not True else f"+{k}" for k, v in params.items())
+    return " ".join(f"+{k}" if v in (True, None) else f"+{k}={v}" for k, v in params.items())
 
 
 def block_mean(field_: np.ndarray, k: int) -> np.ndarray:

@@ -1,0 +1,241 @@
+"""Ingest of the real archives in ../shared/data, compared with pysteps read directly."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+from pysteps.io import get_method
+from pysteps.utils import to_rainrate
+
+from metnet.io.ingest import IngestError, block_mean, ingest
+from metnet.io.sources import UnknownSourceError, get_source
+from metnet.io.store import open_store
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"real radar samples not found at {SHARED_DATA}"
+)
+
+# source, folder, (start, end) of a small subset, importer kwargs for the direct read
+CASES = [
+    ("fmi", "radar/fmi", ("2016-09-28T16:00", "2016-09-28T16:10"), {"gzipped": True}),
+    ("mch", "radar/mch", ("2016-07-11T23:50", "2016-07-12T00:00"),
+     {"product": "AQC", "unit": "mm", "accutime": 5.0}),
+    ("knmi", "radar/KNMI", ("2010-08-26T03:00", "2010-08-26T03:10"), {}),
+    ("bom", "radar/bom", ("2018-06-16T12:00", "2018-06-16T12:12"), {}),
+    ("opera", "radar/OPERA", ("2018-08-24T18:00", "2018-08-24T18:15"), {}),
+    ("mrms", "mrms", ("2019-06-10T00:00", "2019-06-10T00:02"), {}),
+    ("saf-crr", "saf", ("2018-06-01T12:00", "2018-06-01T12:15"), {}),
+]
+
+
+def _read_direct(source: str, path: str, kwargs: dict) -> tuple[np.ndarray, dict]:
+    spec = get_source(source)
+    field, _, metadata = get_method(spec.importer, "importer")(path, **kwargs)
+    field = np.ma.filled(np.ma.asarray(field, dtype=float), np.nan)
+    if metadata.get("accutime") is None:
+        metadata["accutime"] = spec.step_minutes
+    return to_rainrate(field, metadata)
+
+
+@needs_data
+@pytest.mark.parametrize(("source", "folder", "period", "kwargs"), CASES, ids=[c[0] for c in CASES])
+def test_ingested_store_equals_what_pysteps_reads(tmp_path, source, folder, period, kwargs):
+    out = tmp_path / f"{source}.zarr"
+    report = ingest(SHARED_DATA / folder, source, out, start=period[0], end=period[1],
+                    progress=False)
+    ds = open_store(out)
+    expected_times = pd.date_range(*period, freq=f"{get_source(source).step_minutes}min")
+    assert report.written == len(expected_times) and not report.skipped
+    np.testing.assert_array_equal(ds.time.values, expected_times.values)
+    assert len(ds.attrs["source_files"]) == len(expected_times)
+
+    last_file = ds.attrs["source_files"][-1]
+    rate, metadata = _read_direct(source, last_file, kwargs)
+    stored = ds.precip_rate.isel(time=-1).values
+    np.testing.assert_array_equal(np.isnan(stored), np.isnan(rate))
+    np.testing.assert_allclose(stored, rate.astype(np.float32), rtol=1e-6, equal_nan=True)
+
+    scale = 1000.0 if metadata.get("cartesian_unit") == "km" else 1.0
+    np.testing.assert_allclose(
+        ds.x.values[0], (metadata["x1"] + metadata["xpixelsize"] / 2) * scale, rtol=1e-9)
+    np.testing.assert_allclose(
+        ds.y.values[0], (metadata["y2"] - metadata["ypixelsize"] / 2) * scale, rtol=1e-9)
+    assert ds.attrs["step_minutes"] == get_source(source).step_minutes
+
+
+@needs_data
+def test_knmi_kilometre_grid_is_stored_in_metres_with_an_equivalent_projection(tmp_path):
+    import pyproj
+
+    out = tmp_path / "knmi.zarr"
+    ingest(SHARED_DATA / "radar/KNMI", "knmi", out, end="2010-08-26T00:00", progress=False)
+    ds = open_store(out)
+    to_lonlat = pyproj.Transformer.from_crs(ds.attrs["crs"], "EPSG:4326", always_xy=True)
+    # The De Bilt radar sits near the middle of the Dutch composite.
+    lon, lat = to_lonlat.transform(ds.x.values[350], ds.y.values[382])
+    assert 4.0 < lon < 6.5 and 51.0 < lat < 53.5
+    assert ds.x.attrs["units"] == "m" and ds.attrs["pixel_size_x"] == pytest.approx(1000.0)
+
+
+@needs_data
+def test_frame_filed_under_previous_days_folder_is_found(tmp_path):
+    report = ingest(SHARED_DATA / "radar/mch", "mch", tmp_path / "m.zarr",
+                    start="2016-07-12T00:00", progress=False)
+    assert report.written == 1
+
+
+@needs_data
+def test_window_and_coarsen(tmp_path):
+    full = tmp_path / "full.zarr"
+    ingest(SHARED_DATA / "radar/fmi", "fmi", full, end="2016-09-28T14:45", progress=False)
+    small = tmp_path / "small.zarr"
+    ingest(SHARED_DATA / "radar/fmi", "fmi", small, end="2016-09-28T14:45",
+           window="rows=100:300,cols=50:251", coarsen=4, progress=False)
+    a, b = open_store(full), open_store(small)
+    assert b.precip_rate.shape == (1, 50, 50)
+    crop = a.precip_rate.values[0, 100:300, 50:250]
+    np.testing.assert_allclose(b.precip_rate.values[0], block_mean(crop, 4), equal_nan=True)
+    np.testing.assert_allclose(b.x.values[0], a.x.values[50:54].mean())
+    assert b.attrs["pixel_size_x"] == pytest.approx(4 * a.attrs["pixel_size_x"])
+
+
+def test_block_mean_ignores_nan_and_keeps_all_nan_blocks_nan():
+    field = np.array([[1.0, np.nan, np.nan, np.nan], [3.0, 2.0, np.nan, np.nan]])
+    np.testing.assert_allclose(block_mean(field, 2), [[2.0, np.nan]], equal_nan=True)
+
+
+@pytest.fixture
+def fmi_copy(tmp_path):
+    """Eight FMI frames copied into a scratch archive that tests may damage."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real radar samples not found at {SHARED_DATA}")
+    src = tmp_path / "archive"
+    src.mkdir()
+    for path in sorted((SHARED_DATA / "radar/fmi/pgm/20160928").glob("*.pgm.gz"))[:8]:
+        shutil.copy(path, src / path.name)
+    return src
+
+
+def test_truncated_file_is_skipped_with_a_warning_naming_it(fmi_copy, tmp_path):
+    bad = sorted(fmi_copy.iterdir())[3]
+    bad.write_bytes(bad.read_bytes()[:500])
+    warnings = []
+    report = ingest(fmi_copy, "fmi", tmp_path / "s.zarr", progress=False, warn=warnings.append)
+    assert report.written == 7
+    assert [p for p, _ in report.skipped] == [bad]
+    assert len(warnings) == 1 and bad.name in warnings[0]
+    ds = open_store(tmp_path / "s.zarr")
+    assert ds.attrs["time_gaps"]  # the bad frame's time is a recorded gap, not filled
+
+
+def test_strict_stops_at_a_bad_file_and_leaves_no_store(fmi_copy, tmp_path):
+    bad = sorted(fmi_copy.iterdir())[5]
+    bad.write_bytes(b"not a pgm")
+    with pytest.raises(IngestError, match=bad.name):
+        ingest(fmi_copy, "fmi", tmp_path / "s.zarr", strict=True, progress=False)
+    assert list(tmp_path.glob("*s.zarr*")) == []
+
+
+def test_time_off_the_step_is_skipped(fmi_copy, tmp_path):
+    first = sorted(fmi_copy.iterdir())[0]
+    off = fmi_copy / first.name.replace("201609281445", "201609281447")
+    shutil.copy(first, off)
+    report = ingest(fmi_copy, "fmi", tmp_path / "s.zarr", progress=False)
+    assert report.written == 8
+    assert report.skipped == [(off, "time 14:47:00 is off the 5-minute step")]
+
+
+def test_grid_that_differs_from_the_store_is_refused(fmi_copy, tmp_path):
+    out = tmp_path / "s.zarr"
+    ingest(fmi_copy, "fmi", out, end="2016-09-28T15:00", window="rows=0:100,cols=0:100",
+           progress=False)
+    with pytest.raises(IngestError, match="grid or projection differs"):
+        ingest(fmi_copy, "fmi", out, strict=True, progress=False)
+    report = ingest(fmi_copy, "fmi", out, progress=False)
+    assert report.written == 0 and len(report.skipped) == 4
+    assert open_store(out).sizes["time"] == 4
+
+
+def test_rerun_adds_only_missing_times(fmi_copy, tmp_path):
+    out = tmp_path / "s.zarr"
+    first = ingest(fmi_copy, "fmi", out, end="2016-09-28T15:00", progress=False)
+    second = ingest(fmi_copy, "fmi", out, progress=False)
+    third = ingest(fmi_copy, "fmi", out, progress=False)
+    assert (first.written, second.written, second.already_present) == (4, 4, 4)
+    assert (third.written, third.already_present) == (0, 8)
+    assert open_store(out).sizes["time"] == 8
+
+
+def test_unknown_source_and_empty_folder_are_named(tmp_path):
+    with pytest.raises(UnknownSourceError, match="known sources: bom, fmi"):
+        ingest(tmp_path, "nexrad", tmp_path / "s.zarr")
+    with pytest.raises(IngestError, match="no file matches the knmi pattern"):
+        ingest(tmp_path, "knmi", tmp_path / "s.zarr")
+    with pytest.raises(IngestError, match="no such folder"):
+        ingest(tmp_path / "absent", "knmi", tmp_path / "s.zarr")
+
+
+def _committed_frames(path: Path) -> int:
+    try:
+        return zarr.open_group(path, mode="r", use_consolidated=True)["time"].shape[0]
+    except Exception:
+        return 0
+
+
+def _ingest_process(src: Path, out: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "metnet.cli", "ingest", str(src), "--source", "knmi",
+               "--out", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill_after(process: subprocess.Popen, path: Path, frames: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while _committed_frames(path) < frames and process.poll() is None:
+        assert time.monotonic() < deadline, "ingest made no progress"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@needs_data
+def test_sigkill_during_a_new_store_leaves_no_store_and_rerun_completes(tmp_path):
+    src, out = SHARED_DATA / "radar/KNMI", tmp_path / "k.zarr"
+    process = _ingest_process(src, out)
+    _kill_after(process, tmp_path / ".k.zarr.partial", 24)
+    assert not out.exists()
+    report = ingest(src, "knmi", out, progress=False)
+    assert report.already_present >= 24
+    ds = open_store(out)
+    assert ds.sizes["time"] == 92
+    reference = tmp_path / "ref.zarr"
+    ingest(src, "knmi", reference, start="2010-08-26T07:00", progress=False)
+    np.testing.assert_array_equal(
+        ds.precip_rate.sel(time=slice("2010-08-26T07:00", None)).values,
+        open_store(reference).precip_rate.values,
+    )
+
+
+@needs_data
+def test_sigkill_while_extending_a_store_keeps_every_committed_frame(tmp_path):
+    src, out = SHARED_DATA / "radar/KNMI", tmp_path / "k.zarr"
+    ingest(src, "knmi", out, end="2010-08-26T00:35", progress=False)
+    process = _ingest_process(src, out)
+    _kill_after(process, out, 24)
+    ds = xr.open_zarr(out)  # plain xarray opens it, with a complete prefix
+    n = ds.sizes["time"]
+    assert 24 <= n < 92
+    assert np.isfinite(ds.precip_rate.isel(time=n - 1)).any()
+    np.testing.assert_array_equal(
+        ds.time.values, pd.date_range("2010-08-26T00:00", periods=n, freq="5min").values)
+    ingest(src, "knmi", out, progress=False)
+    assert open_store(out).sizes["time"] == 92

@@ -1,0 +1,89 @@
+"""The store contract: validation, atomic creation, crash-safe appends."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+
+from metnet.io import store as store_module
+from metnet.io.store import StoreError, append_frames, make_dataset, open_store, write_store
+
+
+def _frames(start: str, n: int, step: int = 5, value: float = 1.0) -> xr.Dataset:
+    rain = np.full((n, 6, 8), value, dtype=np.float32)
+    rain[:, 0, 0] = np.nan
+    times = pd.date_range(start, periods=n, freq=f"{step}min")
+    x = np.arange(8) * 1000.0 + 500
+    y = 5500.0 - np.arange(6) * 1000.0
+    return make_dataset(rain, times, x, y, crs="EPSG:3035", source="test", step_minutes=step)
+
+
+def test_append_adds_frames_and_records_gaps(tmp_path):
+    path = write_store(_frames("2020-01-01T00:00", 3), tmp_path / "s.zarr")
+    append_frames(path, _frames("2020-01-01T00:30", 2, value=2.0))
+    ds = open_store(path)
+    assert ds.sizes["time"] == 5
+    assert pd.Timestamp(ds.time.values[3]) == pd.Timestamp("2020-01-01T00:30")
+    np.testing.assert_array_equal(ds.precip_rate.values[3:, 1, 1], [2.0, 2.0])
+    assert ds.attrs["time_gaps"] == [["2020-01-01T00:15:00", "2020-01-01T00:25:00"]]
+    # plain xarray sees the same thing
+    assert xr.open_zarr(path).sizes["time"] == 5
+
+
+def test_append_interrupted_before_commit_leaves_store_as_it_was(tmp_path, monkeypatch):
+    path = write_store(_frames("2020-01-01T00:00", 3), tmp_path / "s.zarr")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for a SIGKILL just before the commit
+
+    monkeypatch.setattr(zarr, "consolidate_metadata", killed)
+    with pytest.raises(KeyboardInterrupt):
+        append_frames(path, _frames("2020-01-01T00:15", 2))
+    monkeypatch.undo()
+    assert open_store(path).sizes["time"] == 3
+    assert xr.open_zarr(path).sizes["time"] == 3
+    append_frames(path, _frames("2020-01-01T00:15", 2))  # the rerun completes it
+    assert open_store(path).sizes["time"] == 5
+
+
+def test_write_store_refuses_existing_path_and_leaves_no_temporary(tmp_path):
+    path = write_store(_frames("2020-01-01", 2), tmp_path / "s.zarr")
+    with pytest.raises(StoreError, match="already exists"):
+        write_store(_frames("2020-01-01", 2), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda ds: ds.assign_attrs(step_minutes=7), "off the 7-minute step"),
+        (lambda ds: ds.drop_vars("precip_rate"), "missing variable"),
+        (lambda ds: ds.assign(precip_rate=ds.precip_rate.astype("float64")), "float32"),
+        (lambda ds: ds.isel(time=[1, 0]), "not strictly increasing"),
+        (lambda ds: ds.assign_attrs(crs="not a crs"), "invalid crs"),
+    ],
+)
+def test_open_store_rejects_broken_contract_in_one_line(tmp_path, mutate, message):
+    ds = mutate(_frames("2020-01-01T00:05", 2))
+    ds.to_zarr(tmp_path / "bad.zarr", zarr_format=3, consolidated=True)
+    with pytest.raises(StoreError, match=message) as info:
+        open_store(tmp_path / "bad.zarr")
+    assert "bad.zarr" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_open_store_names_missing_and_unreadable_paths(tmp_path):
+    with pytest.raises(StoreError, match="no such store"):
+        open_store(tmp_path / "absent.zarr")
+    (tmp_path / "junk.zarr").mkdir()
+    with pytest.raises(StoreError, match="not a readable zarr store"):
+        open_store(tmp_path / "junk.zarr")
+
+
+def test_chunks_suit_reads_of_a_few_frames_and_a_few_hundred_pixels(tmp_path):
+    rain = np.zeros((10, 600, 700), dtype=np.float32)
+    ds = make_dataset(rain, pd.date_range("2020", periods=10, freq="5min"), np.arange(700.0),
+                      -np.arange(600.0), crs="EPSG:3035", source="t", step_minutes=5)
+    path = write_store(ds, tmp_path / "big.zarr")
+    array = zarr.open_group(path, mode="r")["precip_rate"]
+    assert array.chunks == (store_module.TIME_CHUNK, 256, 256)
