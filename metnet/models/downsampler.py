@@ -7,7 +7,11 @@ from torch import Tensor, nn
 
 
 def _conv(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True))
+    """3x3 conv + ReLU, He-initialised so the signal keeps its scale through the stack."""
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+    nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+    nn.init.zeros_(conv.bias)
+    return nn.Sequential(conv, nn.ReLU(inplace=True))
 
 
 class Downsampler(nn.Module):

@@ -8,19 +8,25 @@ from metnet.models.conditioning import FiLM, modulate
 
 
 def _upsample_stage(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.ConvTranspose2d(c_in, c_out, 2, stride=2),
+    """2x upsampling: 1x1 conv to 4 c_out channels, pixel shuffle, then a 3x3 conv."""
+    stage = nn.Sequential(
+        nn.Conv2d(c_in, 4 * c_out, 1),
+        nn.PixelShuffle(2),
         nn.GELU(),
         nn.Conv2d(c_out, c_out, 3, padding=1),
         nn.GELU(),
     )
+    for conv in (stage[0], stage[3]):  # He init keeps the latent's signal through the stack
+        nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        nn.init.zeros_(conv.bias)
+    return stage
 
 
 class Head(nn.Module):
     """Crop the central target region of a channels-last latent and decode it to bin logits.
 
     The crop (``crop`` latent pixels) is upsampled by ``factor`` (a power of 2) in stages
-    of 2x (transposed conv + 3x3 conv), halving the channels each stage down to at least
+    of 2x (1x1 conv + pixel shuffle + 3x3 conv), halving the channels each stage down to at least
     ``min_channels``, then a 1x1 conv gives ``num_bins`` logits per output pixel. With
     ``cond_dim`` set, the cropped latent is FiLM-modulated by the lead-time embedding.
 
