@@ -1,0 +1,225 @@
+"""The assembled MetNet network: configurations, shapes, receptive field, conditioning."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from metnet.distribution import RainRateDistribution, masked_cross_entropy
+from metnet.models import ConvLSTM, MetNet
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
+
+
+def load_config(name: str, **overrides) -> dict:
+    cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    return {**cfg, **overrides}
+
+
+def tiny(**overrides) -> MetNet:
+    torch.manual_seed(0)
+    return MetNet(**load_config("tiny", **overrides))
+
+
+def inputs(model: MetNet, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, model.context_frames, model.input_channels, *model.input_size)
+    return torch.randn(*shape, generator=gen)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "paper"])
+def test_config_instantiates(name: str) -> None:
+    model = MetNet(**load_config(name))
+    assert model.num_bins == len(model.bin_edges) - 1
+    print(f"{name}: {n_params(model):,} parameters")
+
+
+def test_paper_config_forward_on_reduced_input() -> None:
+    # paper architecture, context reduced from 1024 to 128 px (an 8x8 latent) to fit a test
+    model = MetNet(**load_config("paper", input_size=128)).eval()
+    with torch.no_grad():
+        logits = model(inputs(model, batch=1), torch.tensor([120]))
+    assert logits.shape == (1, 1, 512, 64, 64)
+    assert torch.isfinite(logits).all()
+    print(f"paper config: {n_params(model):,} parameters")
+
+
+SHAPE_CASES = {
+    "axial-film": {},
+    "criss_cross-film": {"attention": "criss_cross"},
+    "axial-onehot": {"conditioning": "onehot"},
+    "criss_cross-onehot": {"attention": "criss_cross", "conditioning": "onehot"},
+    "non_square-unpacked": {"input_size": [24, 40], "target_size": [8, 16], "pack_factor": 1},
+    "non_square-cc-2layers": {
+        "input_size": [48, 32],
+        "target_size": [16, 16],
+        "attention": "criss_cross",
+        "lstm_layers": 2,
+        "num_blocks": 3,
+        "conditioned_from": 0,
+    },
+    "all-context-uniform-bins": {"conditioned_from": 2, "num_bins": 10, "bin_width": 1.0},
+    "pack4-checkpointing": {"input_size": 64, "target_size": 32, "pack_factor": 4,
+                            "gradient_checkpointing": True},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides", SHAPE_CASES.values(), ids=SHAPE_CASES.keys())
+def test_output_shape(overrides: dict) -> None:
+    model = tiny(**overrides)
+    x = inputs(model, batch=3)
+    leads = torch.tensor([10, 20, 40, 60])
+    logits = model(x, leads)
+    ht, wt = model.target_size
+    assert logits.shape == (3, 4, model.num_bins, ht, wt)
+    logits.mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # per-sample lead times (B, L) give the same result as shared (L,) ones
+    torch.testing.assert_close(model(x, leads.expand(3, 4)), logits)
+
+
+def test_input_validation() -> None:
+    model = tiny()
+    with pytest.raises(ValueError, match="expected input"):
+        model(torch.zeros(1, 3, 1, 32, 24), [10])
+    with pytest.raises(ValueError, match="lead_times"):
+        model(inputs(model), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="multiples"):
+        tiny(input_size=36)
+    with pytest.raises(ValueError):
+        tiny(attention="global")
+
+
+def test_encode_decode_equals_forward() -> None:
+    model = tiny().eval()
+    x, leads = inputs(model), torch.tensor([10, 50])
+    latent = model.encode(x)
+    assert latent.shape == (2, 16, 4, 4)
+    torch.testing.assert_close(model.decode(latent, leads), model(x, leads))
+    with pytest.raises(RuntimeError):
+        tiny(conditioning="onehot").encode(x)
+
+
+# --- receptive field ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("conditioning", ["film", "onehot"])
+def test_output_depends_on_own_sample_and_all_frames(conditioning: str) -> None:
+    model = tiny(conditioning=conditioning).double()
+    x = inputs(model).double().requires_grad_(True)
+    model(x, torch.tensor([20, 60]))[0, 1].sum().backward()
+    grad = x.grad.abs()
+    assert torch.all(grad[1] == 0), "output of sample 0 depends on its batch neighbour"
+    assert torch.all(grad[0].sum(dim=(1, 2, 3)) > 0), "some input frame is ignored"
+
+
+def test_output_pixel_sees_whole_context() -> None:
+    # the attention stack gives one output pixel a global receptive field: all four
+    # corner regions of the 64 px context influence the top-left pixel of the 32 px target
+    model = tiny(input_size=64, target_size=32).double()
+    x = inputs(model, batch=1).double().requires_grad_(True)
+    model(x, torch.tensor([30]))[0, 0, :, 0, 0].sum().backward()
+    reach = x.grad[0].abs().sum(dim=(0, 1))  # (H, W)
+    for corner in (reach[:8, :8], reach[:8, -8:], reach[-8:, :8], reach[-8:, -8:]):
+        assert corner.sum() > 0
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_convlstm_is_causal(layers: int) -> None:
+    lstm = ConvLSTM(3, 4, num_layers=layers).double()
+    x = torch.randn(2, 5, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    seq = lstm(x, return_sequence=True)
+    assert seq.shape == (2, 5, 4, 6, 7)
+    torch.testing.assert_close(lstm(x), seq[:, -1])
+    for t in range(5):
+        (grad,) = torch.autograd.grad(seq[:, t].sum(), x, retain_graph=True)
+        per_frame = grad.abs().sum(dim=(0, 2, 3, 4))
+        assert torch.all(per_frame[: t + 1] > 0) and torch.all(per_frame[t + 1 :] == 0)
+
+
+# --- lead-time conditioning ---------------------------------------------------------------
+
+
+def test_identity_film_at_init_and_encoder_runs_once() -> None:
+    model = tiny().eval()
+    calls: list[int] = []
+    model.downsampler.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    x, leads = inputs(model), torch.tensor([10, 20, 30, 40, 50, 60])
+    with torch.no_grad():
+        logits = model(x, leads)
+    assert calls == [2], "the encoder must run once per sample, not once per lead"
+    # FiLM starts as the identity: every lead gives the same forecast
+    torch.testing.assert_close(logits, logits[:, :1].expand_as(logits), rtol=0, atol=0)
+
+
+def test_onehot_runs_encoder_per_lead() -> None:
+    model = tiny(conditioning="onehot").eval()
+    calls: list[int] = []
+    model.downsampler.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        model(inputs(model), torch.tensor([10, 20, 30]))
+    assert calls == [2 * 3]
+
+
+def test_training_makes_forecast_lead_dependent() -> None:
+    # toy task: the rain rate to predict is lead / 5 mm/h everywhere
+    model = tiny()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, leads = inputs(model, batch=2), torch.tensor([10, 60])
+    target = (leads / 5.0)[None, :, None, None].expand(2, 2, *model.target_size)
+    for _ in range(30):
+        optimiser.zero_grad()
+        masked_cross_entropy(model(x, leads), target, model.bin_edges, dim=2).backward()
+        optimiser.step()
+    with torch.no_grad():
+        mean = RainRateDistribution(model(x, leads), model.bin_edges, dim=2).mean()
+    early, late = mean[:, 0].mean().item(), mean[:, 1].mean().item()
+    assert late - early > 4.0, f"lead-dependent targets not learnt: {early:.2f} vs {late:.2f}"
+
+
+# --- numerics and performance features ----------------------------------------------------
+
+
+@pytest.mark.parametrize("attention", ["axial", "criss_cross"])
+def test_bf16_autocast_forward(attention: str) -> None:
+    model = tiny(attention=attention)
+    x, leads = inputs(model), torch.tensor([10, 30])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x, leads)
+        loss = masked_cross_entropy(logits, torch.rand(2, 2, 16, 16), model.bin_edges, dim=2)
+    loss.backward()
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    with torch.no_grad():
+        reference = model(x, leads)
+    torch.testing.assert_close(logits.float(), reference, atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize("attention", ["axial", "criss_cross"])
+def test_gradient_checkpointing_same_gradients(attention: str) -> None:
+    plain = tiny(attention=attention, conditioned_from=1).double()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.gradient_checkpointing = True
+    x, leads = inputs(plain).double(), torch.tensor([10, 40])
+    target = 5 * torch.rand(2, 2, 16, 16, dtype=torch.float64)
+    for model in (plain, checkpointed):
+        masked_cross_entropy(model(x, leads), target, model.bin_edges, dim=2).backward()
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+@pytest.mark.slow
+def test_torch_compile_tiny() -> None:
+    # works with the CPU inductor toolchain (a C++ compiler); about a minute with a cold cache
+    model = tiny().eval()
+    x, leads = inputs(model), torch.tensor([10, 30])
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, leads), model(x, leads), atol=1e-5, rtol=1e-5)
