@@ -1,0 +1,175 @@
+"""Complete-window indexing and time-based splits, on plain arrays of times.
+
+Vocabulary:
+
+* the *step grid*: instants ``phase + k * step_minutes``; a store frame is on
+  it or not; a time the grid has but the store lacks is a gap.
+* a *window*: ``context_frames`` consecutive grid instants ending at the init
+  time (the last context frame) plus one instant per lead time after it. It is
+  *complete* when the store has every one of those frames.
+* a window's *footprint*: the span from its first context frame to its last
+  lead frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+NS_PER_MINUTE = 60 * 10**9
+
+
+class DataConfigError(ValueError):
+    """A data configuration that cannot work; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The complete windows of one store.
+
+    Attributes:
+        context: (N, context_frames) int64 indices of the context frames in the store.
+        target: (N, L) int64 indices of the frames at each lead time.
+        init_time: (N,) datetime64[ns] time of the last context frame.
+    """
+
+    context: np.ndarray
+    target: np.ndarray
+    init_time: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.init_time)
+
+    def select(self, keep: np.ndarray) -> Windows:
+        """The windows where the boolean ``keep`` (N,) is true."""
+        return Windows(self.context[keep], self.target[keep], self.init_time[keep])
+
+
+def lead_steps(lead_times: Sequence[int], step_minutes: int) -> np.ndarray:
+    """Lead times in minutes -> lead times in steps; refuses non-multiples and non-positives."""
+    leads = np.asarray(lead_times, dtype=np.int64)
+    if leads.ndim != 1 or len(leads) == 0:
+        raise DataConfigError("lead_times must be a non-empty list of minutes")
+    bad = leads[(leads <= 0) | (leads % step_minutes != 0)]
+    if len(bad):
+        raise DataConfigError(
+            f"lead time {int(bad[0])} min is not a positive multiple of step_minutes={step_minutes}"
+        )
+    return leads // step_minutes
+
+
+def grid_frames(times: np.ndarray, store_step: int, step: int, name: str) -> np.ndarray:
+    """Indices of the store frames that lie on the ``step``-minute grid.
+
+    A store whose step equals ``step`` keeps all frames. A store step that
+    divides ``step`` (2 -> 10 min) keeps every k-th instant: those on the
+    phase (time modulo ``step``) held by most frames, ties going to the
+    earliest phase, so a clock-aligned archive keeps :00, :10, ... Any other
+    store step is refused.
+
+    Args:
+        times: (T,) datetime64[ns] frame times, strictly increasing.
+        store_step: the store's nominal step in minutes.
+        step: the configured step in minutes.
+        name: the store, for messages.
+    """
+    if step % store_step != 0:
+        raise DataConfigError(
+            f"{name}: its {store_step}-minute step does not divide step_minutes={step}; "
+            f"choose a step_minutes that is a multiple of {store_step}"
+        )
+    minutes = times.astype("datetime64[m]").astype(np.int64)
+    phase = minutes % step
+    counts = np.bincount(phase, minlength=step)
+    return np.flatnonzero(phase == int(np.argmax(counts)))
+
+
+def complete_windows(
+    times: np.ndarray, step: int, context_frames: int, leads: np.ndarray
+) -> Windows:
+    """All complete windows of a sequence of frames on one step grid.
+
+    Args:
+        times: (T,) datetime64[ns] frame times, strictly increasing, on the grid.
+        step: grid step in minutes.
+        context_frames: frames of context, ending at the init time.
+        leads: (L,) lead times in steps.
+    """
+    if len(times) == 0:
+        return Windows(np.zeros((0, context_frames), np.int64), np.zeros((0, len(leads)),
+                       np.int64), times[:0])
+    position = (times - times[0]).astype("timedelta64[m]").astype(np.int64) // step
+    frame_at = np.full(position[-1] + 1, -1, dtype=np.int64)
+    frame_at[position] = np.arange(len(times))
+    offsets = np.concatenate([np.arange(1 - context_frames, 1), leads])
+    wanted = position[:, None] + offsets[None, :]
+    inside = (wanted >= 0) & (wanted < len(frame_at))
+    index = np.where(inside, frame_at[np.clip(wanted, 0, len(frame_at) - 1)], -1)
+    complete = (index >= 0).all(axis=1)
+    index = index[complete]
+    return Windows(index[:, :context_frames], index[:, context_frames:],
+                   times[index[:, context_frames - 1]])
+
+
+def split_bounds(
+    times: np.ndarray,
+    fractions: Sequence[float] | None,
+    boundaries: Sequence[str] | None,
+) -> tuple[np.datetime64, np.datetime64]:
+    """The instants where val and test start, for one store.
+
+    Args:
+        times: (T,) datetime64[ns] frame times of the store.
+        fractions: (train, val, test) shares of the store's frames, in time
+            order; used when ``boundaries`` is None.
+        boundaries: ISO UTC times ``[val_start, test_start]``, the same for every store.
+    """
+    if boundaries is not None:
+        if len(boundaries) != 2:
+            raise DataConfigError("split_times must be [val_start, test_start] (two ISO times)")
+        val_start, test_start = (_utc(b) for b in boundaries)
+    else:
+        if fractions is None or len(fractions) != 3 or min(fractions) < 0:
+            raise DataConfigError("split_fractions must be three shares >= 0 (train, val, test)")
+        cumulative = np.cumsum(fractions) / np.sum(fractions)
+        last = np.datetime64(times[-1]) + np.timedelta64(1, "ns")
+        val_start, test_start = (
+            times[int(np.floor(c * len(times)))] if c < 1 else last for c in cumulative[:2]
+        )
+    if test_start < val_start:
+        raise DataConfigError(f"split_times: test starts ({test_start}) before val ({val_start})")
+    return val_start, test_start
+
+
+def _utc(text: str) -> np.datetime64:
+    """An ISO time (naive = UTC) as datetime64[ns] UTC."""
+    stamp = pd.Timestamp(text)
+    if stamp.tz is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return np.datetime64(stamp, "ns")
+
+
+def split_windows(
+    windows: Windows,
+    times: np.ndarray,
+    bounds: tuple[np.datetime64, np.datetime64],
+) -> dict[str, Windows]:
+    """Assign each window to the split that holds its whole footprint; drop the rest.
+
+    Splits are the intervals ``[-inf, val_start)``, ``[val_start, test_start)``
+    and ``[test_start, inf)``. A window that straddles a boundary belongs to
+    no split, so the frames used by different splits are disjoint and
+    consecutive splits' init times are at least ``context_frames + max lead``
+    steps apart: nothing a val/test target sees is ever a training input.
+    """
+    first = times[windows.context[:, 0]]
+    last = times[windows.target.max(axis=1)]
+    edges = [np.datetime64("1677-09-22", "ns"), *bounds, np.datetime64("2262-04-10", "ns")]
+    return {
+        name: windows.select((first >= lo) & (last < hi))
+        for name, lo, hi in zip(SPLITS, edges[:-1], edges[1:], strict=True)
+    }

@@ -1,0 +1,94 @@
+"""Complete windows, the step grid and time splits (metnet.data.windows), on plain times."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metnet.data.windows import (
+    DataConfigError,
+    complete_windows,
+    grid_frames,
+    lead_steps,
+    split_bounds,
+    split_windows,
+)
+
+
+def _times(n: int, step: int = 5, start: str = "2024-06-01T12:00", drop=()) -> np.ndarray:
+    times = pd.date_range(start, periods=n, freq=f"{step}min").values.astype("datetime64[ns]")
+    return np.delete(times, list(drop))
+
+
+def test_every_window_is_complete_and_none_spans_a_gap():
+    times = _times(40, drop=range(17, 20))  # frames 17, 18, 19 missing
+    leads = lead_steps([5, 10, 20], 5)
+    windows = complete_windows(times, 5, 3, leads)
+    step = np.timedelta64(5, "m")
+    for context, target, init in zip(windows.context, windows.target, windows.init_time,
+                                     strict=True):
+        np.testing.assert_array_equal(np.diff(times[context]), [step, step])
+        assert times[context[-1]] == init
+        np.testing.assert_array_equal(times[target] - init, leads * step)
+    # a window needs frames init-2 .. init+4; full grid 0..39 minus 17..19
+    grid_inits = [g for g in range(2, 36) if not set(range(g - 2, g + 5)) & {17, 18, 19}]
+    expected = pd.date_range("2024-06-01T12:00", periods=40, freq="5min")[grid_inits]
+    np.testing.assert_array_equal(windows.init_time, expected.values)
+
+
+def test_two_minute_store_keeps_every_fifth_frame_for_a_ten_minute_step():
+    times = _times(30, step=2, start="2019-06-10T00:00")
+    kept = grid_frames(times, 2, 10, "mrms")
+    np.testing.assert_array_equal(kept, np.arange(0, 30, 5))
+    windows = complete_windows(times[kept], 10, 2, lead_steps([10, 20], 10))
+    assert len(windows) == 6 - 1 - 2
+
+
+def test_grid_phase_is_the_one_most_frames_sit_on():
+    times = _times(12, step=5, start="2024-01-01T00:05")  # :05, :10, ..., :00
+    kept = grid_frames(times, 5, 10, "s")
+    minutes = pd.DatetimeIndex(times[kept]).minute
+    assert set(minutes % 10) == {0} and len(kept) == 6
+
+
+def test_step_that_does_not_divide_is_refused_in_one_line():
+    with pytest.raises(DataConfigError, match="6-minute step does not divide step_minutes=5"):
+        grid_frames(_times(10, step=6), 6, 5, "bom")
+
+
+@pytest.mark.parametrize("leads", [[5, 7], [0, 5], []])
+def test_bad_lead_times_are_refused(leads):
+    with pytest.raises(DataConfigError, match="lead"):
+        lead_steps(leads, 5)
+
+
+@pytest.mark.parametrize("boundaries", [None, ["2024-06-01T22:00", "2024-06-02T04:00"]])
+def test_splits_share_no_frame_and_are_buffered(boundaries):
+    times = _times(288, drop=[50, 51, 200])
+    context, leads = 7, lead_steps(list(range(5, 65, 5)), 5)
+    windows = complete_windows(times, 5, context, leads)
+    bounds = split_bounds(times, (0.7, 0.15, 0.15), boundaries)
+    splits = split_windows(windows, times, bounds)
+    assert all(len(w) > 0 for w in splits.values())
+    used = {
+        name: set(np.concatenate([w.context.ravel(), w.target.ravel()]).tolist())
+        for name, w in splits.items()
+    }
+    assert not used["train"] & used["val"] and not used["train"] & used["test"]
+    assert not used["val"] & used["test"]
+    buffer = np.timedelta64(5 * (context + int(leads.max())), "m")
+    for early, late in [("train", "val"), ("val", "test")]:
+        assert splits[late].init_time.min() - splits[early].init_time.max() >= buffer
+    assert times[max(used["train"])] < bounds[0] <= times[min(used["val"])]
+    assert sum(len(w) for w in splits.values()) < len(windows)  # straddlers dropped
+
+
+def test_split_times_are_utc_and_ordered():
+    times = _times(20)
+    val, test = split_bounds(times, None, ["2024-06-01T14:00+02:00", "2024-06-01T13:00"])
+    assert val == np.datetime64("2024-06-01T12:00", "ns") and test > val
+    with pytest.raises(DataConfigError, match="before val"):
+        split_bounds(times, None, ["2024-06-01T13:00", "2024-06-01T12:30"])
+    with pytest.raises(DataConfigError, match="three shares"):
+        split_bounds(times, (0.5, 0.5), None)
