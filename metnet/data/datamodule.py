@@ -1,0 +1,283 @@
+"""``NowcastDataModule``: radar (and satellite) stores -> train/val/test batches.
+
+Configured with simple types for LightningCLI, e.g.::
+
+    metnet fit --data.stores '[fmi.zarr,knmi.zarr]' --data.batch_size 16
+
+What it does (details in the modules it composes):
+
+* each store's frames are put on the ``step_minutes`` grid
+  (:func:`metnet.data.windows.grid_frames`: a 2-minute store gives every 5th
+  frame for a 10-minute step; a 6-minute store and a 5-minute step are refused);
+* complete windows (every context and lead frame present) are found per store;
+  windows never span two stores (:mod:`metnet.data.windows`);
+* windows are split by time per store (``split_fractions`` of each store's
+  frames, or explicit ``split_times``); a window belongs to a split only if its
+  whole footprint does, so splits never share a frame;
+* training patches are drawn rain-weighted with a fresh seeded generator per
+  (seed, epoch, index); val/test patches are the same on every call
+  (:mod:`metnet.data.patches`, :mod:`metnet.data.dataset`);
+* samples are dicts described in :mod:`metnet.data.dataset`; the context has
+  :attr:`NowcastDataModule.num_channels` channels, named by
+  :attr:`NowcastDataModule.channel_names`.
+
+Stores must share one pixel size (re-ingest with ``--coarsen`` to match them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from metnet.data.alignment import Interpolation, SatelliteAlignment, lonlat
+from metnet.data.dataset import Domain, NowcastDataset, SampleSpec, channel_names
+from metnet.data.frames import Cache, StoreFrames, pixel_size
+from metnet.data.patches import PatchWeights
+from metnet.data.sampler import EpochSampler
+from metnet.data.windows import (
+    SPLITS,
+    DataConfigError,
+    Windows,
+    complete_windows,
+    grid_frames,
+    lead_steps,
+    split_bounds,
+    split_windows,
+)
+from metnet.io.store import open_store
+
+Split = Literal["train", "val", "test"]
+STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("test",),
+    None: ("train",),
+}
+PIXEL_SIZE_RTOL = 1e-3
+
+
+class NowcastDataModule(L.LightningDataModule):
+    """Batches of (context, target) samples from radar stores, optionally with satellite.
+
+    Args:
+        stores: radar stores (zarr paths); a run may train on several domains.
+        context_frames: frames of context T, ending at the init time.
+        context_size: side S of the square context patch, pixels.
+        target_size: side St of the central target square, pixels.
+        lead_times: lead times in minutes, multiples of ``step_minutes``
+            (default: every step up to 60 min).
+        step_minutes: the time step of context frames and of the lead-time grid.
+        satellite_stores: extra stores resampled onto each radar grid, two channels each.
+        satellite_tolerance_minutes: the oldest satellite frame a radar frame may take.
+        satellite_interpolation: ``nearest`` or ``bilinear``.
+        static_channels: add latitude and longitude planes.
+        time_channels: add sin/cos of time of day and of day of year.
+        split_fractions: (train, val, test) shares of each store's frames, in time order.
+        split_times: ``[val_start, test_start]`` ISO UTC times; overrides the fractions.
+        patches_per_window: training samples per window per epoch.
+        eval_patches_per_window: fixed val/test samples per window.
+        patch_stride: lattice of candidate patch corners, pixels (default ``target_size // 4``).
+        rain_threshold: rate (mm/h) above which a pixel counts as wet for patch weights.
+        rain_weight_eps: weight of a dry observed target relative to a wet one.
+        max_rate: rates above this (mm/h) are unphysical and become NaN.
+        cache: ``memory`` (read every frame once at setup) or ``lazy`` (read per sample).
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes.
+        pin_memory: pin batches (for GPU training).
+        seed: seeds the training shuffle and patch draws, and the fixed val/test patches.
+    """
+
+    def __init__(
+        self,
+        stores: list[str],
+        context_frames: int = 7,
+        context_size: int = 256,
+        target_size: int = 64,
+        lead_times: list[int] | None = None,
+        step_minutes: int = 5,
+        satellite_stores: list[str] | None = None,
+        satellite_tolerance_minutes: int = 15,
+        satellite_interpolation: Interpolation = "nearest",
+        static_channels: bool = False,
+        time_channels: bool = False,
+        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+        split_times: list[str] | None = None,
+        patches_per_window: int = 1,
+        eval_patches_per_window: int = 1,
+        patch_stride: int | None = None,
+        rain_threshold: float = 0.2,
+        rain_weight_eps: float = 0.1,
+        max_rate: float = 200.0,
+        cache: Cache = "memory",
+        batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if lead_times is None:
+            lead_times = list(range(step_minutes, 61, step_minutes))
+        _check_config(stores, context_frames, context_size, target_size, step_minutes,
+                      patches_per_window, eval_patches_per_window, batch_size, cache)
+        self.leads = lead_steps(lead_times, step_minutes)
+        self.stores = [str(s) for s in stores]
+        self.satellite_stores = [str(s) for s in satellite_stores or []]
+        self.spec = SampleSpec(context_frames, context_size, target_size,
+                               tuple(int(t) for t in lead_times), static_channels,
+                               time_channels, rain_weight_eps)
+        self.patch_stride = patch_stride or max(target_size // 4, 1)
+        self.datasets: dict[str, NowcastDataset] | None = None
+
+    @property
+    def channel_names(self) -> list[str]:
+        """Names of the context channels, in order."""
+        return channel_names(len(self.satellite_stores), self.spec.static_channels,
+                             self.spec.time_channels)
+
+    @property
+    def num_channels(self) -> int:
+        """C, the channels per context frame."""
+        return len(self.channel_names)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the stores and index the windows (once); check the stage's splits are not empty."""
+        if self.datasets is None:
+            self.datasets = self._build()
+        for split in STAGE_SPLITS.get(stage, ("train",)):
+            if len(self.datasets[split]) == 0:
+                raise DataConfigError(
+                    f"no complete window in the {split} split of {', '.join(self.stores)} "
+                    f"(needs {self.spec.context_frames} context frames + "
+                    f"{max(self.spec.lead_times)} min of leads inside the split)"
+                )
+
+    def dataloader(self, split: Split, num_replicas: int | None = None,
+                   rank: int | None = None) -> DataLoader:
+        """A DataLoader over ``split``: this rank's share (rank/world size from the trainer,
+        else from torch.distributed, else 1 replica) unless given."""
+        if self.datasets is None:
+            self.setup()
+        default_replicas, default_rank = self._ranks()
+        sampler = EpochSampler(
+            self.datasets[split],
+            num_replicas=default_replicas if num_replicas is None else num_replicas,
+            rank=default_rank if rank is None else rank,
+            shuffle=split == "train",
+            seed=self.hparams.seed,
+        )
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.hparams.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.hparams.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.dataloader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is not None:
+            return trainer.world_size, trainer.global_rank
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return 1, 0
+
+    def _build(self) -> dict[str, NowcastDataset]:
+        hp = self.hparams
+        plan = [self._plan(path) for path in self.stores]
+        _check_pixel_sizes(self.stores, [size for _, size in plan])
+        domains = [self._domain(path, keep) for path, (keep, _) in zip(self.stores, plan,
+                                                                       strict=True)]
+        satellites = [StoreFrames(p, cache=hp.cache, max_rate=hp.max_rate)
+                      for p in self.satellite_stores]
+        for domain in domains:
+            domain.satellites = [
+                SatelliteAlignment(domain.frames, sat, hp.satellite_tolerance_minutes,
+                                   hp.satellite_interpolation) for sat in satellites
+            ]
+        per_split: dict[str, list[Windows]] = {split: [] for split in SPLITS}
+        for domain in domains:
+            times = domain.frames.times
+            windows = complete_windows(times, hp.step_minutes, self.spec.context_frames,
+                                       self.leads)
+            bounds = split_bounds(times, hp.split_fractions, hp.split_times)
+            for split, selected in split_windows(windows, times, bounds).items():
+                per_split[split].append(selected)
+        return {
+            split: NowcastDataset(
+                domains, per_split[split], self.spec, split, hp.seed,
+                hp.patches_per_window if split == "train" else hp.eval_patches_per_window,
+            )
+            for split in SPLITS
+        }
+
+    def _plan(self, path: str) -> tuple[np.ndarray, tuple[float, str]]:
+        """Check a store without reading its frames: its frames on the step grid, pixel size."""
+        if not Path(path).exists():
+            raise DataConfigError(f"{path}: no such store")
+        ds = open_store(path)
+        height, width = ds.sizes["y"], ds.sizes["x"]
+        if self.spec.context_size > min(height, width):
+            raise DataConfigError(f"{path}: context_size={self.spec.context_size} is larger "
+                                  f"than its {height} x {width} grid")
+        keep = grid_frames(ds["time"].values.astype("datetime64[ns]"),
+                           int(ds.attrs["step_minutes"]), self.hparams.step_minutes, path)
+        return keep, pixel_size(ds["x"].values, str(ds["x"].attrs.get("units", "m")))
+
+    def _domain(self, path: str, keep: np.ndarray) -> Domain:
+        hp = self.hparams
+        frames = StoreFrames(path, keep, cache=hp.cache, max_rate=hp.max_rate)
+        patches = PatchWeights(frames, self.spec.context_size, self.spec.target_size,
+                               self.patch_stride, hp.rain_threshold)
+        coords = lonlat(frames.x, frames.y, frames.crs) if hp.static_channels else None
+        return Domain(frames, patches, [], coords)
+
+
+def _check_config(
+    stores: list[str], context_frames: int, context_size: int, target_size: int,
+    step_minutes: int, patches_per_window: int, eval_patches_per_window: int,
+    batch_size: int, cache: str,
+) -> None:
+    """Raise :class:`DataConfigError` naming the first bad argument."""
+    problems = [
+        (not stores, "stores is empty: give at least one radar store"),
+        (context_frames < 1, f"context_frames={context_frames} must be >= 1"),
+        (step_minutes < 1, f"step_minutes={step_minutes} must be >= 1"),
+        (target_size < 1 or target_size > context_size,
+         f"target_size={target_size} must be between 1 and context_size={context_size}"),
+        (min(patches_per_window, eval_patches_per_window) < 1,
+         "patches_per_window and eval_patches_per_window must be >= 1"),
+        (batch_size < 1, f"batch_size={batch_size} must be >= 1"),
+        (cache not in ("memory", "lazy"), f"cache={cache!r} must be 'memory' or 'lazy'"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise DataConfigError(message)
+
+
+def _check_pixel_sizes(paths: list[str], sizes: list[tuple[float, str]]) -> None:
+    """Refuse stores with different pixel sizes (or units)."""
+    ref_size, ref_unit = sizes[0]
+    for path, (size, unit) in zip(paths[1:], sizes[1:], strict=True):
+        if unit != ref_unit or not np.isclose(size, ref_size, rtol=PIXEL_SIZE_RTOL):
+            raise DataConfigError(
+                f"stores have different pixel sizes: {paths[0]} {ref_size:g} {ref_unit}, "
+                f"{path} {size:g} {unit}; re-ingest with --coarsen so they match"
+            )

@@ -1,0 +1,184 @@
+"""The sample: a context patch sequence and the rain at each lead time over its centre.
+
+A sample is a dict (shapes for one sample; a DataLoader batch adds a leading B):
+
+============== ================ ======= =============================================
+key            shape            dtype   content
+============== ================ ======= =============================================
+``context``    (T, C, S, S)     float32 model input, channels in :func:`channel_names` order
+``target``     (L, St, St)      float32 rain rate in mm/h, NaN where not observed
+``target_mask`` (L, St, St)     bool    True where ``target`` is observed
+``lead_times`` (L,)             int64   lead times in minutes after ``init_time``
+``init_time``  ()               int64   time of the last context frame, ns since 1970 UTC
+``store``      str                      the store's name (folder stem)
+``row``/``col`` ()              int64   grid pixel of the context patch's top-left corner
+============== ================ ======= =============================================
+
+T = ``context_frames``, S = ``context_size``, St = ``target_size``, L = number
+of lead times; the target square is the central St x St of the context
+square (offset ``(S - St) // 2``).
+
+Context channels, per frame (see :func:`channel_names`):
+
+1. ``rain``: :func:`metnet.data.transforms.rate_to_input` of the rain rate, 0 where not observed
+2. ``rain_mask``: 1 where the radar observed, 0 elsewhere
+3. per satellite store k: ``sat{k}`` (same transform, on the radar grid) and ``sat{k}_mask``
+4. with ``static_channels``: ``lat`` / 90 and ``lon`` / 180 (degrees, pixel centres)
+5. with ``time_channels``: ``sin_tod``, ``cos_tod``, ``sin_doy``, ``cos_doy`` of the frame's
+   time of day and day of year (constant planes)
+
+Randomness: a training sample's patch is drawn from a generator seeded by
+``(seed, split, epoch, index)``, never from shared state, so samples do not
+depend on worker count or order; val/test samples ignore the epoch, so they
+are the same set every time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from metnet.data.alignment import SatelliteAlignment
+from metnet.data.frames import StoreFrames
+from metnet.data.patches import PatchWeights
+from metnet.data.transforms import rate_to_input_
+from metnet.data.windows import SPLITS, Windows
+
+NS_PER_DAY = 86_400 * 10**9
+DAYS_PER_YEAR = 365.2425
+
+
+def channel_names(n_satellites: int = 0, static: bool = False, time: bool = False) -> list[str]:
+    """The context channels in order (see the module docstring)."""
+    names = ["rain", "rain_mask"]
+    for k in range(n_satellites):
+        names += [f"sat{k}", f"sat{k}_mask"]
+    if static:
+        names += ["lat", "lon"]
+    if time:
+        names += ["sin_tod", "cos_tod", "sin_doy", "cos_doy"]
+    return names
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """Shape of a sample and how it is drawn (lead times in minutes)."""
+
+    context_frames: int
+    context_size: int
+    target_size: int
+    lead_times: tuple[int, ...]
+    static_channels: bool = False
+    time_channels: bool = False
+    rain_weight_eps: float = 0.1
+
+
+@dataclass
+class Domain:
+    """One radar store with what its samples need: frames, patch weights, extra sources."""
+
+    frames: StoreFrames
+    patches: PatchWeights
+    satellites: list[SatelliteAlignment]
+    lonlat: tuple[np.ndarray, np.ndarray] | None = None
+
+
+class NowcastDataset(Dataset):
+    """The samples of one split: every complete window of every store, times ``repeats``.
+
+    Index ``i`` is window ``i // repeats``; windows are numbered store by
+    store. ``dataset[(epoch, i)]`` draws the patch for that epoch (training);
+    ``dataset[i]`` means epoch 0.
+    """
+
+    def __init__(
+        self,
+        domains: Sequence[Domain],
+        windows: Sequence[Windows],
+        spec: SampleSpec,
+        split: str,
+        seed: int = 0,
+        repeats: int = 1,
+    ) -> None:
+        self.domains, self.windows, self.spec = list(domains), list(windows), spec
+        self.split_code = SPLITS.index(split)
+        self.seed, self.repeats = seed, repeats
+        self.offsets = np.cumsum([0] + [len(w) for w in self.windows])
+        n_sat = len(self.domains[0].satellites) if self.domains else 0
+        self.channels = channel_names(n_sat, spec.static_channels, spec.time_channels)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1]) * self.repeats
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(store number, window number in that store) of sample ``index``."""
+        window = index // self.repeats
+        store = int(np.searchsorted(self.offsets, window, side="right")) - 1
+        return store, window - int(self.offsets[store])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | str | int]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} out of range 0..{len(self) - 1}")
+        epoch = epoch if self.split_code == 0 else 0
+        rng = np.random.default_rng([self.seed, self.split_code, epoch, index])
+        store, number = self.locate(index)
+        domain, windows = self.domains[store], self.windows[store]
+        context_idx, target_idx = windows.context[number], windows.target[number]
+        row, col = domain.patches.draw(target_idx, self.spec.rain_weight_eps, rng)
+        return {
+            "context": self._context(domain, context_idx, row, col),
+            **self._target(domain, target_idx, row, col),
+            "lead_times": torch.tensor(self.spec.lead_times, dtype=torch.int64),
+            "init_time": int(windows.init_time[number].astype(np.int64)),
+            "store": domain.frames.name,
+            "row": row,
+            "col": col,
+        }
+
+    def _context(self, domain: Domain, frames: np.ndarray, row: int, col: int) -> torch.Tensor:
+        """(T, C, S, S) float32 model input."""
+        size = self.spec.context_size
+        rows, cols = slice(row, row + size), slice(col, col + size)
+        out = np.empty((len(frames), len(self.channels), size, size), dtype=np.float32)
+        out[:, 0], out[:, 1] = domain.frames.read_input(frames, rows, cols)
+        channel = 2
+        for satellite in domain.satellites:
+            rate = torch.from_numpy(satellite.sample(frames, rows, cols))
+            out[:, channel + 1] = ~torch.isnan(rate).numpy()
+            out[:, channel] = rate_to_input_(rate).numpy()
+            channel += 2
+        if domain.lonlat is not None:
+            lon, lat = domain.lonlat
+            out[:, channel] = lat[rows, cols] / 90.0
+            out[:, channel + 1] = lon[rows, cols] / 180.0
+            channel += 2
+        if self.spec.time_channels:
+            out[:, channel:channel + 4] = _time_features(domain.frames.times[frames])[..., None,
+                                                                                       None]
+        return torch.from_numpy(out)
+
+    def _target(self, domain: Domain, frames: np.ndarray, row: int, col: int) -> dict:
+        offset = (self.spec.context_size - self.spec.target_size) // 2
+        top, left = row + offset, col + offset
+        size = self.spec.target_size
+        rate = domain.frames.read(frames, slice(top, top + size), slice(left, left + size))
+        rate = np.array(rate, dtype=np.float32)  # own copy: the cache must not leak out
+        return {"target": torch.from_numpy(rate), "target_mask": torch.from_numpy(~np.isnan(rate))}
+
+
+def _time_features(times: np.ndarray) -> np.ndarray:
+    """(n, 4) float32 sin/cos of time of day and of day of year for datetime64[ns] ``times``."""
+    ns = times.astype("datetime64[ns]").astype(np.int64)
+    day_fraction = (ns % NS_PER_DAY) / NS_PER_DAY
+    year_start = times.astype("datetime64[Y]").astype("datetime64[ns]").astype(np.int64)
+    year_fraction = (ns - year_start) / NS_PER_DAY / DAYS_PER_YEAR
+    angles = 2 * np.pi * np.stack([day_fraction, year_fraction], axis=1)
+    return np.stack(
+        [np.sin(angles[:, 0]), np.cos(angles[:, 0]), np.sin(angles[:, 1]), np.cos(angles[:, 1])],
+        axis=1,
+    ).astype(np.float32)
