@@ -104,8 +104,11 @@ def test_encode_decode_equals_forward() -> None:
     latent = model.encode(x)
     assert latent.shape == (2, 16, 4, 4)
     torch.testing.assert_close(model.decode(latent, leads), model(x, leads))
+    onehot = tiny(conditioning="onehot")
     with pytest.raises(RuntimeError):
-        tiny(conditioning="onehot").encode(x)
+        onehot.encode(x)
+    with pytest.raises(RuntimeError):
+        onehot.decode(latent, leads)
 
 
 # --- receptive field ---------------------------------------------------------------------

@@ -101,6 +101,9 @@ class MetNet(nn.Module):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        # The constructor arguments, plain values only: enough to rebuild the network from a
+        # checkpoint without unpickling code.
+        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         if attention not in ATTENTION_KINDS or conditioning not in CONDITIONING_KINDS:
             raise ValueError(
                 f"attention must be in {ATTENTION_KINDS} and conditioning in "
@@ -121,10 +124,9 @@ class MetNet(nn.Module):
         self.bin_edges = self._resolve_bins(bin_edges, num_bins, bin_width)
 
         onehot = conditioning == "onehot"
+        widths = _pair(downsampler_channels)
         self.downsampler = Downsampler(
-            input_channels + (self.num_leads if onehot else 0),
-            _pair(downsampler_channels),
-            pack_factor,
+            input_channels + (self.num_leads if onehot else 0), widths, pack_factor
         )
         factor = self.downsampler.factor
         (h, ht), (w, wt) = (
@@ -132,7 +134,7 @@ class MetNet(nn.Module):
             for s, t in zip(self.input_size, self.target_size, strict=True)
         )
         self.latent_size = (h, w)
-        self.lstm = ConvLSTM(downsampler_channels[1], lstm_hidden, lstm_layers)
+        self.lstm = ConvLSTM(widths[1], lstm_hidden, lstm_layers)
         self.position = AxialPositionalEmbedding(lstm_hidden, h, w)
         split = num_blocks if onehot else conditioned_from
         cond_dim = None if onehot else lead_embedding_dim
@@ -182,8 +184,7 @@ class MetNet(nn.Module):
 
         Runs the downsampler, ConvLSTM, positional embedding and context blocks once.
         """
-        if self.conditioning == "onehot":
-            raise RuntimeError("onehot conditioning runs the whole network per lead: use forward")
+        self._require_film()
         return self._encode(x).permute(0, 3, 1, 2)
 
     def decode(self, latent: Tensor, lead_times: Tensor | Sequence[float]) -> Tensor:
@@ -193,6 +194,7 @@ class MetNet(nn.Module):
         through the conditioned blocks and the head. (Lead-specific inputs, e.g. an
         extrapolated field per lead, would be concatenated to the expanded latent here.)
         """
+        self._require_film()
         leads = self._lead_matrix(lead_times, latent)
         b, num = leads.shape
         z = latent.permute(0, 2, 3, 1)  # (B, h, w, C)
@@ -220,6 +222,10 @@ class MetNet(nn.Module):
         for block in blocks:
             z = checkpoint(block, z, cond, use_reentrant=False) if checkpointing else block(z, cond)
         return z
+
+    def _require_film(self) -> None:
+        if self.conditioning == "onehot":
+            raise RuntimeError("onehot conditioning runs the whole network per lead: use forward")
 
     def _check_input(self, x: Tensor, extra_channels: int) -> None:
         expected = (self.context_frames, self.input_channels + extra_channels, *self.input_size)
