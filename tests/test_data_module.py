@@ -78,6 +78,19 @@ def test_context_and_target_are_the_store_values_with_masks(synthetic_store):
     assert unobserved > 0  # the patches reach outside the circular coverage
 
 
+def test_context_step_wider_than_the_lead_step(synthetic_store):
+    dm = _dm(synthetic_store, context_step_minutes=15, lead_times=[5, 10])
+    rain = open_store(synthetic_store)["precip_rate"].values
+    sample = dm.datasets["val"][0]
+    init = _frame_index(synthetic_store, sample["init_time"])
+    r, c = sample["row"], sample["col"]
+    np.testing.assert_array_equal(sample["context"][:, 1].numpy(),
+                                  ~np.isnan(rain[[init - 6, init - 3, init], r:r + 64, c:c + 64]))
+    np.testing.assert_array_equal(sample["target"][1].numpy(),
+                                  rain[init + 2, r + OFFSET:r + OFFSET + 16,
+                                       c + OFFSET:c + OFFSET + 16])
+
+
 def test_unphysical_rates_become_unobserved_and_negatives_zero(tmp_path):
     rain = np.full((12, 64, 64), 1.0, dtype=np.float32)
     rain[:, 30, 30] = 500.0
@@ -239,6 +252,7 @@ BAD_CONFIGS = [
     ({"lead_times": [120]}, "no complete window in the val split"),
     ({"target_size": 80}, "target_size=80 must be between 1 and context_size=64"),
     ({"cache": "disk"}, "cache='disk'"),
+    ({"context_step_minutes": 7}, "context_step_minutes=7 is not a multiple of step_minutes=5"),
 ]
 
 

@@ -92,3 +92,14 @@ def test_split_times_are_utc_and_ordered():
         split_bounds(times, None, ["2024-06-01T13:00", "2024-06-01T12:30"])
     with pytest.raises(DataConfigError, match="three shares"):
         split_bounds(times, (0.5, 0.5), None)
+
+
+def test_context_frames_can_be_spaced_wider_than_the_lead_grid():
+    times = _times(30, drop=[4])
+    windows = complete_windows(times, 5, 3, lead_steps([5, 10], 5), context_stride=3)
+    offsets = (times[windows.context] - windows.init_time[:, None]) // np.timedelta64(5, "m")
+    assert (offsets == [-6, -3, 0]).all()
+    grid_inits = [g for g in range(6, 28) if 4 not in {g - 6, g - 3, g, g + 1, g + 2}]
+    assert grid_inits == [6, 8, 9, *range(11, 28)]
+    expected = pd.date_range("2024-06-01T12:00", periods=30, freq="5min")[grid_inits]
+    np.testing.assert_array_equal(windows.init_time, expected.values)

@@ -72,7 +72,9 @@ class NowcastDataModule(L.LightningDataModule):
         target_size: side St of the central target square, pixels.
         lead_times: lead times in minutes, multiples of ``step_minutes``
             (default: every step up to 60 min).
-        step_minutes: the time step of context frames and of the lead-time grid.
+        step_minutes: the time grid: lead times and context steps are multiples of it.
+        context_step_minutes: time between context frames (default ``step_minutes``; MetNet
+            used 15-minute context with 2-minute leads).
         satellite_stores: extra stores resampled onto each radar grid, two channels each.
         satellite_tolerance_minutes: the oldest satellite frame a radar frame may take.
         satellite_interpolation: ``nearest`` or ``bilinear``.
@@ -101,6 +103,7 @@ class NowcastDataModule(L.LightningDataModule):
         target_size: int = 64,
         lead_times: list[int] | None = None,
         step_minutes: int = 5,
+        context_step_minutes: int | None = None,
         satellite_stores: list[str] | None = None,
         satellite_tolerance_minutes: int = 15,
         satellite_interpolation: Interpolation = "nearest",
@@ -127,6 +130,11 @@ class NowcastDataModule(L.LightningDataModule):
         _check_config(stores, context_frames, context_size, target_size, step_minutes,
                       patches_per_window, eval_patches_per_window, batch_size, cache)
         self.leads = lead_steps(lead_times, step_minutes)
+        context_step = context_step_minutes or step_minutes
+        if context_step % step_minutes != 0:
+            raise DataConfigError(f"context_step_minutes={context_step} is not a multiple of "
+                                  f"step_minutes={step_minutes}")
+        self.context_stride = context_step // step_minutes
         self.stores = [str(s) for s in stores]
         self.satellite_stores = [str(s) for s in satellite_stores or []]
         self.spec = SampleSpec(context_frames, context_size, target_size,
@@ -155,7 +163,8 @@ class NowcastDataModule(L.LightningDataModule):
                 raise DataConfigError(
                     f"no complete window in the {split} split of {', '.join(self.stores)} "
                     f"(needs {self.spec.context_frames} context frames + "
-                    f"{max(self.spec.lead_times)} min of leads inside the split)"
+                    f"{max(self.spec.lead_times)} min of leads inside the split; "
+                    "change split_fractions or split_times)"
                 )
 
     def dataloader(self, split: Split, num_replicas: int | None = None,
@@ -216,7 +225,7 @@ class NowcastDataModule(L.LightningDataModule):
         for domain in domains:
             times = domain.frames.times
             windows = complete_windows(times, hp.step_minutes, self.spec.context_frames,
-                                       self.leads)
+                                       self.leads, self.context_stride)
             bounds = split_bounds(times, hp.split_fractions, hp.split_times)
             for split, selected in split_windows(windows, times, bounds).items():
                 per_split[split].append(selected)

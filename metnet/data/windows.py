@@ -4,8 +4,9 @@ Vocabulary:
 
 * the *step grid*: instants ``phase + k * step_minutes``; a store frame is on
   it or not; a time the grid has but the store lacks is a gap.
-* a *window*: ``context_frames`` consecutive grid instants ending at the init
-  time (the last context frame) plus one instant per lead time after it. It is
+* a *window*: ``context_frames`` grid instants ``context_stride`` steps apart
+  ending at the init time (the last context frame), plus one instant per lead
+  time after it. It is
   *complete* when the store has every one of those frames.
 * a window's *footprint*: the span from its first context frame to its last
   lead frame.
@@ -89,7 +90,8 @@ def grid_frames(times: np.ndarray, store_step: int, step: int, name: str) -> np.
 
 
 def complete_windows(
-    times: np.ndarray, step: int, context_frames: int, leads: np.ndarray
+    times: np.ndarray, step: int, context_frames: int, leads: np.ndarray,
+    context_stride: int = 1,
 ) -> Windows:
     """All complete windows of a sequence of frames on one step grid.
 
@@ -98,6 +100,7 @@ def complete_windows(
         step: grid step in minutes.
         context_frames: frames of context, ending at the init time.
         leads: (L,) lead times in steps.
+        context_stride: steps between context frames.
     """
     if len(times) == 0:
         return Windows(np.zeros((0, context_frames), np.int64), np.zeros((0, len(leads)),
@@ -105,7 +108,7 @@ def complete_windows(
     position = (times - times[0]).astype("timedelta64[m]").astype(np.int64) // step
     frame_at = np.full(position[-1] + 1, -1, dtype=np.int64)
     frame_at[position] = np.arange(len(times))
-    offsets = np.concatenate([np.arange(1 - context_frames, 1), leads])
+    offsets = np.concatenate([np.arange(1 - context_frames, 1) * context_stride, leads])
     wanted = position[:, None] + offsets[None, :]
     inside = (wanted >= 0) & (wanted < len(frame_at))
     index = np.where(inside, frame_at[np.clip(wanted, 0, len(frame_at) - 1)], -1)
@@ -163,8 +166,8 @@ def split_windows(
     Splits are the intervals ``[-inf, val_start)``, ``[val_start, test_start)``
     and ``[test_start, inf)``. A window that straddles a boundary belongs to
     no split, so the frames used by different splits are disjoint and
-    consecutive splits' init times are at least ``context_frames + max lead``
-    steps apart: nothing a val/test target sees is ever a training input.
+    consecutive splits' init times are more than a footprint (context span +
+    longest lead) apart: nothing a val/test target sees is ever a training input.
     """
     first = times[windows.context[:, 0]]
     last = times[windows.target.max(axis=1)]
