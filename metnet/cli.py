@@ -15,6 +15,12 @@ from pathlib import Path
 from metnet.io.sources import SOURCES
 
 USAGE_ERRORS = (ValueError, RuntimeError, OSError)
+LIGHTNING_COMMANDS = {
+    "fit": "train a model (LightningCLI; `metnet fit --help` lists every option)",
+    "validate": "score a checkpoint on the validation split, next to persistence",
+    "test": "score a checkpoint on the test split, next to persistence",
+    "predict": "run a checkpoint over the test split",
+}
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -96,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Probabilistic precipitation nowcasting from radar and satellite archives.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, summary in LIGHTNING_COMMANDS.items():
+        sub.add_parser(name, help=summary, add_help=False)  # dispatched to LightningCLI
     _add_synth(sub)
     _add_ingest(sub)
     return parser
@@ -103,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metnet`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from metnet.lightning_cli import run_lightning
+
+        return run_lightning(argv)
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], None] = args.handler
     try:

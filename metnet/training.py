@@ -1,0 +1,256 @@
+"""``NowcastModule``: trains a :class:`~metnet.models.MetNet` with Lightning.
+
+It composes the network, the masked cross-entropy loss, AdamW with linear
+warm-up and cosine decay, and the verification scores. On validation and
+test it scores the model and Eulerian persistence (the last context frame)
+on the same batches, per lead time and pooled over leads:
+
+* ``{split}/loss``: cross-entropy of the model (the monitored quantity);
+* ``{split}/{method}/{score}_{threshold}`` and ``.../lead_{minutes}``: CSI,
+  POD, FAR at each threshold (the model's event is P(R >= t) >= 0.5);
+* ``{split}/{method}/crps`` and ``brier_{threshold}``: CRPS in mm/h (a point
+  forecast's CRPS is its absolute error) and the Brier score;
+* ``{split}/model/ce`` per lead.
+
+It holds no layer code; the network is an ``nn.Module`` given to it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from metnet.data.transforms import input_to_rate
+from metnet.distribution import RainRateDistribution, masked_cross_entropy
+from metnet.metrics import ContingencyScores, LeadMean
+from metnet.models import MetNet
+
+METHODS = ("model", "persistence")
+NET_CONFIG_KEY = "metnet_net_config"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the configuration."""
+
+
+class NowcastModule(L.LightningModule):
+    """Lightning wrapper of a MetNet network.
+
+    Args:
+        net: the network (in YAML: ``class_path: metnet.models.MetNet`` and ``init_args``).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps, then cosine decay to 0 at the last step.
+        thresholds: rain-rate thresholds (mm/h) of the categorical scores.
+        brier_threshold: threshold (mm/h) of the Brier score.
+        rain_channel: index of the transformed rain channel in the context (persistence).
+        mask_channel: index of the coverage-mask channel in the context.
+    """
+
+    def __init__(
+        self,
+        net: MetNet,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 50,
+        thresholds: tuple[float, ...] = (0.1, 1.0, 4.0, 8.0),
+        brier_threshold: float = 1.0,
+        rain_channel: int = 0,
+        mask_channel: int = 1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.register_buffer("bin_edges", torch.tensor(net.bin_edges, dtype=torch.float32),
+                             persistent=False)
+        self._metrics: dict[str, torch.nn.ModuleDict] = {}
+        self.scores = torch.nn.ModuleDict()
+        self._num_leads: int | None = None
+
+    # -- steps -------------------------------------------------------------------------
+
+    def forward(self, context: Tensor, lead_times: Tensor) -> Tensor:
+        """Logits (B, L, K, Ht, Wt) for a context (B, T, C, H, W) and leads (B, L) minutes."""
+        return self.net(context, lead_times)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        logits = self(batch["context"], batch["lead_times"])
+        loss = masked_cross_entropy(logits, batch["target"], self.bin_edges, dim=2)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """Mean rain rate (B, L, Ht, Wt) mm/h and exceedance probabilities per threshold."""
+        dist = RainRateDistribution(self(batch["context"], batch["lead_times"]).float(),
+                                    self.bin_edges, dim=2)
+        exceed = torch.stack([dist.exceedance(t) for t in self.hparams.thresholds], dim=2)
+        return {"mean": dist.mean(), "exceedance": exceed, "lead_times": batch["lead_times"]}
+
+    # -- evaluation --------------------------------------------------------------------
+
+    def _evaluate(self, batch: dict[str, Any], split: str) -> None:
+        target = batch["target"]
+        logits = self(batch["context"], batch["lead_times"]).float()
+        loss = masked_cross_entropy(logits, target, self.bin_edges, dim=2)
+        self.log(f"{split}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(target))
+        scores = self._split_scores(split, target.shape[1])
+        valid = ~torch.isnan(target)
+        dist = RainRateDistribution(logits, self.bin_edges, dim=2)
+        thresholds = self.hparams.thresholds
+        model_events = torch.stack([dist.exceedance(t) >= 0.5 for t in thresholds], dim=2)
+        persistence = self.persistence(batch["context"], target)
+        persistence_events = torch.stack([persistence >= t for t in thresholds], dim=2)
+        safe_target = target.nan_to_num(0.0)
+        observed_event = (safe_target >= self.hparams.brier_threshold).float()
+        scores["model_contingency"].update(model_events, target)
+        scores["persistence_contingency"].update(persistence_events, target)
+        scores["model_crps"].update(dist.crps(safe_target), valid)
+        scores["persistence_crps"].update((persistence - safe_target).abs(), valid)
+        brier = (dist.exceedance(self.hparams.brier_threshold) - observed_event) ** 2
+        scores["model_brier"].update(brier, valid)
+        persistence_p = (persistence >= self.hparams.brier_threshold).float()
+        scores["persistence_brier"].update((persistence_p - observed_event) ** 2, valid)
+        ce = _pixel_cross_entropy(logits, safe_target, self.bin_edges)
+        scores["model_ce"].update(ce, valid)
+        self._lead_times = batch["lead_times"][0].tolist()
+
+    def persistence(self, context: Tensor, target: Tensor) -> Tensor:
+        """Eulerian persistence (B, L, Ht, Wt) mm/h: the last context frame's central patch."""
+        ht, wt = target.shape[-2:]
+        h, w = context.shape[-2:]
+        top, left = (h - ht) // 2, (w - wt) // 2
+        last = context[:, -1, :, top : top + ht, left : left + wt].float()
+        rate = input_to_rate(last[:, self.hparams.rain_channel])
+        rate = torch.where(last[:, self.hparams.mask_channel] > 0.5, rate, torch.nan)
+        return rate[:, None].expand(-1, target.shape[1], -1, -1)
+
+    def _split_scores(self, split: str, num_leads: int) -> torch.nn.ModuleDict:
+        if split not in self.scores:
+            thresholds = self.hparams.thresholds
+            metrics = {f"{m}_contingency": ContingencyScores(num_leads, thresholds)
+                       for m in METHODS}
+            metrics |= {f"{m}_{s}": LeadMean(num_leads) for m in METHODS for s in ("crps", "brier")}
+            metrics["model_ce"] = LeadMean(num_leads)
+            self.scores[split] = torch.nn.ModuleDict(metrics).to(self.device)
+        return self.scores[split]
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    def _log_scores(self, split: str) -> None:
+        if split not in self.scores:
+            return
+        values = self.summarise(split)
+        self.log_dict(values, sync_dist=False)  # states are already reduced across ranks
+        for metric in self.scores[split].values():
+            metric.reset()
+
+    def summarise(self, split: str) -> dict[str, float]:
+        """Every score of ``split`` as a flat ``{name: value}`` dict (see module docstring)."""
+        scores, leads = self.scores[split], self._lead_times
+        out: dict[str, float] = {}
+        for method in METHODS:
+            table = scores[f"{method}_contingency"].compute()
+            for i, t in enumerate(self.hparams.thresholds):
+                for name in ("csi", "pod", "far"):
+                    out[f"{split}/{method}/{name}_{t:g}"] = float(table[f"{name}_all"][i])
+                    for j, lead in enumerate(leads):
+                        out[f"{split}/{method}/{name}_{t:g}/lead_{lead}"] = float(table[name][j, i])
+            for name in ("crps", "brier"):
+                label = name if name == "crps" else f"brier_{self.hparams.brier_threshold:g}"
+                mean = scores[f"{method}_{name}"].compute()
+                out[f"{split}/{method}/{label}"] = float(mean["all"])
+                for j, lead in enumerate(leads):
+                    out[f"{split}/{method}/{label}/lead_{lead}"] = float(mean["lead"][j])
+        ce = scores["model_ce"].compute()
+        out[f"{split}/model/ce"] = float(ce["all"])
+        for j, lead in enumerate(leads):
+            out[f"{split}/model/ce/lead_{lead}"] = float(ce["lead"][j])
+        return out
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the network's constructor arguments, so :func:`load_checkpoint` can rebuild
+        it without unpickling code."""
+        checkpoint[NET_CONFIG_KEY] = dict(self.net.config)
+
+    # -- optimisation ------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, param in self.net.named_parameters():
+            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(self.hparams.warmup_steps, total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup, total)
+        )
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """Learning-rate factor: linear from 1/warmup to 1 over ``warmup`` steps, then cosine to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _pixel_cross_entropy(logits: Tensor, target: Tensor, edges: Tensor) -> Tensor:
+    """Per-pixel cross-entropy (B, L, H, W) of logits (B, L, K, H, W) against rates in mm/h."""
+    from metnet.distribution import rain_to_bin
+
+    labels = rain_to_bin(target, edges)
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), labels.flatten(0, 1), reduction="none"
+    ).unflatten(0, logits.shape[:2])
+
+
+def load_checkpoint(path: str | Path) -> tuple[MetNet, dict[str, Any]]:
+    """Rebuild the network of a checkpoint safely (``weights_only=True``: no code runs).
+
+    Returns:
+        The network in eval mode and the checkpoint's hyperparameters.
+
+    Raises:
+        CheckpointError: unreadable file, not a metnet checkpoint, or weights that do not
+            fit the recorded architecture.
+    """
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except Exception as err:  # torch raises many types for a damaged or unsafe file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
+    if not isinstance(checkpoint, dict) or NET_CONFIG_KEY not in checkpoint:
+        raise CheckpointError(f"{path}: not a metnet checkpoint (no network configuration)")
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    net = MetNet(**checkpoint[NET_CONFIG_KEY])
+    weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()
+               if k.startswith("net.")}
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise CheckpointError(f"{path}: weights do not fit the configuration ({first})") from err
+    return net.eval(), hparams

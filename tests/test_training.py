@@ -1,0 +1,147 @@
+"""Training through `metnet fit/test`, the scores it reports, and checkpoint safety."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pysteps.verification.detcatscores import det_cat_fct
+
+from metnet.io.store import write_store
+from metnet.io.synthetic import synthesize
+from metnet.metrics import ContingencyScores, LeadMean
+from metnet.training import CheckpointError, load_checkpoint, warmup_cosine
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_contingency_scores_equal_pysteps():
+    rng = np.random.default_rng(0)
+    observed = rng.gamma(0.5, 2.0, size=(3, 2, 20, 20)).astype(np.float32)
+    observed[0, 0, :3] = np.nan
+    forecast = (observed + rng.normal(0, 1.5, size=observed.shape)).astype(np.float32)
+    thresholds = [0.1, 1.0, 4.0]
+    metric = ContingencyScores(num_leads=2, thresholds=thresholds)
+    events = torch.stack([torch.from_numpy(forecast) >= t for t in thresholds], dim=2)
+    metric.update(events, torch.from_numpy(observed))
+    scores = metric.compute()
+    for lead in range(2):
+        for i, t in enumerate(thresholds):
+            expected = det_cat_fct(forecast[:, lead], observed[:, lead], t, ["CSI", "POD", "FAR"])
+            for name in ("CSI", "POD", "FAR"):
+                assert scores[name.lower()][lead, i].item() == pytest.approx(expected[name])
+
+
+def test_scores_accumulated_in_parts_equal_scores_on_all_data():
+    """What DDP's sum-reduction of the states relies on."""
+    rng = np.random.default_rng(1)
+    observed = torch.from_numpy(rng.gamma(0.5, 2.0, size=(4, 3, 8, 8)).astype(np.float32))
+    events = torch.from_numpy(rng.random((4, 3, 2, 8, 8)) > 0.5)
+    whole = ContingencyScores(3, [0.5, 2.0])
+    whole.update(events, observed)
+    parts = [ContingencyScores(3, [0.5, 2.0]) for _ in range(2)]
+    parts[0].update(events[:2], observed[:2])
+    parts[1].update(events[2:], observed[2:])
+    for name in ("hits", "misses", "false_alarms"):
+        torch.testing.assert_close(getattr(parts[0], name) + getattr(parts[1], name),
+                                   getattr(whole, name))
+    mean = LeadMean(3)
+    mean.update(observed, ~torch.isnan(observed))
+    torch.testing.assert_close(mean.compute()["lead"], observed.double().mean((0, 2, 3)))
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    factors = [warmup_cosine(step, 10, 100) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:], strict=False))
+    assert warmup_cosine(100, 10, 100) == pytest.approx(0.0)
+
+
+@pytest.fixture(scope="module")
+def synthetic_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("train") / "synthetic.zarr"
+    write_store(synthesize(frames=60, height=96, width=96, seed=2), path)
+    return path
+
+
+def metnet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "metnet.cli", *args], cwd=cwd,
+                            capture_output=True, text=True, timeout=600)
+    return result
+
+
+def tiny_overrides(store: Path) -> list[str]:
+    return [
+        "--config", str(REPO / "configs/synthetic.yaml"),
+        "--data.stores", f"[{store}]", "--data.context_size", "48", "--data.target_size", "16",
+        "--data.context_frames", "3", "--data.lead_times", "[5, 15, 30]",
+        "--data.batch_size", "4", "--data.patches_per_window", "1",
+        "--model.net.init_args.lstm_hidden", "16", "--model.net.init_args.num_blocks", "2",
+        "--model.net.init_args.conditioned_from", "1", "--model.net.init_args.heads", "2",
+        "--model.net.init_args.downsampler_channels", "[8, 16]",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "6",
+        "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_store, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    result = metnet("fit", *tiny_overrides(synthetic_store), cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_fit_writes_best_and_last_checkpoints_and_csv_logs(trained):
+    assert (trained / "outputs/checkpoints/best.ckpt").is_file()
+    assert (trained / "outputs/checkpoints/last.ckpt").is_file()
+    header = next((trained / "outputs/csv").glob("version_*/metrics.csv")).read_text()
+    for key in ("val/model/csi_1", "val/persistence/csi_1", "val/model/crps/lead_30",
+                "val/persistence/brier_1", "val/model/ce/lead_5", "lr-AdamW"):
+        assert key in header
+
+
+def test_test_reports_model_and_persistence_scores(trained, synthetic_store):
+    result = metnet("test", *tiny_overrides(synthetic_store), "--ckpt_path",
+                    "outputs/checkpoints/best.ckpt", cwd=trained)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for key in ("test/model/csi_1", "test/persistence/csi_1", "test/model/crps",
+                "test/persistence/crps", "test/model/far_8/lead_30"):
+        assert key in result.stdout
+
+
+def test_checkpoint_rebuilds_the_network_safely(trained):
+    net, hparams = load_checkpoint(trained / "outputs/checkpoints/best.ckpt")
+    assert hparams["lr"] == pytest.approx(0.002)
+    x = torch.zeros(2, 3, 2, 48, 48)
+    with torch.no_grad():
+        assert net(x, [5, 30]).shape == (2, 2, net.num_bins, 16, 16)
+
+
+def test_bad_checkpoints_are_refused_with_a_clear_message(trained, tmp_path):
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(garbage)
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {}}, plain)
+    with pytest.raises(CheckpointError, match="not a metnet checkpoint"):
+        load_checkpoint(plain)
+    checkpoint = torch.load(trained / "outputs/checkpoints/best.ckpt", weights_only=True)
+    checkpoint["metnet_net_config"]["lstm_hidden"] = 32
+    mismatched = tmp_path / "mismatched.ckpt"
+    torch.save(checkpoint, mismatched)
+    with pytest.raises(CheckpointError, match="do not fit the configuration"):
+        load_checkpoint(mismatched)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "absent.ckpt")
+
+
+def test_bf16_mixed_precision_trains_on_cpu(synthetic_store, tmp_path):
+    result = metnet("fit", *tiny_overrides(synthetic_store), "--trainer.precision",
+                    "bf16-mixed", "--trainer.limit_train_batches", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    net, _ = load_checkpoint(tmp_path / "outputs/checkpoints/last.ckpt")
+    assert all(torch.isfinite(p).all() for p in net.parameters())
