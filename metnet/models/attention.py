@@ -83,24 +83,29 @@ class CrissCrossAttention(_MultiHead):
 
     Pixel (i, j) attends with a single softmax to its row {(i, j')} and its column
     {(i', j), i' != i}: the centre belongs to the row part and is masked out of the column
-    part. Energies are built as row ``(B, heads, H, W, W)`` and column
-    ``(B, heads, H, W, H)`` tensors, concatenated for the softmax, then split again.
+    part. Row energies are a ``(B, heads, H, W, W)`` tensor; column energies are kept in
+    the transposed layout ``(B, heads, W, H, H)`` so that no energy tensor is ever copied
+    into another layout: the joint softmax is assembled from the two parts' maxima and
+    sums, which are only ``(B, heads, H, W)``. Memory O(B heads H W (H + W)).
     """
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         q, k, v = self.split_heads(x)  # (B, n, H, W, d)
-        h = q.shape[2]
         q = q * q.shape[-1] ** -0.5
-        row = torch.einsum("bnijd,bnikd->bnijk", q, k)  # (B, n, H, W, W): key (i, k)
-        col = torch.einsum("bnijd,bnkjd->bnijk", q, k)  # (B, n, H, W, H): key (k, j)
-        centre = torch.eye(h, dtype=torch.bool, device=x.device)[:, None, :]  # (H, 1, H)
-        col = col.masked_fill(centre, float("-inf"))
-        weights = torch.softmax(torch.cat([row, col], dim=-1), dim=-1)
-        a_row, a_col = weights.split([row.shape[-1], h], dim=-1)
-        y = torch.einsum("bnijk,bnikd->bnijd", a_row, v)
-        y = y + torch.einsum("bnijk,bnkjd->bnijd", a_col, v)
-        return self.merge_heads(y)
+        qt, kt, vt = (t.transpose(2, 3) for t in (q, k, v))  # (B, n, W, H, d)
+        row = q @ k.transpose(-1, -2)  # (B, n, H, W, W): query (i, j), key (i, j')
+        col = qt @ kt.transpose(-1, -2)  # (B, n, W, H, H): query (i, j), key (i', j)
+        centre = torch.eye(col.shape[-1], dtype=torch.bool, device=x.device)
+        col = col.masked_fill_(centre, float("-inf"))
+        # softmax over the concatenated H + W - 1 energies (in place: no extra energy
+        # tensors); the shift by the joint maximum cancels out exactly
+        peak = torch.maximum(row.amax(-1), col.amax(-1).transpose(2, 3)).detach()
+        row = row.sub_(peak.unsqueeze(-1)).exp_()
+        col = col.sub_(peak.transpose(2, 3).unsqueeze(-1)).exp_()
+        total = row.sum(-1, dtype=torch.float32) + col.sum(-1, dtype=torch.float32).mT
+        y = (row @ v + (col @ vt).transpose(2, 3)) / total.unsqueeze(-1)
+        return self.merge_heads(y.to(v.dtype))
 
 
 class FullAttention(_MultiHead):

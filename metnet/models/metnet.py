@@ -241,4 +241,3 @@ class MetNet(nn.Module):
         if leads.ndim != 2 or leads.shape[0] != like.shape[0]:
             raise ValueError(f"lead_times must be (L,) or (B, L), got {tuple(leads.shape)}")
         return leads
-
