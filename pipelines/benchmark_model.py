@@ -79,15 +79,19 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict:
-    """Median and spread of ``fn`` in ms after warm-up, with the peak memory it needs (MB)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
+    """Median and minimum of ``fn`` in ms after warm-up, and the peak memory it needs (MB).
+
+    The memory baseline is taken before the warm-up, so the peak covers everything the
+    measured step allocates (activations, gradients, optimiser state).
+    """
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
         base = _current_rss()
+    for _ in range(warmup):
+        fn()
+    _sync(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -96,7 +100,7 @@ def _timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats:
         times.append(1e3 * (time.perf_counter() - start))
     if device.type == "cuda":
         peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    else:  # ru_maxrss is in KiB on Linux; warm-up already reached the steady-state peak
+    else:  # ru_maxrss is in KiB on Linux
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base / 2**20
     return {"median_ms": statistics.median(times), "min_ms": min(times), "peak_mb": peak_mb}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,17 @@ def test_output_shape(overrides: dict) -> None:
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     # per-sample lead times (B, L) give the same result as shared (L,) ones
     torch.testing.assert_close(model(x, leads.expand(3, 4)), logits)
+
+
+@pytest.mark.parametrize("name", ["tiny", "paper"])
+def test_config_round_trip(name: str) -> None:
+    # model.config holds every constructor argument as plain values (for checkpoints)
+    model = MetNet(**load_config(name))
+    assert set(model.config) == set(inspect.signature(MetNet).parameters)
+    rebuilt = MetNet(**model.config)
+    assert rebuilt.config == model.config
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
 
 
 def test_input_validation() -> None:
