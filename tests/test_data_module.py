@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from metnet.data.datamodule import NowcastDataModule
+from metnet.data.dataset import collate
 from metnet.data.transforms import input_to_rate
 from metnet.data.windows import DataConfigError
 from metnet.io.store import StoreError, make_dataset, open_store, write_store
@@ -308,7 +309,7 @@ def test_lightning_sets_the_epoch_and_trains_a_tiny_model(synthetic_store):
 
 def test_dataloader_without_the_sampler_takes_plain_indices(synthetic_store):
     dm = _dm(synthetic_store)
-    batch = next(iter(DataLoader(dm.datasets["test"], batch_size=2)))
+    batch = next(iter(DataLoader(dm.datasets["test"], batch_size=2, collate_fn=collate)))
     assert batch["context"].shape[0] == 2
     with pytest.raises(IndexError):
         dm.datasets["test"][len(dm.datasets["test"])]

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from metnet.data.alignment import Interpolation, SatelliteAlignment, lonlat
-from metnet.data.dataset import Domain, NowcastDataset, SampleSpec, channel_names
+from metnet.data.dataset import Domain, NowcastDataset, SampleSpec, channel_names, collate
 from metnet.data.frames import Cache, StoreFrames, pixel_size
 from metnet.data.patches import PatchWeights
 from metnet.data.sampler import EpochSampler
@@ -186,6 +186,7 @@ class NowcastDataModule(L.LightningDataModule):
             self.datasets[split],
             batch_size=self.hparams.batch_size,
             sampler=sampler,
+            collate_fn=collate,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self.hparams.pin_memory,

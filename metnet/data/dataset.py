@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from metnet.data.alignment import SatelliteAlignment
 from metnet.data.frames import StoreFrames
@@ -77,6 +77,16 @@ class SampleSpec:
     rain_weight_eps: float = 0.1
 
 
+@dataclass(frozen=True)
+class Pick:
+    """One sample's place: store number, window number in that store, patch corner (pixels)."""
+
+    store: int
+    window: int
+    row: int
+    col: int
+
+
 @dataclass
 class Domain:
     """One radar store with what its samples need: frames, patch weights, extra sources."""
@@ -92,7 +102,8 @@ class NowcastDataset(Dataset):
 
     Index ``i`` is window ``i // repeats``; windows are numbered store by
     store. ``dataset[(epoch, i)]`` draws the patch for that epoch (training);
-    ``dataset[i]`` means epoch 0.
+    ``dataset[i]`` means epoch 0. A DataLoader fetches whole batches through
+    :meth:`__getitems__` and needs ``collate_fn=collate``.
     """
 
     def __init__(
@@ -120,32 +131,57 @@ class NowcastDataset(Dataset):
         store = int(np.searchsorted(self.offsets, window, side="right")) - 1
         return store, window - int(self.offsets[store])
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | str | int]:
+    def pick(self, key: int | tuple[int, int]) -> Pick:
+        """Store, window and patch corner of sample ``key`` (``index`` or ``(epoch, index)``)."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} out of range 0..{len(self) - 1}")
         epoch = epoch if self.split_code == 0 else 0
         rng = np.random.default_rng([self.seed, self.split_code, epoch, index])
         store, number = self.locate(index)
-        domain, windows = self.domains[store], self.windows[store]
-        context_idx, target_idx = windows.context[number], windows.target[number]
-        row, col = domain.patches.draw(target_idx, self.spec.rain_weight_eps, rng)
+        target_frames = self.windows[store].target[number]
+        row, col = self.domains[store].patches.draw(target_frames, self.spec.rain_weight_eps, rng)
+        return Pick(store, number, row, col)
+
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> dict:
+        """A whole batch (leading dimension B = len(keys)), written straight into its tensors.
+
+        This is what the DataLoader calls; pair it with ``collate_fn=collate``.
+        """
+        picks = [self.pick(key) for key in keys]
+        spec, size = self.spec, self.spec.target_size
+        context = _empty((len(picks), spec.context_frames, len(self.channels),
+                          spec.context_size, spec.context_size))
+        target = _empty((len(picks), len(spec.lead_times), size, size))
+        for out_context, out_target, pick in zip(context.numpy(), target.numpy(), picks,
+                                                 strict=True):
+            self._fill_context(out_context, pick)
+            self._fill_target(out_target, pick)
         return {
-            "context": self._context(domain, context_idx, row, col),
-            **self._target(domain, target_idx, row, col),
-            "lead_times": torch.tensor(self.spec.lead_times, dtype=torch.int64),
-            "init_time": int(windows.init_time[number].astype(np.int64)),
-            "store": domain.frames.name,
-            "row": row,
-            "col": col,
+            "context": context,
+            "target": target,
+            "target_mask": torch.from_numpy(~np.isnan(target.numpy())),
+            "lead_times": torch.tensor([spec.lead_times] * len(picks), dtype=torch.int64),
+            "init_time": torch.tensor([int(self.windows[p.store].init_time[p.window]
+                                           .astype(np.int64)) for p in picks]),
+            "store": [self.domains[p.store].frames.name for p in picks],
+            "row": torch.tensor([p.row for p in picks], dtype=torch.int64),
+            "col": torch.tensor([p.col for p in picks], dtype=torch.int64),
         }
 
-    def _context(self, domain: Domain, frames: np.ndarray, row: int, col: int) -> torch.Tensor:
-        """(T, C, S, S) float32 model input."""
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """One sample: the batch of one without its batch dimension (metadata as int / str)."""
+        batch = self.__getitems__([key])
+        sample = {name: value[0] for name, value in batch.items()}
+        return {**sample, **{name: int(sample[name]) for name in ("init_time", "row", "col")}}
+
+    def _fill_context(self, out: np.ndarray, pick: Pick) -> None:
+        """Write the (T, C, S, S) float32 model input of ``pick`` into ``out``."""
+        domain = self.domains[pick.store]
+        frames = self.windows[pick.store].context[pick.window]
         size = self.spec.context_size
-        rows, cols = slice(row, row + size), slice(col, col + size)
-        out = np.empty((len(frames), len(self.channels), size, size), dtype=np.float32)
-        out[:, 0], out[:, 1] = domain.frames.read_input(frames, rows, cols)
+        rows, cols = slice(pick.row, pick.row + size), slice(pick.col, pick.col + size)
+        domain.frames.read_input(frames, rows, cols, out)
         channel = 2
         for satellite in domain.satellites:
             rate = torch.from_numpy(satellite.sample(frames, rows, cols))
@@ -158,17 +194,31 @@ class NowcastDataset(Dataset):
             out[:, channel + 1] = lon[rows, cols] / 180.0
             channel += 2
         if self.spec.time_channels:
-            out[:, channel:channel + 4] = _time_features(domain.frames.times[frames])[..., None,
-                                                                                       None]
-        return torch.from_numpy(out)
+            features = _time_features(domain.frames.times[frames])
+            out[:, channel:channel + 4] = features[..., None, None]
 
-    def _target(self, domain: Domain, frames: np.ndarray, row: int, col: int) -> dict:
+    def _fill_target(self, out: np.ndarray, pick: Pick) -> None:
+        """Write the (L, St, St) rain rate (mm/h, NaN: not observed) of ``pick`` into ``out``."""
         offset = (self.spec.context_size - self.spec.target_size) // 2
-        top, left = row + offset, col + offset
-        size = self.spec.target_size
-        rate = domain.frames.read(frames, slice(top, top + size), slice(left, left + size))
-        rate = np.array(rate, dtype=np.float32)  # own copy: the cache must not leak out
-        return {"target": torch.from_numpy(rate), "target_mask": torch.from_numpy(~np.isnan(rate))}
+        top, left, size = pick.row + offset, pick.col + offset, self.spec.target_size
+        frames = self.windows[pick.store].target[pick.window]
+        out[:] = self.domains[pick.store].frames.read(frames, slice(top, top + size),
+                                                      slice(left, left + size))
+
+
+def collate(batch: dict) -> dict:
+    """The DataLoader's ``collate_fn``: batches come ready-made from ``__getitems__``."""
+    return batch
+
+
+def _empty(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor; in a DataLoader worker, in shared memory, so that the
+    batch crosses to the main process without a copy (as torch's default_collate does)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    numel = int(np.prod(shape))
+    storage = torch.empty(0)._typed_storage()._new_shared(numel, device="cpu")
+    return torch.empty(0).new(storage).view(shape)
 
 
 def _time_features(times: np.ndarray) -> np.ndarray:

@@ -100,19 +100,24 @@ class StoreFrames:
         raw = self._zarr().get_orthogonal_selection((self.index[frames], rows, cols))
         return clean_rate(np.asarray(raw, dtype=np.float32), self.max_rate)
 
-    def read_input(
-        self, frames: np.ndarray, rows: slice, cols: slice
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Model input (n, h, w) float32 (0 where not observed) and observed mask (n, h, w) bool.
+    def read_input(self, frames: np.ndarray, rows: slice, cols: slice, out: np.ndarray) -> None:
+        """Write model input (0 where not observed) into ``out[:, 0]``, observed mask into
+        ``out[:, 1]``.
 
-        Same arguments as :meth:`read`; the input is
-        :func:`metnet.data.transforms.rate_to_input_` of the rate.
+        Args:
+            frames, rows, cols: as for :meth:`read`.
+            out: (n, >= 2, h, w) float32; the input is
+                :func:`metnet.data.transforms.rate_to_input_` of the rate, the mask 1 or 0.
         """
-        if self._input is not None:
-            return self._input[frames, rows, cols], ~np.isnan(self._data[frames, rows, cols])
-        rate = self.read(frames, rows, cols)
-        observed = ~np.isnan(rate)
-        return rate_to_input_(torch.from_numpy(rate)).numpy(), observed
+        if self._input is None:
+            rate = self.read(frames, rows, cols)
+            out[:, 1] = ~np.isnan(rate)
+            out[:, 0] = rate_to_input_(torch.from_numpy(rate)).numpy()
+            return
+        for k, frame in enumerate(frames):  # frame by frame: no temporary copies
+            np.copyto(out[k, 0], self._input[frame, rows, cols])
+            np.logical_not(np.isnan(self._data[frame, rows, cols]), out=out[k, 1],
+                           casting="unsafe")
 
     def iter_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(first, rates)`` for consecutive blocks of whole frames, first to last."""
