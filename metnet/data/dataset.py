@@ -212,10 +212,15 @@ def collate(batch: dict) -> dict:
 
 
 def _empty(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised float32 tensor; in a DataLoader worker, in shared memory, so that the
-    batch crosses to the main process without a copy (as torch's default_collate does)."""
+    """An uninitialised float32 tensor for a batch.
+
+    In a DataLoader worker it lives in shared memory, so the batch crosses to the main
+    process without a copy (as torch's default_collate does). Elsewhere it is numpy
+    memory: glibc reuses freed batch buffers, which spares the page faults of a fresh
+    torch allocation (3x slower to fill on the development machine).
+    """
     if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.float32)
+        return torch.from_numpy(np.empty(shape, dtype=np.float32))
     numel = int(np.prod(shape))
     storage = torch.empty(0)._typed_storage()._new_shared(numel, device="cpu")
     return torch.empty(0).new(storage).view(shape)
