@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint benchmark clean
+.PHONY: venv demo test lint stores clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,13 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) pipelines/demo.py --out outputs/demo
+
+# The real radar stores of configs/radar.yaml, from ../shared/data (2 km, 5 min).
+SHARED ?= ../shared/data
+stores: $(STAMP)
+	$(VENV)/bin/metnet ingest $(SHARED)/radar/fmi --source fmi --out outputs/stores/fmi.zarr --coarsen 2
+	$(VENV)/bin/metnet ingest $(SHARED)/radar/KNMI --source knmi --out outputs/stores/knmi.zarr --coarsen 2
+	$(VENV)/bin/metnet ingest $(SHARED)/radar/mch --source mch --out outputs/stores/mch.zarr --coarsen 2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

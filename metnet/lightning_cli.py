@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -20,7 +21,13 @@ from metnet.training import NowcastModule
 
 
 class MetNetCLI(LightningCLI):
-    """LightningCLI with metnet's argument links and default callbacks and loggers."""
+    """LightningCLI with metnet's argument links, callbacks and loggers.
+
+    Logs and checkpoints go under ``--trainer.default_root_dir`` (default ``outputs``):
+    ``csv/`` (and ``tensorboard/`` when installed) and ``checkpoints/`` (``best.ckpt`` by
+    validation loss, ``last.ckpt`` refreshed every 25 steps and at each epoch's end). The
+    checkpoint folder is fixed so that ``--ckpt_path last`` finds the previous run's.
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.context_frames", "model.net.init_args.context_frames")
@@ -29,38 +36,41 @@ class MetNetCLI(LightningCLI):
         parser.link_arguments(
             "data.num_channels", "model.net.init_args.input_channels", apply_on="instantiate"
         )
+        parser.set_defaults({"trainer.default_root_dir": OUTPUTS})
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        root = config.trainer.default_root_dir
+        self.trainer_defaults["callbacks"] = default_callbacks(root)
+        if config.trainer.logger in (None, True):
+            config.trainer.logger = default_loggers(root)
 
 
 OUTPUTS = "outputs"
+CHECKPOINT_EVERY_N_STEPS = 25
 
 
-def trainer_defaults(save_dir: str = OUTPUTS) -> dict:
-    """Callbacks and loggers every run gets (configs and ``--trainer.*`` add to them).
+def default_callbacks(root: str) -> list:
+    """Best and last checkpoints in ``root/checkpoints``, learning-rate log, rich progress."""
+    return [
+        ModelCheckpoint(dirpath=f"{root}/checkpoints", monitor="val/loss", filename="best"),
+        ModelCheckpoint(dirpath=f"{root}/checkpoints", every_n_train_steps=CHECKPOINT_EVERY_N_STEPS,
+                        save_top_k=0, save_last=True),
+        LearningRateMonitor(logging_interval="step"),
+        RichProgressBar(),
+    ]
 
-    Checkpoints go to a fixed folder so that ``--ckpt_path last`` finds the previous run's;
-    a mid-epoch checkpoint every 25 steps lets a killed run resume close to where it stopped.
-    CSV logs always, TensorBoard as well when it is installed.
-    """
-    loggers = [_logger(CSVLogger, save_dir, "csv")]
+
+def default_loggers(root: str) -> list[Namespace]:
+    """CSV logs always; TensorBoard as well when it is installed."""
+    loggers = {"csv": CSVLogger}
     if importlib.util.find_spec("tensorboard") is not None:
-        loggers.append(_logger(TensorBoardLogger, save_dir, "tensorboard"))
-    return {
-        "logger": loggers,
-        "callbacks": [
-            ModelCheckpoint(dirpath=f"{save_dir}/checkpoints", monitor="val/loss",
-                            filename="best"),
-            ModelCheckpoint(dirpath=f"{save_dir}/checkpoints", every_n_train_steps=25,
-                            save_top_k=0, save_last=True),
-            LearningRateMonitor(logging_interval="step"),
-            RichProgressBar(),
-        ],
-    }
-
-
-def _logger(cls: type, save_dir: str, name: str) -> dict:
-    """A logger as a config entry (instances would not serialise into the saved config)."""
-    path = f"{cls.__module__}.{cls.__name__}"
-    return {"class_path": path, "init_args": {"save_dir": save_dir, "name": name}}
+        loggers["tensorboard"] = TensorBoardLogger
+    return [
+        Namespace(class_path=f"{cls.__module__}.{cls.__name__}",
+                  init_args=Namespace(save_dir=root, name=name))
+        for name, cls in loggers.items()
+    ]
 
 
 def run_lightning(argv: Sequence[str]) -> int:
@@ -70,6 +80,5 @@ def run_lightning(argv: Sequence[str]) -> int:
         NowcastDataModule,
         args=list(argv),
         save_config_kwargs={"overwrite": True},
-        trainer_defaults=trainer_defaults(),
     )
     return 0

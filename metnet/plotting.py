@@ -88,3 +88,48 @@ def plot_frames(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_forecast_panels(
+    observed: np.ndarray,
+    median: np.ndarray,
+    probability: np.ndarray,
+    persistence: np.ndarray,
+    lead_times: Sequence[int],
+    path: str | Path,
+    threshold: float = 1.0,
+    title: str = "",
+) -> Path:
+    """Rows per lead time: observation, model median, P(rain > threshold), persistence.
+
+    Args:
+        observed, median, persistence: (L, H, W) rain rate in mm/h (NaN: not observed).
+        probability: (L, H, W) exceedance probability of ``threshold`` mm/h.
+        lead_times: L lead times in minutes.
+    """
+    cmap, norm = rain_colormap()
+    columns = ["observed", "model median", f"P(rain > {threshold:g} mm/h)", "persistence"]
+    fig, axes = plt.subplots(len(lead_times), 4, figsize=(12, 3 * len(lead_times)),
+                             squeeze=False, constrained_layout=True)
+    rain_image = prob_image = None
+    for row, lead in enumerate(lead_times):
+        for col, field in enumerate((observed, median, probability, persistence)):
+            ax = axes[row, col]
+            if col == 2:
+                prob_image = ax.imshow(field[row], cmap="viridis", vmin=0, vmax=1,
+                                       interpolation="none")
+            else:
+                rain_image = ax.imshow(field[row], cmap=cmap, norm=norm, interpolation="none")
+            ax.set_title(f"{columns[col]}, +{lead} min", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.colorbar(rain_image, ax=axes[:, [0, 1, 3]], label="rain rate (mm/h)", shrink=0.6,
+                 extend="max")
+    fig.colorbar(prob_image, ax=axes[:, 2], label="probability", shrink=0.6)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -145,3 +145,32 @@ def test_bf16_mixed_precision_trains_on_cpu(synthetic_store, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     net, _ = load_checkpoint(tmp_path / "outputs/checkpoints/last.ckpt")
     assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def _validate_scores(args: list[str], cwd: Path, devices: int) -> dict[str, float]:
+    result = metnet("validate", *args, "--trainer.accelerator", "cpu", "--trainer.devices",
+                    str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
+                    "--trainer.limit_val_batches", "1.0", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = next((cwd / "outputs/csv").glob(f"version_{_last_version(cwd)}/metrics.csv"))
+    lines = metrics.read_text().splitlines()
+    header, values = lines[0].split(","), lines[-1].split(",")
+    return {k: float(v) for k, v in zip(header, values, strict=True) if v}
+
+
+def _last_version(cwd: Path) -> int:
+    return max(int(p.name.split("_")[1]) for p in (cwd / "outputs/csv").glob("version_*"))
+
+
+def test_ddp_on_two_cpu_processes_fits_and_reduces_scores_across_ranks(trained, synthetic_store):
+    result = metnet("fit", *tiny_overrides(synthetic_store), "--trainer.accelerator", "cpu",
+                    "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                    "--trainer.limit_train_batches", "2", cwd=trained)
+    assert result.returncode == 0, result.stderr[-3000:]
+    args = [*tiny_overrides(synthetic_store), "--data.eval_patches_per_window", "2",
+            "--ckpt_path", "outputs/checkpoints/last.ckpt"]
+    single = _validate_scores(args, trained, devices=1)
+    double = _validate_scores(args, trained, devices=2)
+    for key in ("val/model/csi_1", "val/persistence/csi_1", "val/model/crps",
+                "val/persistence/crps/lead_30", "val/model/ce"):
+        assert double[key] == pytest.approx(single[key], rel=1e-5), key

@@ -15,6 +15,7 @@ second run resumes where the first stopped.
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -364,7 +365,9 @@ def grid_from_metadata(
 
 def _proj_km_to_m(proj4: str) -> str:
     """The same projection with lengths in metres instead of kilometres."""
-    params = pyproj.CRS.from_proj4(proj4).to_dict()
+    with warnings.catch_warnings():  # to_dict warns that PROJ strings are lossy; this one isn't
+        warnings.simplefilter("ignore", UserWarning)
+        params = pyproj.CRS.from_proj4(proj4).to_dict()
     for key in ("a", "b", "R", "x_0", "y_0"):
         if key in params:
             params[key] = float(params[key]) * 1000.0
