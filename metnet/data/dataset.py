@@ -1,18 +1,19 @@
 """The sample: a context patch sequence and the rain at each lead time over its centre.
 
-A sample is a dict (shapes for one sample; a DataLoader batch adds a leading B):
+A batch is a dict (``dataset[i]`` gives one sample: the same without B, with
+``init_time``, ``row`` and ``col`` as Python ints and ``store`` a str):
 
-============== ================ ======= =============================================
-key            shape            dtype   content
-============== ================ ======= =============================================
-``context``    (T, C, S, S)     float32 model input, channels in :func:`channel_names` order
-``target``     (L, St, St)      float32 rain rate in mm/h, NaN where not observed
-``target_mask`` (L, St, St)     bool    True where ``target`` is observed
-``lead_times`` (L,)             int64   lead times in minutes after ``init_time``
-``init_time``  ()               int64   time of the last context frame, ns since 1970 UTC
-``store``      str                      the store's name (folder stem)
-``row``/``col`` ()              int64   grid pixel of the context patch's top-left corner
-============== ================ ======= =============================================
+=============== ================= ======= ============================================
+key             shape             dtype   content
+=============== ================= ======= ============================================
+``context``     (B, T, C, S, S)   float32 model input, channels in :func:`channel_names` order
+``target``      (B, L, St, St)    float32 rain rate in mm/h, NaN where not observed
+``target_mask`` (B, L, St, St)    bool    True where ``target`` is observed
+``lead_times``  (B, L)            int64   lead times in minutes after ``init_time``
+``init_time``   (B,)              int64   time of the last context frame, ns since 1970 UTC
+``store``       list of B str             the store's name (folder stem)
+``row``/``col`` (B,)              int64   grid pixel of the context patch's top-left corner
+=============== ================= ======= ============================================
 
 T = ``context_frames``, S = ``context_size``, St = ``target_size``, L = number
 of lead times; the target square is the central St x St of the context
