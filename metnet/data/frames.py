@@ -48,7 +48,6 @@ class StoreFrames:
         times: (T,) datetime64[ns] times of the selected frames.
         x, y: (W,), (H,) pixel-centre coordinates in projection units.
         crs: PROJ string of the grid.
-        step_minutes: the store's nominal step.
     """
 
     def __init__(
@@ -64,9 +63,7 @@ class StoreFrames:
         self.path = Path(path)
         self.name = self.path.stem
         ds = open_store(self.path)
-        self.attrs = dict(ds.attrs)
         self.crs = str(ds.attrs["crs"])
-        self.step_minutes = int(ds.attrs["step_minutes"])
         self.x, self.y = ds["x"].values, ds["y"].values
         all_times = ds["time"].values.astype("datetime64[ns]")
         self.index = np.arange(len(all_times)) if frames is None else np.asarray(frames)

@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 
 SPLITS = ("train", "val", "test")
-NS_PER_MINUTE = 60 * 10**9
 
 
 class DataConfigError(ValueError):
