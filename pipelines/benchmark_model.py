@@ -269,9 +269,10 @@ def report_attention(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    threads = args.threads or torch.get_num_threads()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-        f"python {sys.version.split()[0]}, load average {load}"
+        f"torch {torch.__version__}, {threads} CPU threads, python {sys.version.split()[0]}, "
+        f"load average {load} (1, 5, 15 min) on {os.cpu_count()} cores"
     )
     if not args.skip_model:
         report_model(args)
