@@ -133,3 +133,160 @@ def plot_forecast_panels(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _draw_probability(ax: plt.Axes, field: xr.DataArray, title: str) -> matplotlib.image.AxesImage:
+    """Draw one (y, x) probability field (0..1) on ``ax`` like :func:`draw_rain`."""
+    values = field.values
+    if field.y[0] < field.y[-1]:
+        values = values[::-1]
+    cmap = matplotlib.colormaps["viridis"].copy()
+    cmap.set_bad("#d9d9d9")
+    image = ax.imshow(values, cmap=cmap, vmin=0, vmax=1, extent=_extent_km(field),
+                      interpolation="none")
+    ax.set_title(title, fontsize=9)
+    unit = "km" if field.x.attrs.get("units", "m") == "m" else field.x.attrs.get("units", "")
+    ax.set_xlabel(f"x ({unit})", fontsize=8)
+    ax.set_ylabel(f"y ({unit})", fontsize=8)
+    ax.tick_params(labelsize=7)
+    return image
+
+
+def plot_forecast_maps(
+    columns: Sequence[tuple[str, xr.DataArray | None, str]],
+    lead_times: Sequence[int],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Map panels, one row per lead time, one column per field, north up, axes in km.
+
+    Args:
+        columns: ``(label, field, kind)``: field (lead_time, y, x) with a ``lead_time``
+            coordinate in minutes (None or an all-NaN lead: drawn as "not available");
+            kind ``"rain"`` (mm/h, :func:`rain_colormap`) or ``"probability"`` (0..1).
+        lead_times: the lead times (minutes) to draw, one row each.
+        path: PNG to write.
+    """
+    width, height = 3.0 * len(columns) + 1.8, 2.9 * len(lead_times) + 0.6
+    fig, axes = plt.subplots(len(lead_times), len(columns), figsize=(width, height),
+                             squeeze=False)
+    # Fixed margins: constrained layout takes seconds per figure at this panel count.
+    fig.subplots_adjust(left=0.9 / width, right=1 - 1.9 / width, bottom=0.5 / height,
+                        top=1 - 0.6 / height, wspace=0.35, hspace=0.4)
+    images: dict[str, matplotlib.image.AxesImage] = {}
+    for row, lead in enumerate(lead_times):
+        for col, (label, field, kind) in enumerate(columns):
+            ax, name = axes[row, col], f"{label}, +{lead} min"
+            frame = None if field is None else field.sel(lead_time=lead)
+            if frame is None or not np.isfinite(frame.values).any():
+                ax.text(0.5, 0.5, "not available", ha="center", va="center")
+                ax.set_title(name, fontsize=9)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            draw = draw_rain if kind == "rain" else _draw_probability
+            images[kind] = draw(ax, frame, name)
+    bar = {"rain": (1 - 1.6 / width, "rain rate (mm/h)"),
+           "probability": (1 - 0.8 / width, "probability")}
+    for kind, image in images.items():
+        left, label = bar[kind]
+        cax = fig.add_axes((left, 0.2, 0.12 / width, 0.6))
+        ticks = RAIN_LEVELS_MM_H if kind == "rain" else None
+        fig.colorbar(image, cax=cax, label=label, ticks=ticks,
+                     extend="max" if kind == "rain" else "neither")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str | Path, dpi: int = 100) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+SCORE_LABELS = {"csi": "CSI", "pod": "POD", "far": "FAR", "fss": "FSS", "mae": "MAE (mm/h)",
+                "crps": "CRPS (mm/h)", "brier": "Brier score"}
+
+
+def plot_skill(scores: pd.DataFrame, path: str | Path, title: str = "", ncols: int = 4) -> Path:
+    """Scores against lead time: one panel per metric (and threshold or scale), one line
+    per method.
+
+    Args:
+        scores: tidy table with columns method, metric, threshold, scale_km,
+            lead_time_min, value (:func:`metnet.verification.evaluate`).
+    """
+    keys = scores[["metric", "threshold", "scale_km"]].drop_duplicates()
+    keys = keys.assign(order=keys["metric"].map(list(SCORE_LABELS).index)).sort_values(
+        ["order", "threshold", "scale_km"])
+    nrows = int(np.ceil(len(keys) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.7 * nrows), squeeze=False,
+                             constrained_layout=True)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax, (_, key) in zip(axes.flat, keys.iterrows(), strict=False):
+        panel = scores[(scores["metric"] == key["metric"])
+                       & _same(scores["threshold"], key["threshold"])
+                       & _same(scores["scale_km"], key["scale_km"])]
+        for method, lines in panel.groupby("method", sort=False):
+            ax.plot(lines["lead_time_min"], lines["value"], marker="o", ms=3, label=method)
+        ax.set_title(_panel_title(key), fontsize=9)
+        ax.set_xlabel("lead time (min)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _same(column: pd.Series, value: float) -> pd.Series:
+    return column.isna() if pd.isna(value) else column == value
+
+
+def _panel_title(key: pd.Series) -> str:
+    text = SCORE_LABELS.get(key["metric"], key["metric"])
+    if not pd.isna(key["threshold"]):
+        text += f" >{key['threshold']:g} mm/h"
+    if not pd.isna(key["scale_km"]):
+        text += f", {key['scale_km']:g} km"
+    return text
+
+
+def plot_reliability(
+    reliability: pd.DataFrame, path: str | Path, title: str = "", threshold: float = 1.0,
+    min_count: int = 10, max_curves: int = 4,
+) -> Path:
+    """Reliability diagram of exceedance probabilities, a curve per lead time, and the
+    number of forecasts per probability bin below.
+
+    Args:
+        reliability: columns lead_time_min, bin, forecast_probability, observed_frequency,
+            count (:func:`metnet.verification.evaluate`).
+        min_count: bins with fewer forecasts are not drawn.
+        max_curves: at most this many lead times, evenly spread, are drawn.
+    """
+    leads = sorted(reliability["lead_time_min"].unique())
+    picks = np.unique(np.linspace(0, len(leads) - 1, min(max_curves, len(leads))).round())
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6.5), height_ratios=(3, 1),
+                                      sharex=True, constrained_layout=True)
+    top.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect reliability")
+    for index in picks.astype(int):
+        lead = leads[index]
+        rows = reliability[(reliability["lead_time_min"] == lead)
+                           & (reliability["count"] >= min_count)]
+        line, = top.plot(rows["forecast_probability"], rows["observed_frequency"], marker="o",
+                         ms=3, label=f"+{lead} min")
+        everything = reliability[reliability["lead_time_min"] == lead]
+        bottom.step((everything["bin"] + 0.5) / len(everything), everything["count"],
+                    where="mid", color=line.get_color())
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed relative frequency",
+            title=f"Reliability of P(rain > {threshold:g} mm/h)" + (f", {title}" if title else ""))
+    top.legend(fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.set(yscale="log", xlabel="forecast probability", ylabel="forecasts")
+    bottom.grid(alpha=0.3)
+    return _save(fig, path)
