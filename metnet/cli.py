@@ -1,8 +1,8 @@
 """The single ``metnet`` command.
 
-Data commands (``synth``, ``ingest``) are plain argparse sub-commands; each
-failure they anticipate ends in one line on stderr naming the file and the
-problem, and a non-zero exit status.
+Data and inference commands (``synth``, ``ingest``, ``forecast``, ``evaluate``) are plain
+argparse sub-commands; each failure they anticipate ends in one line on stderr naming the
+file and the problem, and a non-zero exit status.
 """
 
 from __future__ import annotations
@@ -63,6 +63,59 @@ def _ingest(args: argparse.Namespace) -> None:
         print(f"  skipped {path}: {reason}", file=sys.stderr)
 
 
+def _forecast(args: argparse.Namespace) -> None:
+    from metnet.forecast import complete_init_times, forecast_dataset, write_forecast
+    from metnet.io.store import open_store
+    from metnet.training import load_checkpoint
+
+    if args.start and not args.end:
+        raise ValueError("--start needs --end")
+    out = Path(args.out)
+    if out.suffix not in (".nc", ".zarr"):
+        raise ValueError(f"{out}: --out must end in .nc (netCDF-4) or .zarr (zarr v3)")
+    if out.exists():
+        raise FileExistsError(f"{out}: already exists; remove it or choose another --out")
+    net, _ = load_checkpoint(args.ckpt)
+    store = open_store(args.data)
+    frames = int(net.config["context_frames"])
+    inits = args.init_time or complete_init_times(store, args.start, args.end, frames)
+    if not inits:
+        raise ValueError(f"no init time from {args.start} to {args.end} has {frames} past "
+                         f"frames in {args.data}")
+    ds = forecast_dataset(net, store, inits, args.lead_times, quantiles=args.quantiles,
+                          thresholds=args.thresholds, bin_probabilities=args.bin_probabilities,
+                          batch_tiles=args.batch_tiles, progress=True)
+    write_forecast(ds, out)
+    print(f"wrote {out}: {ds.sizes['init_time']} init times x {ds.sizes['lead_time']} lead "
+          f"times of {ds.sizes['y']}x{ds.sizes['x']} px")
+    if args.plot:
+        from metnet.verification import plot_forecast
+
+        for init in ds["init_time"].values:
+            print(f"wrote {plot_forecast(ds, store, init, args.plot)}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from metnet.forecast import complete_init_times, resolve_lead_times
+    from metnet.io.store import open_store
+    from metnet.training import load_checkpoint
+    from metnet.verification import MOTION_FRAMES, evaluate, write_evaluation
+
+    net, _ = load_checkpoint(args.ckpt)
+    store = open_store(args.data)
+    leads = resolve_lead_times(net, store, args.lead_times)
+    frames = max(int(net.config["context_frames"]), MOTION_FRAMES)
+    inits = complete_init_times(store, args.start, args.end, frames, leads)
+    if not inits:
+        raise ValueError(f"no init time from {args.start} to {args.end} has {frames} past "
+                         f"frames and every target up to +{leads[-1]} min in {args.data}")
+    result = evaluate(net, store, inits, leads, thresholds=args.thresholds,
+                      scales_km=args.scales, event_threshold=args.event_threshold,
+                      batch_tiles=args.batch_tiles, progress=True)
+    for path in write_evaluation(result, args.out):
+        print(f"wrote {path}")
+
+
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic radar store (the embedded default)")
     p.add_argument("--out", required=True, help="store to create (STORE.zarr)")
@@ -96,6 +149,61 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_ingest)
 
 
+def _add_forecast(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "forecast",
+        help="forecast a store's whole domain with a checkpoint (netCDF or zarr)",
+        description="Context: the checkpoint's context_frames consecutive frames on the "
+        "store's step grid ending at each init time (radar channels [rain, rain_mask]).",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint of `metnet fit` (CKPT.ckpt)")
+    p.add_argument("--data", required=True, help="radar store (STORE.zarr)")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--init-time", nargs="+", metavar="ISO", help="init times, ISO, UTC")
+    when.add_argument("--start", metavar="ISO",
+                      help="first init time (with --end: every store time with a full context)")
+    p.add_argument("--end", metavar="ISO", help="last init time (with --start)")
+    p.add_argument("--out", required=True, help="output to create: OUT.nc or OUT.zarr")
+    p.add_argument("--plot", metavar="DIR", help="also draw map panels per init time here")
+    _add_forecast_options(p)
+    p.add_argument("--quantiles", nargs="+", type=float, default=[0.1, 0.5, 0.9],
+                   help="quantile levels of the rain rate (default 0.1 0.5 0.9)")
+    p.add_argument("--bin-probabilities", action="store_true",
+                   help="also write every bin's probability and the bin edges")
+    p.set_defaults(handler=_forecast)
+
+
+def _add_forecast_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``forecast`` and ``evaluate``."""
+    p.add_argument("--lead-times", nargs="+", type=int, metavar="MIN",
+                   help="lead times in minutes (default: every store step up to the "
+                   "checkpoint's longest lead)")
+    p.add_argument("--thresholds", nargs="+", type=float, default=[0.1, 1.0, 4.0, 8.0],
+                   help="rain-rate thresholds in mm/h (default 0.1 1 4 8)")
+    p.add_argument("--batch-tiles", type=int, default=8, help="tiles per network call")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a checkpoint against persistence and optical-flow extrapolation",
+        description="Scores every init time in [--start, --end] with a full context and "
+        "every target: CSI/POD/FAR, FSS, MAE, CRPS, Brier score and reliability.",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint of `metnet fit` (CKPT.ckpt)")
+    p.add_argument("--data", required=True, help="radar store (STORE.zarr)")
+    p.add_argument("--start", required=True, metavar="ISO", help="first init time, ISO, UTC")
+    p.add_argument("--end", required=True, metavar="ISO", help="last init time, ISO, UTC")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for scores.csv, reliability.csv and the figures")
+    _add_forecast_options(p)
+    p.add_argument("--scales", nargs="+", type=float, default=[1.0, 5.0, 10.0, 20.0],
+                   metavar="KM", help="FSS scales in km (default 1 5 10 20)")
+    p.add_argument("--event-threshold", type=float, default=1.0,
+                   help="threshold (mm/h) of FSS, Brier score and reliability (default 1)")
+    p.set_defaults(handler=_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metnet",
@@ -106,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=summary, add_help=False)  # dispatched to LightningCLI
     _add_synth(sub)
     _add_ingest(sub)
+    _add_forecast(sub)
+    _add_evaluate(sub)
     return parser
 
 
