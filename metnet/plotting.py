@@ -140,8 +140,7 @@ def _draw_probability(ax: plt.Axes, field: xr.DataArray, title: str) -> matplotl
     values = field.values
     if field.y[0] < field.y[-1]:
         values = values[::-1]
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("#d9d9d9")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")
     image = ax.imshow(values, cmap=cmap, vmin=0, vmax=1, extent=_extent_km(field),
                       interpolation="none")
     ax.set_title(title, fontsize=9)

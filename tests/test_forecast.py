@@ -1,0 +1,261 @@
+"""Whole-domain forecasts: tiling and blending, the CF output files, refusals, the CLI."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+
+import lightning as L
+import netCDF4
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from torch import nn
+
+from metnet.cli import main
+from metnet.data.transforms import clean_rate, input_to_rate
+from metnet.distribution import rain_to_bin
+from metnet.forecast import (
+    ForecastError,
+    complete_init_times,
+    forecast_dataset,
+    make_tiling,
+    write_forecast,
+)
+from metnet.io.store import open_store, write_store
+from metnet.io.synthetic import synthesize
+from metnet.models import MetNet
+from metnet.training import NowcastModule, load_checkpoint
+
+TINY = dict(input_channels=2, context_frames=3, input_size=32, target_size=16, pack_factor=2,
+            downsampler_channels=(8, 16), lstm_hidden=16, num_blocks=2, conditioned_from=1,
+            heads=2, max_lead_minutes=30, lead_step_minutes=5)
+
+
+def make_store(path: Path, frames: int = 12, height: int = 70, width: int = 62) -> Path:
+    """A synthetic store; 70 x 62 px is no multiple of the 8-px tile stride."""
+    return write_store(synthesize(frames=frames, height=height, width=width, seed=5), path)
+
+
+def make_checkpoint(path: Path, steps: int = 2) -> Path:
+    """A real Lightning checkpoint of the tiny MetNet, trained ``steps`` steps on noise."""
+    torch.manual_seed(0)
+    module = NowcastModule(net=MetNet(**TINY), warmup_steps=1)
+    g = torch.Generator().manual_seed(0)
+    batches = [{"context": torch.rand(2, 3, 2, 32, 32, generator=g),
+                "target": 4 * torch.rand(2, 6, 16, 16, generator=g),
+                "lead_times": torch.arange(5, 31, 5).expand(2, -1)} for _ in range(steps)]
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu")
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return make_store(tmp_path_factory.mktemp("fc") / "s.zarr")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+
+
+@pytest.fixture(scope="module")
+def net(checkpoint) -> MetNet:
+    return load_checkpoint(checkpoint)[0]
+
+
+@pytest.fixture(scope="module")
+def forecast(net, store) -> xr.Dataset:
+    ds = open_store(store)
+    return forecast_dataset(net, ds, [ds.time.values[4], "2024-06-01T12:30"],
+                            bin_probabilities=True)
+
+
+def last_frame(store: Path, init: np.datetime64) -> np.ndarray:
+    return clean_rate(open_store(store)["precip_rate"].sel(time=init).values.copy())
+
+
+# -- content ---------------------------------------------------------------------------
+
+
+def test_forecast_is_a_consistent_distribution_nan_outside_coverage(forecast, store):
+    assert forecast["precip_rate_mean"].dims == ("init_time", "lead_time", "y", "x")
+    assert forecast["lead_time"].values.tolist() == [5, 10, 15, 20, 25, 30]
+    assert forecast["precip_rate_quantile"].dims[0] == "quantile"
+    for k, init in enumerate(forecast["init_time"].values):
+        outside = np.isnan(last_frame(store, init))
+        assert 0 < outside.sum() < outside.size
+        for name in ("precip_rate_mean", "probability_of_exceedance", "bin_probability"):
+            values = forecast[name].isel(init_time=k).values
+            assert np.isnan(values[..., outside]).all()
+            assert np.isfinite(values[..., ~outside]).all()
+    inside = forecast.where(np.isfinite(forecast["precip_rate_mean"]))
+    total = inside["bin_probability"].sum("bin", skipna=False)
+    np.testing.assert_allclose(total.values[np.isfinite(total.values)], 1.0, atol=1e-5)
+    q = inside["precip_rate_quantile"].values
+    assert (np.diff(q, axis=0)[np.isfinite(np.diff(q, axis=0))] >= -1e-5).all()
+    p = inside["probability_of_exceedance"].values
+    assert (np.diff(p, axis=0)[np.isfinite(np.diff(p, axis=0))] <= 1e-6).all()
+
+
+class PersistenceNet(nn.Module):
+    """A stand-in network: each target pixel's distribution is a single bin, the bin of the
+    last context frame's rain at that pixel, so a misplaced tile shows in the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = dict(TINY)
+        self.bin_edges = MetNet(**TINY).bin_edges
+        self.anchor = nn.Parameter(torch.zeros(()))  # gives the module a device
+
+    def forward(self, x: torch.Tensor, lead_times: torch.Tensor) -> torch.Tensor:
+        margin = (TINY["input_size"] - TINY["target_size"]) // 2
+        crop = x[:, -1, 0, margin:margin + TINY["target_size"], margin:margin + TINY[
+            "target_size"]]
+        bins = rain_to_bin(input_to_rate(crop), self.bin_edges)
+        logits = 60.0 * nn.functional.one_hot(bins, len(self.bin_edges) - 1).movedim(-1, 1)
+        return logits[:, None].expand(-1, len(lead_times), -1, -1, -1).float()
+
+
+def test_tiles_land_where_their_targets_are_up_to_the_domain_edges(store):
+    ds = open_store(store)
+    thresholds = (0.1, 0.5, 1.0, 4.0)  # bin edges: exceedance is exact for a one-bin pmf
+    fc = forecast_dataset(PersistenceNet(), ds, ["2024-06-01T12:25"], [5], thresholds=thresholds)
+    rate = last_frame(store, np.datetime64("2024-06-01T12:25"))
+    for t in thresholds:
+        expected = np.where(np.isnan(rate), np.nan, (rate >= t).astype(np.float32))
+        got = fc["probability_of_exceedance"].sel(threshold=t).values[0, 0]
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_blending_a_position_independent_network_is_seamless(net, store):
+    flat = copy.deepcopy(net)
+    with torch.no_grad():
+        flat.head.logits.weight.zero_()
+        flat.head.logits.bias.copy_(torch.linspace(2.0, -2.0, flat.num_bins))
+    ds = open_store(store)
+    tiling = make_tiling(flat, (ds.sizes["y"], ds.sizes["x"]))
+    assert tiling.counts == (8, 7) and tiling.stride == (8, 8)
+    fc = forecast_dataset(flat, ds, ["2024-06-01T12:25"], [10, 30])
+    mean = fc["precip_rate_mean"].values
+    inside = ~np.isnan(last_frame(store, np.datetime64("2024-06-01T12:25")))
+    assert np.isnan(mean[..., ~inside]).all()
+    values = mean[..., inside]
+    np.testing.assert_allclose(values, values.flat[0], rtol=1e-5)
+
+
+def test_a_wider_stride_gives_the_same_constant_field(net, store):
+    """Tiles that do not overlap (stride = target size) and ones that overlap 4-fold agree
+    on a field that does not depend on position."""
+    flat = copy.deepcopy(net)
+    with torch.no_grad():
+        flat.head.logits.weight.zero_()
+    ds = open_store(store)
+    a = forecast_dataset(flat, ds, ["2024-06-01T12:25"], [5], stride=(16, 16))
+    b = forecast_dataset(flat, ds, ["2024-06-01T12:25"], [5], stride=(4, 4))
+    xr.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+# -- files -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_written_file_equals_the_prediction(forecast, tmp_path, suffix):
+    path = write_forecast(forecast, tmp_path / f"out{suffix}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    back = xr.open_dataset(path, engine="netcdf4" if suffix == ".nc" else "zarr").load()
+    xr.testing.assert_identical(back.drop_vars("crs"), forecast.drop_vars("crs"))
+    assert back["crs"].attrs["crs_wkt"].startswith("PROJCRS")
+    with pytest.raises(FileExistsError):
+        write_forecast(forecast, path)
+
+
+def test_netcdf_carries_cf_attributes(forecast, tmp_path):
+    path = write_forecast(forecast, tmp_path / "out.nc")
+    with netCDF4.Dataset(path) as nc:
+        mean = nc["precip_rate_mean"]
+        assert mean.dimensions == ("init_time", "lead_time", "y", "x")
+        assert (mean.units, mean.standard_name, mean.grid_mapping) == (
+            "mm/h", "rainfall_rate", "crs")
+        assert nc["probability_of_exceedance"].units == "1"
+        assert nc["init_time"].units.startswith("minutes since 1970-01-01")
+        assert nc["lead_time"].units == "minute"
+        assert nc["x"].standard_name == "projection_x_coordinate"
+        assert "PROJCRS" in nc["crs"].crs_wkt and nc.Conventions == "CF-1.8"
+        assert nc["bin_edges"].units == "mm/h"
+    if shutil.which("ncdump"):
+        header = subprocess.run(["ncdump", "-h", str(path)], capture_output=True, text=True,
+                                check=True).stdout
+        assert "precip_rate_mean:standard_name = \"rainfall_rate\"" in header
+
+
+def test_a_failed_write_leaves_nothing_behind(forecast, tmp_path):
+    broken = forecast.copy()
+    broken.attrs["unwritable"] = {"a dict": "is no netCDF attribute"}
+    with pytest.raises(TypeError):
+        write_forecast(broken, tmp_path / "out.nc")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- refusals --------------------------------------------------------------------------
+
+
+def test_refuses_init_times_without_context_or_outside_the_store(net, store):
+    ds = open_store(store)
+    with pytest.raises(ForecastError, match="lacks past frames 2024-06-01T11:55"):
+        forecast_dataset(net, ds, ["2024-06-01T12:05"])
+    with pytest.raises(ForecastError, match="not a time of the store"):
+        forecast_dataset(net, ds, ["2024-06-01T12:07"])
+    with pytest.raises(ForecastError, match="lead times must be positive multiples of 5"):
+        forecast_dataset(net, ds, ["2024-06-01T12:25"], [5, 35])
+
+
+def test_complete_init_times_need_context_and_targets(store):
+    ds = open_store(store)
+    times = complete_init_times(ds, "2024-06-01T12:00", "2024-06-01T13:00", 3, [5, 30])
+    assert [str(t)[11:16] for t in (times[0], times[-1])] == ["12:10", "12:25"]
+
+
+def _cli(*args: str) -> int:
+    return main(["forecast", *map(str, args)])
+
+
+def test_cli_refusals_are_one_line_and_leave_no_output(store, checkpoint, tmp_path, capsys):
+    out = tmp_path / "out.nc"
+    assert _cli("--ckpt", checkpoint, "--data", store, "--init-time", "2024-06-01T12:05",
+                "--out", out) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("metnet forecast: error: init time 2024-06-01T12:05 lacks past")
+    assert err.count("\n") == 1
+
+    wide = MetNet(**{**TINY, "input_channels": 3})
+    torch.save({"state_dict": {f"net.{k}": v for k, v in wide.state_dict().items()},
+                "metnet_net_config": wide.config, "hyper_parameters": {}}, tmp_path / "c3.ckpt")
+    assert _cli("--ckpt", tmp_path / "c3.ckpt", "--data", store, "--init-time",
+                "2024-06-01T12:25", "--out", out) == 1
+    assert "expects 3 input channels" in capsys.readouterr().err
+
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    assert _cli("--ckpt", tmp_path / "junk.ckpt", "--data", store, "--init-time",
+                "2024-06-01T12:25", "--out", out) == 1
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c3.ckpt", "junk.ckpt"]
+
+
+def test_cli_forecasts_a_period_to_zarr_with_maps(store, checkpoint, tmp_path, capsys):
+    out = tmp_path / "out.zarr"
+    assert _cli("--ckpt", checkpoint, "--data", store, "--start", "2024-06-01T12:45",
+                "--end", "2024-06-01T13:00", "--out", out, "--lead-times", "5", "15",
+                "--quantiles", "0.5", "--thresholds", "1", "--plot", tmp_path / "maps") == 0
+    ds = xr.open_zarr(out)
+    assert ds.sizes == {"init_time": 3, "lead_time": 2, "y": 70, "x": 62, "quantile": 1,
+                        "threshold": 1}
+    assert len(list((tmp_path / "maps").glob("forecast_*.png"))) == 3
+    assert "wrote" in capsys.readouterr().out
