@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 RAIN_LEVELS_MM_H = [0.1, 0.2, 0.5, 1, 2, 4, 8, 16, 32, 64, 128]
 RAIN_COLOURS = [
@@ -222,8 +223,10 @@ def plot_skill(scores: pd.DataFrame, path: str | Path, title: str = "", ncols: i
     keys = keys.assign(order=keys["metric"].map(list(SCORE_LABELS).index)).sort_values(
         ["order", "threshold", "scale_km"])
     nrows = int(np.ceil(len(keys) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.7 * nrows), squeeze=False,
-                             constrained_layout=True)
+    height = 2.7 * nrows + 0.5
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, height), squeeze=False)
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.45 / height, top=1 - 0.6 / height,
+                        wspace=0.25, hspace=0.55)  # constrained layout is slow with many panels
     for ax in axes.flat[len(keys):]:
         ax.axis("off")
     for ax, (_, key) in zip(axes.flat, keys.iterrows(), strict=False):
@@ -234,6 +237,7 @@ def plot_skill(scores: pd.DataFrame, path: str | Path, title: str = "", ncols: i
             ax.plot(lines["lead_time_min"], lines["value"], marker="o", ms=3, label=method)
         ax.set_title(_panel_title(key), fontsize=9)
         ax.set_xlabel("lead time (min)", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
