@@ -9,10 +9,19 @@ can be overridden on the command line (``--model.*``, ``--data.*``,
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -25,7 +34,7 @@ class MetNetCLI(LightningCLI):
 
     Logs and checkpoints go under ``--trainer.default_root_dir`` (default ``outputs``):
     ``csv/`` (and ``tensorboard/`` when installed) and ``checkpoints/`` (``best.ckpt`` by
-    validation loss, ``last.ckpt`` refreshed every 25 steps and at each epoch's end). The
+    validation loss, ``last.ckpt`` every ``--checkpoint_every_n_steps``, default 25). The
     checkpoint folder is fixed so that ``--ckpt_path last`` finds the previous run's.
     """
 
@@ -37,25 +46,50 @@ class MetNetCLI(LightningCLI):
             "data.num_channels", "model.net.init_args.input_channels", apply_on="instantiate"
         )
         parser.set_defaults({"trainer.default_root_dir": OUTPUTS})
+        parser.add_argument("--checkpoint_every_n_steps", type=int, default=25,
+                            help="refresh last.ckpt every N training steps (resume point)")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.trainer.default_root_dir
-        self.trainer_defaults["callbacks"] = default_callbacks(root)
+        self.trainer_defaults["callbacks"] = default_callbacks(
+            root, config.get("checkpoint_every_n_steps", 25)
+        )
         if config.trainer.logger in (None, True):
             config.trainer.logger = default_loggers(root)
 
 
 OUTPUTS = "outputs"
-CHECKPOINT_EVERY_N_STEPS = 25
 
 
-def default_callbacks(root: str) -> list:
+class LastCheckpoint(Callback):
+    """Keeps ``last.ckpt`` current: every ``every_n_steps`` training steps and at each
+    epoch's end, written to a temporary file and renamed, so a kill mid-write leaves the
+    previous one intact."""
+
+    def __init__(self, path: str, every_n_steps: int) -> None:
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save(trainer)
+
+    def _save(self, trainer: Trainer) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp)  # every rank takes part; rank zero writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+
+def default_callbacks(root: str, every_n_steps: int) -> list:
     """Best and last checkpoints in ``root/checkpoints``, learning-rate log, rich progress."""
     return [
         ModelCheckpoint(dirpath=f"{root}/checkpoints", monitor="val/loss", filename="best"),
-        ModelCheckpoint(dirpath=f"{root}/checkpoints", every_n_train_steps=CHECKPOINT_EVERY_N_STEPS,
-                        save_top_k=0, save_last=True),
+        LastCheckpoint(f"{root}/checkpoints/last.ckpt", every_n_steps),
         LearningRateMonitor(logging_interval="step"),
         RichProgressBar(),
     ]

@@ -70,7 +70,7 @@ class NowcastModule(L.LightningModule):
                              persistent=False)
         self._metrics: dict[str, torch.nn.ModuleDict] = {}
         self.scores = torch.nn.ModuleDict()
-        self._num_leads: int | None = None
+        self._total_steps: int | None = None
 
     # -- steps -------------------------------------------------------------------------
 
@@ -182,6 +182,15 @@ class NowcastModule(L.LightningModule):
             out[f"{split}/model/ce/lead_{lead}"] = float(ce["lead"][j])
         return out
 
+    def on_train_start(self) -> None:
+        # Asked here, not in configure_optimizers: asking there builds the train loader before
+        # a resumed run has restored the loader's mid-epoch position (Lightning 2.6).
+        self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+
+    def _lr_factor(self, step: int) -> float:
+        total = self._total_steps or max(step + 1, self.hparams.warmup_steps)
+        return warmup_cosine(step, min(self.hparams.warmup_steps, total), total)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the network's constructor arguments, so :func:`load_checkpoint` can rebuild
         it without unpickling code."""
@@ -198,11 +207,7 @@ class NowcastModule(L.LightningModule):
              {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.lr,
         )
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(self.hparams.warmup_steps, total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total)
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -174,3 +174,36 @@ def test_ddp_on_two_cpu_processes_fits_and_reduces_scores_across_ranks(trained, 
     for key in ("val/model/csi_1", "val/persistence/csi_1", "val/model/crps",
                 "val/persistence/crps/lead_30", "val/model/ce"):
         assert double[key] == pytest.approx(single[key], rel=1e-5), key
+
+
+def _global_step(checkpoint: Path) -> int:
+    try:
+        return int(torch.load(checkpoint, weights_only=True)["global_step"])
+    except Exception:  # absent, or being written
+        return -1
+
+
+def test_run_killed_mid_epoch_resumes_exactly_where_it_stopped(synthetic_store, tmp_path):
+    args = [*tiny_overrides(synthetic_store), "--trainer.limit_train_batches", "12",
+            "--trainer.limit_val_batches", "1", "--checkpoint_every_n_steps", "4"]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    reference.mkdir()
+    killed.mkdir()
+    assert metnet("fit", *args, cwd=reference).returncode == 0
+    last = killed / "outputs/checkpoints/last.ckpt"
+    process = subprocess.Popen([sys.executable, "-m", "metnet.cli", "fit", *args], cwd=killed,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while _global_step(last) < 4 and process.poll() is None:
+        pass
+    process.kill()
+    process.wait()
+    killed_at = _global_step(last)
+    result = metnet("fit", *args, "--ckpt_path", "last", cwd=killed)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = torch.load(reference / "outputs/checkpoints/last.ckpt", weights_only=True)
+    resumed = torch.load(last, weights_only=True)
+    assert 4 <= killed_at < expected["global_step"], "the run was not killed mid-epoch"
+    assert resumed["global_step"] == expected["global_step"]
+    for key, value in expected["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, msg=key)
+    assert resumed["lr_schedulers"][0]["last_epoch"] == expected["lr_schedulers"][0]["last_epoch"]

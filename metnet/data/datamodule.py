@@ -38,7 +38,7 @@ from metnet.data.alignment import Interpolation, SatelliteAlignment, lonlat
 from metnet.data.dataset import Domain, NowcastDataset, SampleSpec, channel_names, collate
 from metnet.data.frames import Cache, StoreFrames, pixel_size
 from metnet.data.patches import PatchWeights
-from metnet.data.sampler import EpochSampler
+from metnet.data.sampler import EpochSampler, ResumableDataLoader
 from metnet.data.windows import (
     SPLITS,
     DataConfigError,
@@ -182,7 +182,8 @@ class NowcastDataModule(L.LightningDataModule):
             seed=self.hparams.seed,
         )
         workers = self.hparams.num_workers
-        return DataLoader(
+        loader = ResumableDataLoader if split == "train" else DataLoader
+        return loader(
             self.datasets[split],
             batch_size=self.hparams.batch_size,
             sampler=sampler,
