@@ -167,12 +167,12 @@ def plot_forecast_maps(
         lead_times: the lead times (minutes) to draw, one row each.
         path: PNG to write.
     """
-    width, height = 3.0 * len(columns) + 1.8, 2.9 * len(lead_times) + 0.6
+    width, height = 3.0 * len(columns) + 1.8, 2.9 * len(lead_times) + 0.9
     fig, axes = plt.subplots(len(lead_times), len(columns), figsize=(width, height),
                              squeeze=False)
     # Fixed margins: constrained layout takes seconds per figure at this panel count.
     fig.subplots_adjust(left=0.9 / width, right=1 - 1.9 / width, bottom=0.5 / height,
-                        top=1 - 0.6 / height, wspace=0.35, hspace=0.4)
+                        top=1 - 0.9 / height, wspace=0.35, hspace=0.4)
     images: dict[str, matplotlib.image.AxesImage] = {}
     for row, lead in enumerate(lead_times):
         for col, (label, field, kind) in enumerate(columns):
