@@ -57,6 +57,8 @@ class MetNetCLI(LightningCLI):
         )
         if config.trainer.logger in (None, True):
             config.trainer.logger = default_loggers(root)
+        if config.get("weights_only", False) is None:
+            config.weights_only = True  # --ckpt_path files load without running their code
 
 
 OUTPUTS = "outputs"
@@ -80,7 +82,7 @@ class LastCheckpoint(Callback):
 
     def _save(self, trainer: Trainer) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)  # every rank takes part; rank zero writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # every rank takes part; rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
 

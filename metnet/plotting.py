@@ -32,10 +32,8 @@ RAIN_COLOURS = [
 
 def rain_colormap() -> tuple[ListedColormap, BoundaryNorm]:
     """Discrete rain-rate colormap (mm/h): white below 0.1, grey where unobserved."""
-    cmap = ListedColormap(RAIN_COLOURS)
-    cmap.set_under("white")
-    cmap.set_over("#67000d")
-    cmap.set_bad("#d9d9d9")
+    cmap = ListedColormap(RAIN_COLOURS).with_extremes(under="white", over="#67000d",
+                                                      bad="#d9d9d9")
     return cmap, BoundaryNorm(RAIN_LEVELS_MM_H, cmap.N)
 
 

@@ -59,6 +59,10 @@ def test_rain_moves_so_that_extrapolation_beats_persistence():
     assert extrapolation > persistence + 0.1
 
 
+def test_odd_sizes():
+    assert synthesize(frames=2, height=33, width=47).precip_rate.shape == (2, 33, 47)
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="frames"):
         synthesize(frames=0)

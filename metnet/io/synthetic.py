@@ -62,7 +62,7 @@ def synthesize(
     rng = np.random.default_rng(seed)
     amplitude, persistence = _spectral_filters(height, width, step_minutes, rng)
     motion = _MotionField(height, width, step_minutes, pixel_size, rng)
-    latent = _noise(amplitude, rng)
+    latent = _noise(amplitude, width, rng)
     rain = np.empty((frames, height, width), dtype=np.float32)
     threshold = _threshold_series(frames, rng)
     steps = tqdm(range(-SPIN_UP_STEPS, frames), desc="synth", unit="step", disable=not progress)
@@ -101,9 +101,9 @@ def _spectral_filters(
     return amplitude, persistence
 
 
-def _noise(amplitude: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _noise(amplitude: np.ndarray, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit-variance Gaussian field (H, width) with the spectrum ``amplitude`` (H, width//2+1)."""
     height = amplitude.shape[0]
-    width = 2 * (amplitude.shape[1] - 1)
     white = np.fft.rfft2(rng.standard_normal((height, width)))
     field = np.fft.irfft2(white * amplitude, s=(height, width))
     return (field - field.mean()) / field.std()
@@ -122,7 +122,7 @@ def _evolve(
     coords = np.stack([rows - displacement[1], cols - displacement[0]])
     advected = map_coordinates(latent, coords, order=1, mode="wrap")
     spectrum = np.fft.rfft2(advected)
-    innovation = np.fft.rfft2(_noise(amplitude, rng))
+    innovation = np.fft.rfft2(_noise(amplitude, width, rng))
     mixed = persistence * spectrum + np.sqrt(1 - persistence**2) * innovation
     field = np.fft.irfft2(mixed, s=(height, width))
     return (field - field.mean()) / field.std()
