@@ -225,7 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from metnet.lightning_cli import run_lightning
 
-        return run_lightning(argv)
+        try:
+            return run_lightning(argv)
+        except (ValueError, OSError) as err:  # bad data configuration, checkpoint, path
+            print(f"metnet {argv[0]}: error: {err}", file=sys.stderr)
+            return 1
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], None] = args.handler
     try:

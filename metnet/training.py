@@ -196,6 +196,22 @@ class NowcastModule(L.LightningModule):
         it without unpickling code."""
         checkpoint[NET_CONFIG_KEY] = dict(self.net.config)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose network differs from the configured one, naming why."""
+        saved = checkpoint.get(NET_CONFIG_KEY)
+        if saved is None:
+            raise CheckpointError("not a metnet checkpoint (no network configuration)")
+        differences = [
+            f"{key}={saved.get(key)!r} (configured {value!r})"
+            for key, value in self.net.config.items()
+            if _plain(saved.get(key)) != _plain(value)
+        ]
+        if differences:
+            raise CheckpointError(
+                "the checkpoint's network does not match the configuration: "
+                + ", ".join(differences)
+            )
+
     # -- optimisation ------------------------------------------------------------------
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -210,6 +226,11 @@ class NowcastModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and lists compare equal (YAML gives lists, code gives tuples)."""
+    return list(value) if isinstance(value, tuple | list) else value
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:

@@ -207,3 +207,21 @@ def test_run_killed_mid_epoch_resumes_exactly_where_it_stopped(synthetic_store, 
     for key, value in expected["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, msg=key)
     assert resumed["lr_schedulers"][0]["last_epoch"] == expected["lr_schedulers"][0]["last_epoch"]
+
+
+def test_checkpoint_of_another_network_is_refused_in_one_line(trained, synthetic_store):
+    result = metnet("test", *tiny_overrides(synthetic_store), "--ckpt_path",
+                    "outputs/checkpoints/best.ckpt", "--model.net.init_args.lstm_hidden", "24",
+                    cwd=trained)
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("metnet test: error: the checkpoint's network does not match")
+    assert "lstm_hidden=16 (configured 24)" in last_line
+
+
+def test_bad_data_configuration_is_one_line(tmp_path):
+    result = metnet("fit", "--config", str(REPO / "configs/synthetic.yaml"), "--data.stores",
+                    f"[{tmp_path / 'absent.zarr'}]", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("metnet fit: error: ")
+    assert "absent.zarr" in result.stderr.strip().splitlines()[-1]
