@@ -49,10 +49,15 @@ def _extent_km(field: xr.DataArray) -> tuple[float, float, float, float]:
 def draw_rain(ax: plt.Axes, field: xr.DataArray, title: str = "") -> matplotlib.image.AxesImage:
     """Draw one (y, x) rain-rate field in mm/h on ``ax``, north up, axes in km."""
     cmap, norm = rain_colormap()
+    return _draw_map(ax, field, title, cmap=cmap, norm=norm)
+
+
+def _draw_map(ax: plt.Axes, field: xr.DataArray, title: str, **style) -> matplotlib.image.AxesImage:
+    """imshow of a (y, x) field, north up, with km axes and a title."""
     values = field.values
     if field.y[0] < field.y[-1]:  # rows stored south to north
         values = values[::-1]
-    image = ax.imshow(values, cmap=cmap, norm=norm, extent=_extent_km(field), interpolation="none")
+    image = ax.imshow(values, extent=_extent_km(field), interpolation="none", **style)
     ax.set_title(title, fontsize=9)
     unit = "km" if field.x.attrs.get("units", "m") == "m" else field.x.attrs.get("units", "")
     ax.set_xlabel(f"x ({unit})", fontsize=8)
@@ -136,18 +141,8 @@ def plot_forecast_panels(
 
 def _draw_probability(ax: plt.Axes, field: xr.DataArray, title: str) -> matplotlib.image.AxesImage:
     """Draw one (y, x) probability field (0..1) on ``ax`` like :func:`draw_rain`."""
-    values = field.values
-    if field.y[0] < field.y[-1]:
-        values = values[::-1]
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")
-    image = ax.imshow(values, cmap=cmap, vmin=0, vmax=1, extent=_extent_km(field),
-                      interpolation="none")
-    ax.set_title(title, fontsize=9)
-    unit = "km" if field.x.attrs.get("units", "m") == "m" else field.x.attrs.get("units", "")
-    ax.set_xlabel(f"x ({unit})", fontsize=8)
-    ax.set_ylabel(f"y ({unit})", fontsize=8)
-    ax.tick_params(labelsize=7)
-    return image
+    return _draw_map(ax, field, title, cmap=cmap, vmin=0, vmax=1)
 
 
 def plot_forecast_maps(
