@@ -1,9 +1,11 @@
-"""Print the per-lead test scores of a run next to persistence's, as a Markdown table.
+"""Print per-lead scores as Markdown tables: CSI at 1 mm/h and CRPS, model vs baselines.
 
     python pipelines/score_table.py outputs/radar/csv/version_1/metrics.csv --split test
+    python pipelines/score_table.py outputs/radar/evaluation/knmi/scores.csv
 
-Reads the CSV log that ``metnet test`` (or ``validate``) wrote and prints, for every lead
-time, the model's and persistence's CSI at 1 mm/h and CRPS.
+A ``metrics.csv`` is the CSV log of ``metnet test`` (or ``validate``): model vs
+persistence on the test patches. A ``scores.csv`` is written by ``metnet evaluate``:
+model vs persistence vs optical-flow extrapolation over whole domains.
 """
 
 from __future__ import annotations
@@ -38,12 +40,35 @@ def table(scores: dict[str, float], split: str) -> str:
     return "\n".join(lines)
 
 
+def evaluation_table(path: Path) -> str:
+    """CSI at 1 mm/h and CRPS per lead and method from an ``evaluate`` scores.csv."""
+    values: dict[tuple[str, str, int], float] = {}
+    for row in csv.DictReader(path.open()):
+        if row["metric"] == "csi" and float(row["threshold"] or "nan") != 1.0:
+            continue
+        if row["metric"] in ("csi", "crps"):
+            values[row["method"], row["metric"], int(row["lead_time_min"])] = float(row["value"])
+    methods = sorted({m for m, _, _ in values}, key=lambda m: (m != "model", m))
+    leads = sorted({lead for _, _, lead in values})
+    header = ["lead (min)"] + [f"{metric.upper()} {m}" for metric in ("csi", "crps")
+                               for m in methods]
+    lines = ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
+    for lead in leads:
+        cells = [f"{values.get((m, metric, lead), float('nan')):.3f}"
+                 for metric in ("csi", "crps") for m in methods]
+        lines.append(f"| {lead} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("metrics", type=Path, help="metrics.csv of a CSV log")
+    parser.add_argument("scores", type=Path, help="metrics.csv of a CSV log, or scores.csv")
     parser.add_argument("--split", default="test", choices=["val", "test"])
     args = parser.parse_args()
-    print(table(last_scores(args.metrics, args.split), args.split))
+    if args.scores.name == "scores.csv":
+        print(evaluation_table(args.scores))
+    else:
+        print(table(last_scores(args.scores, args.split), args.split))
 
 
 if __name__ == "__main__":
