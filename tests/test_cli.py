@@ -16,7 +16,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_the_commands():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("synth", "ingest"):
+    for command in ("fit", "validate", "test", "predict", "synth", "ingest", "forecast",
+                    "evaluate"):
         assert command in result.stdout
 
 
