@@ -156,8 +156,7 @@ def _add_forecast(sub: argparse._SubParsersAction) -> None:
         description="Context: the checkpoint's context_frames consecutive frames on the "
         "store's step grid ending at each init time (radar channels [rain, rain_mask]).",
     )
-    p.add_argument("--ckpt", required=True, help="checkpoint of `metnet fit` (CKPT.ckpt)")
-    p.add_argument("--data", required=True, help="radar store (STORE.zarr)")
+    _add_checkpoint_and_store(p)
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--init-time", nargs="+", metavar="ISO", help="init times, ISO, UTC")
     when.add_argument("--start", metavar="ISO",
@@ -171,6 +170,12 @@ def _add_forecast(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bin-probabilities", action="store_true",
                    help="also write every bin's probability and the bin edges")
     p.set_defaults(handler=_forecast)
+
+
+def _add_checkpoint_and_store(p: argparse.ArgumentParser) -> None:
+    """The model and the data: arguments of ``forecast`` and ``evaluate``."""
+    p.add_argument("--ckpt", required=True, help="checkpoint of `metnet fit` (CKPT.ckpt)")
+    p.add_argument("--data", required=True, help="radar store (STORE.zarr)")
 
 
 def _add_forecast_options(p: argparse.ArgumentParser) -> None:
@@ -190,8 +195,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         description="Scores every init time in [--start, --end] with a full context and "
         "every target: CSI/POD/FAR, FSS, MAE, CRPS, Brier score and reliability.",
     )
-    p.add_argument("--ckpt", required=True, help="checkpoint of `metnet fit` (CKPT.ckpt)")
-    p.add_argument("--data", required=True, help="radar store (STORE.zarr)")
+    _add_checkpoint_and_store(p)
     p.add_argument("--start", required=True, metavar="ISO", help="first init time, ISO, UTC")
     p.add_argument("--end", required=True, metavar="ISO", help="last init time, ISO, UTC")
     p.add_argument("--out", required=True, metavar="DIR",
