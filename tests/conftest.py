@@ -21,6 +21,12 @@ def shared_data_or_skip(*parts: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``; skips the requesting test when it is absent."""
+    return shared_data_or_skip()
+
+
+@pytest.fixture(scope="session")
 def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic radar store: 60 frames of 96 x 96 at 5 min, 1 km pixels."""
     path = tmp_path_factory.mktemp("synthetic") / "synthetic.zarr"

@@ -20,11 +20,6 @@ from metnet.io.ingest import IngestError, block_mean, ingest
 from metnet.io.sources import UnknownSourceError, get_source
 from metnet.io.store import open_store
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"real radar samples not found at {SHARED_DATA}"
-)
-
 # source, folder, (start, end) of a small subset, importer kwargs for the direct read
 CASES = [
     ("fmi", "radar/fmi", ("2016-09-28T16:00", "2016-09-28T16:10"), {"gzipped": True}),
@@ -47,11 +42,12 @@ def _read_direct(source: str, path: str, kwargs: dict) -> tuple[np.ndarray, dict
     return to_rainrate(field, metadata)
 
 
-@needs_data
 @pytest.mark.parametrize(("source", "folder", "period", "kwargs"), CASES, ids=[c[0] for c in CASES])
-def test_ingested_store_equals_what_pysteps_reads(tmp_path, source, folder, period, kwargs):
+def test_ingested_store_equals_what_pysteps_reads(
+    shared_data, tmp_path, source, folder, period, kwargs
+):
     out = tmp_path / f"{source}.zarr"
-    report = ingest(SHARED_DATA / folder, source, out, start=period[0], end=period[1],
+    report = ingest(shared_data / folder, source, out, start=period[0], end=period[1],
                     progress=False)
     ds = open_store(out)
     expected_times = pd.date_range(*period, freq=f"{get_source(source).step_minutes}min")
@@ -73,12 +69,13 @@ def test_ingested_store_equals_what_pysteps_reads(tmp_path, source, folder, peri
     assert ds.attrs["step_minutes"] == get_source(source).step_minutes
 
 
-@needs_data
-def test_knmi_kilometre_grid_is_stored_in_metres_with_an_equivalent_projection(tmp_path):
+def test_knmi_kilometre_grid_is_stored_in_metres_with_an_equivalent_projection(
+    shared_data, tmp_path
+):
     import pyproj
 
     out = tmp_path / "knmi.zarr"
-    ingest(SHARED_DATA / "radar/KNMI", "knmi", out, end="2010-08-26T00:00", progress=False)
+    ingest(shared_data / "radar/KNMI", "knmi", out, end="2010-08-26T00:00", progress=False)
     ds = open_store(out)
     to_lonlat = pyproj.Transformer.from_crs(ds.attrs["crs"], "EPSG:4326", always_xy=True)
     # The De Bilt radar sits near the middle of the Dutch composite.
@@ -87,19 +84,17 @@ def test_knmi_kilometre_grid_is_stored_in_metres_with_an_equivalent_projection(t
     assert ds.x.attrs["units"] == "m" and ds.attrs["pixel_size_x"] == pytest.approx(1000.0)
 
 
-@needs_data
-def test_frame_filed_under_previous_days_folder_is_found(tmp_path):
-    report = ingest(SHARED_DATA / "radar/mch", "mch", tmp_path / "m.zarr",
+def test_frame_filed_under_previous_days_folder_is_found(shared_data, tmp_path):
+    report = ingest(shared_data / "radar/mch", "mch", tmp_path / "m.zarr",
                     start="2016-07-12T00:00", progress=False)
     assert report.written == 1
 
 
-@needs_data
-def test_window_and_coarsen(tmp_path):
+def test_window_and_coarsen(shared_data, tmp_path):
     full = tmp_path / "full.zarr"
-    ingest(SHARED_DATA / "radar/fmi", "fmi", full, end="2016-09-28T14:45", progress=False)
+    ingest(shared_data / "radar/fmi", "fmi", full, end="2016-09-28T14:45", progress=False)
     small = tmp_path / "small.zarr"
-    ingest(SHARED_DATA / "radar/fmi", "fmi", small, end="2016-09-28T14:45",
+    ingest(shared_data / "radar/fmi", "fmi", small, end="2016-09-28T14:45",
            window="rows=100:300,cols=50:251", coarsen=4, progress=False)
     a, b = open_store(full), open_store(small)
     assert b.precip_rate.shape == (1, 50, 50)
@@ -115,13 +110,11 @@ def test_block_mean_ignores_nan_and_keeps_all_nan_blocks_nan():
 
 
 @pytest.fixture
-def fmi_copy(tmp_path):
+def fmi_copy(shared_data, tmp_path):
     """Eight FMI frames copied into a scratch archive that tests may damage."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real radar samples not found at {SHARED_DATA}")
     src = tmp_path / "archive"
     src.mkdir()
-    for path in sorted((SHARED_DATA / "radar/fmi/pgm/20160928").glob("*.pgm.gz"))[:8]:
+    for path in sorted((shared_data / "radar/fmi/pgm/20160928").glob("*.pgm.gz"))[:8]:
         shutil.copy(path, src / path.name)
     return src
 
@@ -207,9 +200,8 @@ def _kill_after(process: subprocess.Popen, path: Path, frames: int, timeout: flo
     process.wait()
 
 
-@needs_data
-def test_sigkill_during_a_new_store_leaves_no_store_and_rerun_completes(tmp_path):
-    src, out = SHARED_DATA / "radar/KNMI", tmp_path / "k.zarr"
+def test_sigkill_during_a_new_store_leaves_no_store_and_rerun_completes(shared_data, tmp_path):
+    src, out = shared_data / "radar/KNMI", tmp_path / "k.zarr"
     process = _ingest_process(src, out)
     _kill_after(process, tmp_path / ".k.zarr.partial", 24)
     assert not out.exists()
@@ -225,9 +217,8 @@ def test_sigkill_during_a_new_store_leaves_no_store_and_rerun_completes(tmp_path
     )
 
 
-@needs_data
-def test_sigkill_while_extending_a_store_keeps_every_committed_frame(tmp_path):
-    src, out = SHARED_DATA / "radar/KNMI", tmp_path / "k.zarr"
+def test_sigkill_while_extending_a_store_keeps_every_committed_frame(shared_data, tmp_path):
+    src, out = shared_data / "radar/KNMI", tmp_path / "k.zarr"
     ingest(src, "knmi", out, end="2010-08-26T00:35", progress=False)
     process = _ingest_process(src, out)
     _kill_after(process, out, 24)
