@@ -85,11 +85,19 @@ def masked_cross_entropy(
         the loss is 0 (still attached to the graph).
     """
     valid = ~torch.isnan(target_mm_h)
+    return pixel_cross_entropy(logits, target_mm_h, edges, dim).sum() / valid.sum().clamp_min(1)
+
+
+def pixel_cross_entropy(
+    logits: Tensor, target_mm_h: Tensor, edges: Sequence[float] | Tensor, dim: int = -3
+) -> Tensor:
+    """Cross-entropy per pixel, the shape of ``target_mm_h``; 0 (and no gradient) where the
+    target is NaN. Arguments as for :func:`masked_cross_entropy`."""
+    valid = ~torch.isnan(target_mm_h)
     bins = rain_to_bin(torch.where(valid, target_mm_h, 0.0), edges)
     flat_logits = logits.movedim(dim, -1).reshape(-1, logits.shape[dim])
     ce = F.cross_entropy(flat_logits, bins.reshape(-1), reduction="none")
-    ce = torch.where(valid.reshape(-1), ce, torch.zeros_like(ce))
-    return ce.sum() / valid.sum().clamp_min(1)
+    return torch.where(valid.reshape(-1), ce, torch.zeros_like(ce)).reshape(valid.shape)
 
 
 class RainRateDistribution:

@@ -26,7 +26,11 @@ import torch
 from torch import Tensor
 
 from metnet.data.transforms import input_to_rate
-from metnet.distribution import RainRateDistribution, masked_cross_entropy
+from metnet.distribution import (
+    RainRateDistribution,
+    masked_cross_entropy,
+    pixel_cross_entropy,
+)
 from metnet.metrics import ContingencyScores, LeadMean
 from metnet.models import MetNet
 
@@ -102,10 +106,11 @@ class NowcastModule(L.LightningModule):
     def _evaluate(self, batch: dict[str, Any], split: str) -> None:
         target = batch["target"]
         logits = self(batch["context"], batch["lead_times"]).float()
-        loss = masked_cross_entropy(logits, target, self.bin_edges, dim=2)
+        valid = ~torch.isnan(target)
+        ce = pixel_cross_entropy(logits, target, self.bin_edges, dim=2)
+        loss = ce.sum() / valid.sum().clamp_min(1)  # = masked_cross_entropy, from ce
         self.log(f"{split}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(target))
         scores = self._split_scores(split, target.shape[1])
-        valid = ~torch.isnan(target)
         dist = RainRateDistribution(logits, self.bin_edges, dim=2)
         thresholds = self.hparams.thresholds
         model_events = torch.stack([dist.exceedance(t) >= 0.5 for t in thresholds], dim=2)
@@ -121,7 +126,6 @@ class NowcastModule(L.LightningModule):
         scores["model_brier"].update(brier, valid)
         persistence_p = (persistence >= self.hparams.brier_threshold).float()
         scores["persistence_brier"].update((persistence_p - observed_event) ** 2, valid)
-        ce = _pixel_cross_entropy(logits, safe_target, self.bin_edges)
         scores["model_ce"].update(ce, valid)
         self._lead_times = batch["lead_times"][0].tolist()
 
@@ -239,16 +243,6 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = min((step - warmup) / max(total - warmup, 1), 1.0)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _pixel_cross_entropy(logits: Tensor, target: Tensor, edges: Tensor) -> Tensor:
-    """Per-pixel cross-entropy (B, L, H, W) of logits (B, L, K, H, W) against rates in mm/h."""
-    from metnet.distribution import rain_to_bin
-
-    labels = rain_to_bin(target, edges)
-    return torch.nn.functional.cross_entropy(
-        logits.flatten(0, 1), labels.flatten(0, 1), reduction="none"
-    ).unflatten(0, logits.shape[:2])
 
 
 def load_checkpoint(path: str | Path) -> tuple[MetNet, dict[str, Any]]:
