@@ -51,10 +51,8 @@ class MetNetCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        root = config.trainer.default_root_dir
-        self.trainer_defaults["callbacks"] = default_callbacks(
-            root, config.get("checkpoint_every_n_steps", 25)
-        )
+        root, every = config.trainer.default_root_dir, config.checkpoint_every_n_steps
+        self.trainer_defaults["callbacks"] = default_callbacks(root, every)
         if config.trainer.logger in (None, True):
             config.trainer.logger = default_loggers(root)
         if config.get("weights_only", False) is None:

@@ -72,9 +72,9 @@ class NowcastModule(L.LightningModule):
         self.net = net
         self.register_buffer("bin_edges", torch.tensor(net.bin_edges, dtype=torch.float32),
                              persistent=False)
-        self._metrics: dict[str, torch.nn.ModuleDict] = {}
         self.scores = torch.nn.ModuleDict()
         self._total_steps: int | None = None
+        self._lead_times: list[int] = []  # lead times (minutes) of the scores' rows
 
     # -- steps -------------------------------------------------------------------------
 
