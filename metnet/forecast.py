@@ -19,6 +19,11 @@ Conventions (the checkpoint does not record the data settings):
 * lead times default to every store step up to ``config["max_lead_minutes"]``;
 * the input channels are the plain radar ones ``[rain, rain_mask]``
   (:func:`metnet.data.dataset.channel_names`), so ``input_channels`` must be 2;
+* a network with per-lead inputs (``lead_channels``, trained with motion inputs) gets
+  them computed here on the whole domain (:func:`metnet.data.motion.lead_planes`: 2
+  channels, or 4 with the motion field), from the last 3 frames, before tiling;
+* a checkpoint's post-hoc calibration (:mod:`metnet.calibration`), when given, divides
+  each tile's logits by the lead's temperature before blending;
 * pixels where the last context frame is NaN (outside radar coverage) are NaN
   in every output.
 
@@ -34,6 +39,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -42,9 +48,13 @@ import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm
 
+from metnet.data.motion import MOTION_FRAMES, lead_channel_names, lead_planes
 from metnet.data.transforms import clean_rate, rate_to_input_
 from metnet.distribution import RainRateDistribution
 from metnet.io.store import VARIABLE
+
+if TYPE_CHECKING:
+    from metnet.calibration import Calibration
 
 RADAR_CHANNELS = 2
 WEIGHT_FLOOR = 1e-2
@@ -136,6 +146,22 @@ def complete_init_times(
 
 
 # -- checkpoint / store compatibility ----------------------------------------------------
+
+
+def frames_needed(net: nn.Module) -> int:
+    """Past frames a forecast reads: the context, and 3 for the motion of per-lead inputs."""
+    frames = int(net.config["context_frames"])
+    return max(frames, MOTION_FRAMES) if net.config.get("lead_channels", 0) else frames
+
+
+def motion_velocity(net: nn.Module) -> bool:
+    """Whether the net's per-lead inputs include the motion field (4 channels, not 2)."""
+    channels = int(net.config.get("lead_channels", 0))
+    known = {len(lead_channel_names(v)): v for v in (False, True)}
+    if channels and channels not in known:
+        raise ForecastError(f"the checkpoint takes {channels} per-lead input channels; "
+                            f"forecast knows {sorted(known)} (extrapolation, + motion)")
+    return known.get(channels, False)
 
 
 def resolve_lead_times(net: nn.Module, store_ds: xr.Dataset,
@@ -251,13 +277,18 @@ def read_context(store_ds: xr.Dataset, init_time: np.datetime64, frames: int) ->
 def padded_input(rate: np.ndarray, tiling: Tiling) -> torch.Tensor:
     """Model input (T, 2, Hp, Wp) of context rates (T, H, W): [rain, rain_mask], padded with
     no coverage (0, 0) to ``tiling.padded``."""
-    frames, (height, width) = len(rate), rate.shape[1:]
-    (top, left), padded = tiling.margin, tiling.padded
-    out = torch.zeros((frames, RADAR_CHANNELS, *padded))
-    window = (slice(None), slice(top, top + height), slice(left, left + width))
     values = torch.from_numpy(np.array(rate, dtype=np.float32))
-    out[:, 1][window] = (~torch.isnan(values)).float()
-    out[:, 0][window] = rate_to_input_(values)
+    planes = torch.stack([torch.zeros_like(values), (~torch.isnan(values)).float()], dim=1)
+    planes[:, 0] = rate_to_input_(values)
+    return pad_planes(planes, tiling)
+
+
+def pad_planes(planes: np.ndarray | torch.Tensor, tiling: Tiling) -> torch.Tensor:
+    """Input planes (N, C, H, W) padded with zeros (no coverage) to (N, C, *tiling.padded)."""
+    planes = torch.as_tensor(planes)
+    (top, left), (height, width) = tiling.margin, planes.shape[-2:]
+    out = torch.zeros((*planes.shape[:2], *tiling.padded))
+    out[..., top:top + height, left:left + width] = planes
     return out
 
 
@@ -274,7 +305,8 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 def blended_probabilities(
     net: nn.Module, rate: np.ndarray, lead_times: Sequence[int], tiling: Tiling,
-    batch_tiles: int = 8, progress: bool = False,
+    batch_tiles: int = 8, progress: bool = False, per_lead: np.ndarray | None = None,
+    calibration: Calibration | None = None,
 ) -> torch.Tensor:
     """Bin probabilities (L, K, H, W) over the domain, blended from overlapping tiles.
 
@@ -285,6 +317,8 @@ def blended_probabilities(
         tiling: the tiling of the (H, W) domain.
         batch_tiles: tiles per network call; the encoder runs once per tile and all leads
             are decoded in one batched pass.
+        per_lead: (L, Cl, H, W) per-lead inputs over the domain, for a net that takes them.
+        calibration: divides each lead's logits by its temperature.
 
     Returns:
         float32 probabilities, summing to 1 over K at every pixel covered in the last frame
@@ -292,6 +326,7 @@ def blended_probabilities(
     """
     device = next(net.parameters()).device
     x = padded_input(rate, tiling).to(device)
+    planes = pad_planes(per_lead, tiling).to(device) if per_lead is not None else None
     (th, tw), (sh, sw) = tiling.target_size, tiling.input_size
     weight = tiling.weights().to(device)
     num_bins = len(net.bin_edges) - 1
@@ -303,7 +338,13 @@ def blended_probabilities(
     with torch.inference_mode():
         for batch in _batches(corners, batch_tiles):
             inputs = torch.stack([x[:, :, r:r + sh, c:c + sw] for r, c in batch])
-            probs = torch.softmax(net(inputs, leads).float(), dim=2)  # (B, L, K, Ht, Wt)
+            extra = (torch.stack([planes[..., r:r + sh, c:c + sw] for r, c in batch])
+                     if planes is not None else None)
+            args = (inputs, leads) if extra is None else (inputs, leads, extra)
+            logits = net(*args).float()
+            if calibration is not None:
+                logits = calibration.scale_logits(logits, leads, dim=2)
+            probs = torch.softmax(logits, dim=2)  # (B, L, K, Ht, Wt)
             for tile_probs, (r, c) in zip(probs, batch, strict=True):
                 total[..., r:r + th, c:c + tw] += tile_probs * weight
                 weight_sum[r:r + th, c:c + tw] += weight
@@ -353,6 +394,7 @@ def forecast_dataset(
     bin_probabilities: bool = False,
     batch_tiles: int = 8,
     stride: tuple[int, int] | None = None,
+    calibration: Calibration | None = None,
     progress: bool = False,
 ) -> xr.Dataset:
     """Forecast the whole domain of a store at each init time.
@@ -367,6 +409,7 @@ def forecast_dataset(
         bin_probabilities: also return ``bin_probability`` (bin, init_time, lead_time, y, x).
         batch_tiles: tiles per network call.
         stride: tile stride (rows, cols) in pixels; default half the target size.
+        calibration: the checkpoint's calibration (per-lead temperature), or None (raw).
         progress: show progress bars over init times and tiles.
 
     Returns:
@@ -380,13 +423,17 @@ def forecast_dataset(
             fit the store.
     """
     leads = resolve_lead_times(net, store_ds, lead_times)
-    frames = int(net.config["context_frames"])
+    frames, context = frames_needed(net), int(net.config["context_frames"])
+    velocity = motion_velocity(net)
     inits = check_init_times(store_ds, init_times, frames)
     tiling = make_tiling(net, (store_ds.sizes["y"], store_ds.sizes["x"]), stride)
+    steps = [lead / store_step(store_ds) for lead in leads]
     fields: list[dict[str, np.ndarray]] = []
     for init in tqdm(inits, desc="init times", unit="init", disable=not progress):
         rate = read_context(store_ds, init, frames)
-        probs = blended_probabilities(net, rate, leads, tiling, batch_tiles, progress)
+        per_lead = lead_planes(rate, steps, velocity) if net.config.get("lead_channels") else None
+        probs = blended_probabilities(net, rate[-context:], leads, tiling, batch_tiles,
+                                      progress, per_lead, calibration)
         fields.append(_summaries(probs, net.bin_edges, ~np.isnan(rate[-1]), quantiles,
                                  thresholds, bin_probabilities))
     stacked = {name: np.stack([f[name] for f in fields], axis=-4) for name in fields[0]}

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from metnet.data.alignment import Interpolation, SatelliteAlignment, lonlat
 from metnet.data.dataset import Domain, NowcastDataset, SampleSpec, channel_names, collate
 from metnet.data.frames import Cache, StoreFrames, pixel_size
+from metnet.data.motion import MOTION_FRAMES, MotionCache, lead_channel_names
 from metnet.data.patches import PatchWeights
 from metnet.data.sampler import EpochSampler, ResumableDataLoader
 from metnet.data.windows import (
@@ -80,6 +81,13 @@ class NowcastDataModule(L.LightningDataModule):
         satellite_interpolation: ``nearest`` or ``bilinear``.
         static_channels: add latitude and longitude planes.
         time_channels: add sin/cos of time of day and of day of year.
+        motion_inputs: add, per lead time, the field extrapolated to that lead by pysteps
+            (Lucas-Kanade motion of the last 3 context frames, semi-Lagrangian advection of
+            the last one) over the context square, as ``lead_inputs``
+            (:mod:`metnet.data.motion`; cached per init time in a sidecar store).
+        motion_velocity: with ``motion_inputs``, add the motion field (2 channels) as well.
+        motion_cache_dir: where the motion caches go (default: ``.metnet-cache`` beside
+            each store).
         split_fractions: (train, val, test) shares of each store's frames, in time order.
         split_times: ``[val_start, test_start]`` ISO UTC times; overrides the fractions.
         patches_per_window: training samples per window per epoch.
@@ -109,6 +117,9 @@ class NowcastDataModule(L.LightningDataModule):
         satellite_interpolation: Interpolation = "nearest",
         static_channels: bool = False,
         time_channels: bool = False,
+        motion_inputs: bool = False,
+        motion_velocity: bool = False,
+        motion_cache_dir: str | None = None,
         split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
         split_times: list[str] | None = None,
         patches_per_window: int = 1,
@@ -129,6 +140,9 @@ class NowcastDataModule(L.LightningDataModule):
             lead_times = list(range(step_minutes, 61, step_minutes))
         _check_config(stores, context_frames, context_size, target_size, step_minutes,
                       patches_per_window, eval_patches_per_window, batch_size, cache)
+        if motion_inputs and context_frames < MOTION_FRAMES:
+            raise DataConfigError(f"motion_inputs needs context_frames >= {MOTION_FRAMES} "
+                                  f"(the motion is estimated from them), got {context_frames}")
         self.leads = lead_steps(lead_times, step_minutes)
         context_step = context_step_minutes or step_minutes
         if context_step % step_minutes != 0:
@@ -139,7 +153,7 @@ class NowcastDataModule(L.LightningDataModule):
         self.satellite_stores = [str(s) for s in satellite_stores or []]
         self.spec = SampleSpec(context_frames, context_size, target_size,
                                tuple(int(t) for t in lead_times), static_channels,
-                               time_channels, rain_weight_eps)
+                               time_channels, rain_weight_eps, len(self.lead_channel_names))
         self.patch_stride = patch_stride or max(target_size // 4, 1)
         self.datasets: dict[str, NowcastDataset] | None = None
 
@@ -153,6 +167,18 @@ class NowcastDataModule(L.LightningDataModule):
     def num_channels(self) -> int:
         """C, the channels per context frame."""
         return len(self.channel_names)
+
+    @property
+    def lead_channel_names(self) -> list[str]:
+        """Names of the per-lead input channels (empty without ``motion_inputs``)."""
+        if not self.hparams.motion_inputs:
+            return []
+        return lead_channel_names(self.hparams.motion_velocity)
+
+    @property
+    def num_lead_channels(self) -> int:
+        """Cl, the per-lead input channels (0 without ``motion_inputs``)."""
+        return len(self.lead_channel_names)
 
     def setup(self, stage: str | None = None) -> None:
         """Open the stores and index the windows (once); check the stage's splits are not empty."""
@@ -228,6 +254,10 @@ class NowcastDataModule(L.LightningDataModule):
             times = domain.frames.times
             windows = complete_windows(times, hp.step_minutes, self.spec.context_frames,
                                        self.leads, self.context_stride)
+            if hp.motion_inputs and len(windows):
+                domain.motion = MotionCache(domain.frames, windows.context, self.context_stride,
+                                            self.leads, hp.motion_velocity, hp.motion_cache_dir,
+                                            memory=hp.cache == "memory")
             bounds = split_bounds(times, hp.split_fractions, hp.split_times)
             for split, selected in split_windows(windows, times, bounds).items():
                 per_split[split].append(selected)

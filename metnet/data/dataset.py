@@ -9,6 +9,8 @@ key             shape             dtype   content
 ``context``     (B, T, C, S, S)   float32 model input, channels in :func:`channel_names` order
 ``target``      (B, L, St, St)    float32 rain rate in mm/h, NaN where not observed
 ``target_mask`` (B, L, St, St)    bool    True where ``target`` is observed
+``lead_inputs`` (B, L, Cl, S, S)  float32 with motion inputs only: per-lead channels over the
+                                          context square (:mod:`metnet.data.motion`)
 ``lead_times``  (B, L)            int64   lead times in minutes after ``init_time``
 ``init_time``   (B,)              int64   time of the last context frame, ns since 1970 UTC
 ``store``       list of B str             the store's name (folder stem)
@@ -45,6 +47,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from metnet.data.alignment import SatelliteAlignment
 from metnet.data.frames import StoreFrames
+from metnet.data.motion import MotionCache
 from metnet.data.patches import PatchWeights
 from metnet.data.transforms import rate_to_input_
 from metnet.data.windows import SPLITS, Windows
@@ -76,6 +79,7 @@ class SampleSpec:
     static_channels: bool = False
     time_channels: bool = False
     rain_weight_eps: float = 0.1
+    lead_channels: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class Domain:
     patches: PatchWeights
     satellites: list[SatelliteAlignment]
     lonlat: tuple[np.ndarray, np.ndarray] | None = None
+    motion: MotionCache | None = None
 
 
 class NowcastDataset(Dataset):
@@ -158,8 +163,10 @@ class NowcastDataset(Dataset):
                                                  strict=True):
             self._fill_context(out_context, pick)
             self._fill_target(out_target, pick)
+        extra = {"lead_inputs": self._lead_inputs(picks)} if spec.lead_channels else {}
         return {
             "context": context,
+            **extra,
             "target": target,
             "target_mask": torch.from_numpy(~np.isnan(target.numpy())),
             "lead_times": torch.tensor([spec.lead_times] * len(picks), dtype=torch.int64),
@@ -197,6 +204,16 @@ class NowcastDataset(Dataset):
         if self.spec.time_channels:
             features = _time_features(domain.frames.times[frames])
             out[:, channel:channel + 4] = features[..., None, None]
+
+    def _lead_inputs(self, picks: Sequence[Pick]) -> torch.Tensor:
+        """(B, L, Cl, S, S) per-lead inputs over each pick's context square."""
+        spec, size = self.spec, self.spec.context_size
+        out = _empty((len(picks), len(spec.lead_times), spec.lead_channels, size, size))
+        for out_pick, pick in zip(out.numpy(), picks, strict=True):
+            init_frame = self.windows[pick.store].context[pick.window, -1]
+            self.domains[pick.store].motion.read(init_frame, slice(pick.row, pick.row + size),
+                                                 slice(pick.col, pick.col + size), out_pick)
+        return out
 
     def _fill_target(self, out: np.ndarray, pick: Pick) -> None:
         """Write the (L, St, St) rain rate (mm/h, NaN: not observed) of ``pick`` into ``out``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from metnet.models.conditioning import FiLM, modulate
@@ -28,7 +29,10 @@ class Head(nn.Module):
     The crop (``crop`` latent pixels) is upsampled by ``factor`` (a power of 2) in stages
     of 2x (1x1 conv + pixel shuffle + 3x3 conv), halving the channels each stage down to at least
     ``min_channels``, then a 1x1 conv gives ``num_bins`` logits per output pixel. With
-    ``cond_dim`` set, the cropped latent is FiLM-modulated by the lead-time embedding.
+    ``cond_dim`` set, the cropped latent is FiLM-modulated by the lead-time embedding. With
+    ``lead_channels``, per-lead input planes at output resolution (e.g. the extrapolated
+    field) join the upsampled features through a 3x3 conv before the logits, so the head can
+    place rain to the pixel where the latent only knows it to a latent pixel.
 
     Args:
         dim: latent channels C.
@@ -37,6 +41,7 @@ class Head(nn.Module):
         factor: upsampling factor (latent pixel -> input pixels), a power of 2.
         cond_dim: lead-time embedding size, or None.
         min_channels: narrowest upsampling stage.
+        lead_channels: per-lead input channels Cl joined at output resolution (0: none).
     """
 
     def __init__(
@@ -47,6 +52,7 @@ class Head(nn.Module):
         factor: int,
         cond_dim: int | None = None,
         min_channels: int = 16,
+        lead_channels: int = 0,
     ) -> None:
         super().__init__()
         if factor < 1 or factor & (factor - 1):
@@ -59,12 +65,19 @@ class Head(nn.Module):
             stages.append(_upsample_stage(c, max(c // 2, min_channels)))
             c = max(c // 2, min_channels)
         self.upsample = nn.Sequential(*stages)
+        self.fuse = (nn.Sequential(nn.Conv2d(c + lead_channels, c, 3, padding=1), nn.GELU())
+                     if lead_channels else None)
         self.logits = nn.Conv2d(c, num_bins, 1)
 
-    def forward(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
-        """(N, h, w, C) latent, optional (N, cond_dim) -> (N, K, ht * factor, wt * factor)."""
+    def forward(self, z: Tensor, cond: Tensor | None = None,
+                lead_inputs: Tensor | None = None) -> Tensor:
+        """(N, h, w, C) latent, optional (N, cond_dim) and (N, Cl, ht * factor, wt * factor)
+        per-lead inputs -> (N, K, ht * factor, wt * factor) logits."""
         (ht, wt), (h, w) = self.crop, z.shape[1:3]
         top, left = (h - ht) // 2, (w - wt) // 2
         z = self.norm(z[:, top : top + ht, left : left + wt])
         z = modulate(z, self.film(cond)[0] if self.film is not None else None)
-        return self.logits(self.upsample(z.permute(0, 3, 1, 2)))
+        features = self.upsample(z.permute(0, 3, 1, 2))
+        if self.fuse is not None:
+            features = self.fuse(torch.cat([features, lead_inputs.to(features.dtype)], dim=1))
+        return self.logits(features)

@@ -15,6 +15,7 @@ from metnet.models.conditioning import LeadTimeEmbedding, one_hot_lead_planes
 from metnet.models.convlstm import ConvLSTM
 from metnet.models.downsampler import Downsampler
 from metnet.models.head import Head
+from metnet.models.lead_inputs import LeadInputEncoder
 
 CONDITIONING_KINDS = ("film", "onehot")
 
@@ -48,6 +49,12 @@ class MetNet(nn.Module):
     With ``conditioning="onehot"`` the network instead takes one-hot lead-time planes as
     extra input channels and runs entirely once per lead, as in the MetNet paper.
 
+    With ``lead_channels`` > 0 (film mode only) the decoder also takes per-lead input planes
+    over the context square (B, L, Cl, H, W), e.g. the field extrapolated to each lead by
+    optical flow (:mod:`metnet.data.motion`): a :class:`LeadInputEncoder` term is added to
+    the latent before the conditioned blocks, and the central target crop joins the head at
+    full resolution. The encoder still runs once per sample.
+
     Args:
         input_channels: channels C of an input frame (e.g. rain rate and a validity mask).
         context_frames: input frames T the network expects.
@@ -74,6 +81,7 @@ class MetNet(nn.Module):
             = lead / step - 1; onehot mode has ``max_lead_minutes / step`` channels).
         gradient_checkpointing: recompute attention blocks in the backward pass to save
             activation memory.
+        lead_channels: per-lead input channels Cl (0: none).
     """
 
     def __init__(
@@ -99,6 +107,7 @@ class MetNet(nn.Module):
         max_lead_minutes: int = 120,
         lead_step_minutes: int = 10,
         gradient_checkpointing: bool = False,
+        lead_channels: int = 0,
     ) -> None:
         super().__init__()
         # The constructor arguments, plain values only: enough to rebuild the network from a
@@ -111,6 +120,8 @@ class MetNet(nn.Module):
             )
         if not 0 <= conditioned_from <= num_blocks:
             raise ValueError(f"conditioned_from must be in [0, {num_blocks}]")
+        if lead_channels and conditioning != "film":
+            raise ValueError("lead_channels (per-lead inputs) need conditioning='film'")
         if max_lead_minutes % lead_step_minutes:
             raise ValueError("max_lead_minutes must be a multiple of lead_step_minutes")
         self.input_channels = input_channels
@@ -121,6 +132,7 @@ class MetNet(nn.Module):
         self.lead_step_minutes = lead_step_minutes
         self.num_leads = max_lead_minutes // lead_step_minutes
         self.gradient_checkpointing = gradient_checkpointing
+        self.lead_channels = lead_channels
         self.bin_edges = self._resolve_bins(bin_edges, num_bins, bin_width)
 
         onehot = conditioning == "onehot"
@@ -146,7 +158,10 @@ class MetNet(nn.Module):
 
         self.context_blocks = nn.ModuleList(block(False) for _ in range(split))
         self.conditioned_blocks = nn.ModuleList(block(True) for _ in range(num_blocks - split))
-        self.head = Head(lstm_hidden, len(self.bin_edges) - 1, (ht, wt), factor, cond_dim)
+        self.lead_encoder = (LeadInputEncoder(lead_channels, lstm_hidden, factor)
+                             if lead_channels else None)
+        self.head = Head(lstm_hidden, len(self.bin_edges) - 1, (ht, wt), factor, cond_dim,
+                         lead_channels=lead_channels)
 
     @staticmethod
     def _resolve_bins(
@@ -164,20 +179,23 @@ class MetNet(nn.Module):
         """Number K of rain-rate bins."""
         return len(self.bin_edges) - 1
 
-    def forward(self, x: Tensor, lead_times: Tensor | Sequence[float]) -> Tensor:
+    def forward(self, x: Tensor, lead_times: Tensor | Sequence[float],
+                lead_inputs: Tensor | None = None) -> Tensor:
         """Bin logits for every lead time.
 
         Args:
             x: (B, T, C, H, W) transformed input frames (NaN already replaced).
             lead_times: (L,) or (B, L) lead times in minutes (int or float).
+            lead_inputs: (B, L, Cl, H, W) per-lead inputs, exactly when ``lead_channels``.
 
         Returns:
             (B, L, K, Ht, Wt) logits over the K rain-rate bins for the central target patch.
         """
         leads = self._lead_matrix(lead_times, x)
         if self.conditioning == "onehot":
+            self._lead_inputs(lead_inputs, *leads.shape)  # refuses any: onehot takes none
             return self._forward_onehot(x, leads)
-        return self.decode(self.encode(x), leads)
+        return self.decode(self.encode(x), leads, lead_inputs)
 
     def encode(self, x: Tensor) -> Tensor:
         """Lead-independent latent (B, C_hidden, h, w) of input (B, T, C, H, W) (film mode).
@@ -187,21 +205,47 @@ class MetNet(nn.Module):
         self._require_film()
         return self._encode(x).permute(0, 3, 1, 2)
 
-    def decode(self, latent: Tensor, lead_times: Tensor | Sequence[float]) -> Tensor:
+    def decode(self, latent: Tensor, lead_times: Tensor | Sequence[float],
+               lead_inputs: Tensor | None = None) -> Tensor:
         """Logits (B, L, K, Ht, Wt) from a latent (B, C_hidden, h, w) of :meth:`encode`.
 
-        The latent is expanded to (B * L, h, w, C) and every lead runs in one batched pass
-        through the conditioned blocks and the head. (Lead-specific inputs, e.g. an
-        extrapolated field per lead, would be concatenated to the expanded latent here.)
+        The latent is expanded to (B * L, h, w, C), the per-lead inputs (B, L, Cl, H, W), if
+        the network takes them, are added to it, and every lead runs in one batched pass
+        through the conditioned blocks and the head.
         """
         self._require_film()
         leads = self._lead_matrix(lead_times, latent)
         b, num = leads.shape
         z = latent.permute(0, 2, 3, 1)  # (B, h, w, C)
         z = z[:, None].expand(b, num, *z.shape[1:]).flatten(0, 1)  # (B L, h, w, C)
+        per_lead = self._lead_inputs(lead_inputs, b, num)
+        if per_lead is not None:
+            z = z + self.lead_encoder(per_lead.to(z.dtype))
         cond = self.lead_embedding(leads.flatten())
         z = self._run_blocks(self.conditioned_blocks, z, cond)
-        return self.head(z, cond).unflatten(0, (b, num))
+        return self.head(z, cond, self._target_crop(per_lead)).unflatten(0, (b, num))
+
+    def _lead_inputs(self, lead_inputs: Tensor | None, b: int, num: int) -> Tensor | None:
+        """Checked per-lead inputs flattened to (B L, Cl, H, W), or None."""
+        if (lead_inputs is None) != (self.lead_channels == 0):
+            raise ValueError(
+                f"this network takes {self.lead_channels} per-lead input channels "
+                f"(lead_inputs {'missing' if lead_inputs is None else 'given'})"
+            )
+        if lead_inputs is None:
+            return None
+        expected = (b, num, self.lead_channels, *self.input_size)
+        if tuple(lead_inputs.shape) != expected:
+            raise ValueError(f"expected lead_inputs {expected}, got {tuple(lead_inputs.shape)}")
+        return lead_inputs.flatten(0, 1)
+
+    def _target_crop(self, planes: Tensor | None) -> Tensor | None:
+        """The central target square (N, Cl, Ht, Wt) of planes (N, Cl, H, W)."""
+        if planes is None:
+            return None
+        (h, w), (ht, wt) = self.input_size, self.target_size
+        top, left = (h - ht) // 2, (w - wt) // 2
+        return planes[..., top:top + ht, left:left + wt]
 
     def _forward_onehot(self, x: Tensor, leads: Tensor) -> Tensor:
         """The paper's form: one-hot lead planes as input channels, whole network per lead."""

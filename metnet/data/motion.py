@@ -1,0 +1,234 @@
+"""Motion-informed lead-time inputs: pysteps Lucas-Kanade extrapolation, cached per init time.
+
+What optical-flow extrapolation knows (where the rain moves) is given to the network as an
+extra input per lead time, so that it only has to learn what extrapolation gets wrong
+(growth, decay, smoothing of the uncertain future):
+
+* :func:`motion_field`: Lucas-Kanade motion (``pysteps.motion.get_method("LK")``) of the
+  last :data:`MOTION_FRAMES` context frames, in dB (rates below 0.1 mm/h and NaN set to
+  -15 dB, as in pysteps' examples), in pixels per context step;
+* :func:`advect`: semi-Lagrangian advection (``pysteps.nowcasts.get_method("extrapolation")``)
+  of the last frame, NaN set to 0, with 0 flowing in from outside the domain; pixels not
+  observed in the last frame are NaN;
+* :func:`lead_input_channels`: those fields as network input, per lead (see
+  :data:`LEAD_CHANNELS`).
+
+Both run on the **whole frame**, never on a patch, so rain advected into a patch from
+outside it is right. :class:`MotionCache` computes them once per init time of a store and
+keeps them in a sidecar zarr store (``<store dir>/.metnet-cache/<name>.motion-<key>.zarr``
+by default), so training epochs never recompute optical flow. The key hashes the store's
+files (names, sizes, modification times), the time grid, the lead times and the motion
+settings: changing any of them builds a new cache and removes the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from pysteps import motion, nowcasts
+from pysteps.utils import transformation
+from tqdm.auto import tqdm
+
+from metnet.data.frames import StoreFrames
+from metnet.data.transforms import rate_to_input_
+
+MOTION_FRAMES = 3
+DB_THRESHOLD = 0.1  # mm/h: below this, "no rain" in the dB field for optical flow
+DB_ZERO = -15.0  # dB value of no rain (pysteps' examples)
+#: Velocity input scale: pixels per context step divided by this is O(1).
+VELOCITY_SCALE = 4.0
+CACHE_VERSION = 1
+CACHE_DIR = ".metnet-cache"
+
+
+def lead_channel_names(velocity: bool = False) -> list[str]:
+    """The per-lead input channels in order: extrapolated rain (input transform, 0 where
+    unknown), its validity mask, and with ``velocity`` the motion (u, v) / VELOCITY_SCALE."""
+    return ["extrapolated_rain", "extrapolated_mask"] + (["motion_u", "motion_v"]
+                                                         if velocity else [])
+
+
+def motion_field(rate: np.ndarray) -> np.ndarray:
+    """Lucas-Kanade motion (2, H, W) float32, pixels per step (u: +x, v: +y), of the last
+    :data:`MOTION_FRAMES` of ``rate`` (T >= 3, H, W) mm/h (NaN: not observed)."""
+    if rate.shape[0] < MOTION_FRAMES:
+        raise ValueError(f"motion needs {MOTION_FRAMES} frames, got {rate.shape[0]}")
+    db, _ = transformation.dB_transform(rate[-MOTION_FRAMES:].astype(np.float64),
+                                        threshold=DB_THRESHOLD, zerovalue=DB_ZERO)
+    db[~np.isfinite(db)] = DB_ZERO
+    return motion.get_method("LK")(db).astype(np.float32)
+
+
+def advect(last: np.ndarray, velocity: np.ndarray, lead_steps: Sequence[float]) -> np.ndarray:
+    """Semi-Lagrangian extrapolation (L, H, W) float32 mm/h of the frame ``last`` (H, W) by
+    ``velocity`` (2, H, W) pixels per step, to each lead (in steps); NaN where ``last`` is."""
+    field = np.nan_to_num(last.astype(np.float64), nan=0.0)
+    advected = nowcasts.get_method("extrapolation")(
+        field, velocity.astype(np.float64), list(lead_steps), extrap_kwargs={"outval": 0.0})
+    return np.where(np.isnan(last), np.nan, advected).astype(np.float32)
+
+
+def extrapolate(rate: np.ndarray, lead_steps: Sequence[float]) -> np.ndarray:
+    """pysteps Lagrangian extrapolation (L, H, W) mm/h of context rates (T >= 3, H, W)."""
+    return advect(rate[-1], motion_field(rate), lead_steps)
+
+
+def lead_input_channels(extrapolated: np.ndarray, velocity: np.ndarray | None,
+                        out: np.ndarray) -> None:
+    """Write the per-lead network input into ``out`` (L, C_lead, h, w) float32.
+
+    Args:
+        extrapolated: (L, h, w) mm/h, NaN where unknown.
+        velocity: (2, h, w) pixels per step, or None (no motion channels).
+    """
+    out[:, 1] = np.isfinite(extrapolated)
+    out[:, 0] = extrapolated
+    rate_to_input_(torch.from_numpy(out[:, 0]))
+    if velocity is not None:
+        out[:, 2:4] = velocity[None] / VELOCITY_SCALE
+
+
+def lead_planes(rate: np.ndarray, lead_steps: Sequence[float], velocity: bool) -> np.ndarray:
+    """Per-lead inputs (L, C_lead, H, W) float32 of context rates (T >= 3, H, W) mm/h over
+    the whole frame: what :class:`MotionCache` caches, computed directly (for forecasts)."""
+    field = motion_field(rate)
+    extrapolated = advect(rate[-1], field, lead_steps)
+    out = np.empty((len(extrapolated), len(lead_channel_names(velocity)), *rate.shape[1:]),
+                   np.float32)
+    lead_input_channels(extrapolated, field if velocity else None, out)
+    return out
+
+
+def store_fingerprint(path: str | Path) -> str:
+    """Hash of a store's file names, sizes and modification times (changes on any write)."""
+    digest = hashlib.sha1()
+    root = Path(path)
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+class MotionCache:
+    """Extrapolated rain per lead (and motion) of every init frame of one store, cached.
+
+    Args:
+        frames: the store's frames on the step grid.
+        contexts: (N, T >= 3) indices into ``frames.times`` of the context frames of each
+            window (:attr:`metnet.data.windows.Windows.context`); the last is the init frame.
+        context_stride: steps of the grid between context frames.
+        lead_steps: (L,) lead times in steps of the grid.
+        velocity: also keep the motion field.
+        cache_dir: where the sidecar store goes (default: ``.metnet-cache`` beside the store).
+        memory: hold the cache in memory (float16) instead of reading it per sample.
+        progress: progress bar while building.
+    """
+
+    def __init__(
+        self,
+        frames: StoreFrames,
+        contexts: np.ndarray,
+        context_stride: int,
+        lead_steps: np.ndarray,
+        velocity: bool = False,
+        cache_dir: str | Path | None = None,
+        memory: bool = True,
+        progress: bool = True,
+    ) -> None:
+        self.frames, self.velocity = frames, velocity
+        self.stride, self.lead_steps = int(context_stride), np.asarray(lead_steps, np.int64)
+        contexts = np.asarray(contexts, np.int64).reshape(-1, np.shape(contexts)[-1])
+        if contexts.shape[1] < MOTION_FRAMES:
+            raise ValueError(f"motion inputs need context_frames >= {MOTION_FRAMES}")
+        self.init_frames, first = np.unique(contexts[:, -1], return_index=True)
+        self.motion_frames = contexts[first, -MOTION_FRAMES:]
+        self.row_of = {int(f): k for k, f in enumerate(self.init_frames)}
+        self.key = self._key()
+        directory = Path(cache_dir) if cache_dir else frames.path.parent / CACHE_DIR
+        self.path = directory / f"{frames.name}.motion-{self.key}.zarr"
+        if not self._complete():
+            self._build(progress)
+        group = zarr.open_group(self.path, mode="r")
+        self._arrays = {name: group[name] for name in self._names()}
+        self._memory = ({name: array[...].astype(np.float16) for name, array
+                         in self._arrays.items()} if memory else None)
+
+    def _key(self) -> str:
+        """Hash of everything the cached fields depend on."""
+        settings = {
+            "version": CACHE_VERSION, "store": store_fingerprint(self.frames.path),
+            "frames": self.frames.index.tolist(), "motion_frames": self.motion_frames.tolist(),
+            "stride": self.stride, "leads": self.lead_steps.tolist(),
+            "velocity": self.velocity, "max_rate": self.frames.max_rate,
+            "motion": ["LK", MOTION_FRAMES, DB_THRESHOLD, DB_ZERO],
+        }
+        return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    def read(self, init_frame: int, rows: slice, cols: slice, out: np.ndarray) -> None:
+        """Write the per-lead input of init frame ``init_frame`` over a patch into ``out``
+        (L, C_lead, h, w) (see :func:`lead_input_channels`)."""
+        k = self.row_of[int(init_frame)]
+        source = self._memory if self._memory is not None else self._arrays
+        extrapolated = np.asarray(source["extrapolated"][k, :, rows, cols], np.float32)
+        velocity = (np.asarray(source["velocity"][k, :, rows, cols], np.float32)
+                    if self.velocity else None)
+        lead_input_channels(extrapolated, velocity, out)
+
+    def fields(self, init_frame: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Whole-frame (L, H, W) extrapolation (mm/h) and (2, H, W) motion (or None)."""
+        k = self.row_of[int(init_frame)]
+        velocity = self._arrays["velocity"][k] if self.velocity else None
+        return self._arrays["extrapolated"][k], velocity
+
+    def _names(self) -> list[str]:
+        return ["extrapolated"] + (["velocity"] if self.velocity else [])
+
+    def _complete(self) -> bool:
+        try:
+            return bool(zarr.open_group(self.path, mode="r").attrs.get("complete", False))
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
+            return False
+
+    def _build(self, progress: bool) -> None:
+        """Compute every init frame's fields into a temporary store, then rename it in place
+        and remove this store's caches of other settings."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.partial")
+        height, width = self.frames.shape
+        n, num_leads = len(self.init_frames), len(self.lead_steps)
+        try:
+            group = zarr.open_group(tmp, mode="w")
+            extrapolated = group.create_array("extrapolated", shape=(n, num_leads, height, width),
+                                              chunks=(1, num_leads, height, width),
+                                              dtype="float32", fill_value=np.nan)
+            velocity = (group.create_array("velocity", shape=(n, 2, height, width),
+                                           chunks=(1, 2, height, width), dtype="float32")
+                        if self.velocity else None)
+            leads = self.lead_steps / self.stride  # in context steps, the motion's unit
+            for k, used in enumerate(tqdm(self.motion_frames, desc=f"motion {self.frames.name}",
+                                          unit="init", disable=not progress)):
+                rate = self.frames.read(used, slice(None), slice(None))
+                field = motion_field(rate)
+                extrapolated[k] = advect(rate[-1], field, leads)
+                if velocity is not None:
+                    velocity[k] = field
+            group.attrs.update({"complete": True, "key": self.key,
+                                "store": str(self.frames.path)})
+            for old in self.path.parent.glob(f"{self.frames.name}.motion-*.zarr"):
+                if old != self.path:
+                    shutil.rmtree(old, ignore_errors=True)
+            try:
+                tmp.rename(self.path)
+            except OSError:  # another process (a DDP rank) finished the same cache first
+                if not self._complete():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
