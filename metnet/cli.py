@@ -1,8 +1,8 @@
 """The single ``metnet`` command.
 
-Data and inference commands (``synth``, ``ingest``, ``forecast``, ``evaluate``) are plain
-argparse sub-commands; each failure they anticipate ends in one line on stderr naming the
-file and the problem, and a non-zero exit status.
+Data and inference commands (``synth``, ``ingest``, ``calibrate``, ``forecast``,
+``evaluate``) are plain argparse sub-commands; each failure they anticipate ends in one
+line on stderr naming the file and the problem, and a non-zero exit status.
 """
 
 from __future__ import annotations
@@ -64,9 +64,14 @@ def _ingest(args: argparse.Namespace) -> None:
 
 
 def _forecast(args: argparse.Namespace) -> None:
-    from metnet.forecast import complete_init_times, forecast_dataset, write_forecast
+    from metnet.forecast import (
+        complete_init_times,
+        forecast_dataset,
+        frames_needed,
+        write_forecast,
+    )
     from metnet.io.store import open_store
-    from metnet.training import load_checkpoint
+    from metnet.training import load_calibration, load_checkpoint
 
     if args.start and not args.end:
         raise ValueError("--start needs --end")
@@ -76,15 +81,17 @@ def _forecast(args: argparse.Namespace) -> None:
     if out.exists():
         raise FileExistsError(f"{out}: already exists; remove it or choose another --out")
     net, _ = load_checkpoint(args.ckpt)
+    calibration = None if args.uncalibrated else load_calibration(args.ckpt)
     store = open_store(args.data)
-    frames = int(net.config["context_frames"])
+    frames = frames_needed(net)
     inits = args.init_time or complete_init_times(store, args.start, args.end, frames)
     if not inits:
         raise ValueError(f"no init time from {args.start} to {args.end} has {frames} past "
                          f"frames in {args.data}")
-    ds = forecast_dataset(net, store, inits, args.lead_times, quantiles=args.quantiles,
+    leads = args.lead_times or (calibration.lead_times if calibration else None)
+    ds = forecast_dataset(net, store, inits, leads, quantiles=args.quantiles,
                           thresholds=args.thresholds, bin_probabilities=args.bin_probabilities,
-                          batch_tiles=args.batch_tiles, progress=True)
+                          batch_tiles=args.batch_tiles, calibration=calibration, progress=True)
     write_forecast(ds, out)
     print(f"wrote {out}: {ds.sizes['init_time']} init times x {ds.sizes['lead_time']} lead "
           f"times of {ds.sizes['y']}x{ds.sizes['x']} px")
@@ -114,6 +121,40 @@ def _evaluate(args: argparse.Namespace) -> None:
                       batch_tiles=args.batch_tiles, progress=True)
     for path in write_evaluation(result, args.out):
         print(f"wrote {path}")
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from metnet.calibration import fit_calibration
+    from metnet.lightning_cli import datamodule_from_config
+    from metnet.training import load_checkpoint, save_calibration
+
+    net, hparams = load_checkpoint(args.ckpt)
+    dm = datamodule_from_config(args.lightning_args)
+    _check_fits(net, dm, args.ckpt)
+    dm.setup("validate")
+    calibration = fit_calibration(
+        lambda batch: net(batch["context"], batch["lead_times"], batch.get("lead_inputs")),
+        dm.dataloader("val", num_replicas=1, rank=0), net.bin_edges, dm.spec.lead_times,
+        hparams.get("thresholds", (0.1, 1.0, 4.0, 8.0)), progress=True)
+    save_calibration(args.ckpt, calibration)
+    table = calibration.table()
+    columns = ["lead_time_min", "threshold", "temperature", "probability_threshold",
+               "csi_raw", "csi_calibrated", "reliability_raw", "reliability_calibrated"]
+    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"stored the calibration in {args.ckpt}")
+
+
+def _check_fits(net, dm, ckpt: str) -> None:
+    """Refuse a datamodule whose samples do not fit the checkpoint's network."""
+    config = net.config
+    wanted = {"input_channels": dm.num_channels, "lead_channels": dm.num_lead_channels,
+              "context_frames": dm.spec.context_frames, "input_size": dm.spec.context_size,
+              "target_size": dm.spec.target_size}
+    bad = [f"{name}={config.get(name, 0)} (data gives {value})" for name, value
+           in wanted.items() if config.get(name, 0) not in (value, [value, value])]
+    if bad:
+        raise ValueError(f"{ckpt}: the configured data do not fit the checkpoint: "
+                         + ", ".join(bad))
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -154,7 +195,10 @@ def _add_forecast(sub: argparse._SubParsersAction) -> None:
         "forecast",
         help="forecast a store's whole domain with a checkpoint (netCDF or zarr)",
         description="Context: the checkpoint's context_frames consecutive frames on the "
-        "store's step grid ending at each init time (radar channels [rain, rain_mask]).",
+        "store's step grid ending at each init time (radar channels [rain, rain_mask]); "
+        "a checkpoint trained with motion inputs gets them computed on the whole domain; "
+        "the checkpoint's calibration (temperature per lead) is applied unless "
+        "--uncalibrated.",
     )
     _add_checkpoint_and_store(p)
     when = p.add_mutually_exclusive_group(required=True)
@@ -169,7 +213,23 @@ def _add_forecast(sub: argparse._SubParsersAction) -> None:
                    help="quantile levels of the rain rate (default 0.1 0.5 0.9)")
     p.add_argument("--bin-probabilities", action="store_true",
                    help="also write every bin's probability and the bin edges")
+    p.add_argument("--uncalibrated", action="store_true",
+                   help="ignore the checkpoint's calibration (`metnet calibrate`)")
     p.set_defaults(handler=_forecast)
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="fit a checkpoint's post-hoc calibration on the validation split",
+        description="Fits, on the validation split of the training configuration, a "
+        "temperature per lead time (lowest cross-entropy) and a probability threshold per "
+        "lead and rain threshold (highest CSI), and stores them in the checkpoint; "
+        "forecast and evaluate then use them. Any other option (--config, --data.*) is the "
+        "training configuration, as for `metnet fit`.",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint of `metnet fit` (CKPT.ckpt)")
+    p.set_defaults(handler=_calibrate, lightning_args=[])
 
 
 def _add_checkpoint_and_store(p: argparse.ArgumentParser) -> None:
@@ -181,8 +241,8 @@ def _add_checkpoint_and_store(p: argparse.ArgumentParser) -> None:
 def _add_forecast_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``forecast`` and ``evaluate``."""
     p.add_argument("--lead-times", nargs="+", type=int, metavar="MIN",
-                   help="lead times in minutes (default: every store step up to the "
-                   "checkpoint's longest lead)")
+                   help="lead times in minutes (default: the calibrated ones, else every "
+                   "store step up to the checkpoint's longest lead)")
     p.add_argument("--thresholds", nargs="+", type=float, default=[0.1, 1.0, 4.0, 8.0],
                    help="rain-rate thresholds in mm/h (default 0.1 1 4 8)")
     p.add_argument("--batch-tiles", type=int, default=8, help="tiles per network call")
@@ -218,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=summary, add_help=False)  # dispatched to LightningCLI
     _add_synth(sub)
     _add_ingest(sub)
+    _add_calibrate(sub)
     _add_forecast(sub)
     _add_evaluate(sub)
     return parser
@@ -234,7 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, OSError) as err:  # bad data configuration, checkpoint, path
             print(f"metnet {argv[0]}: error: {err}", file=sys.stderr)
             return 1
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "calibrate":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.lightning_args = rest
     handler: Callable[[argparse.Namespace], None] = args.handler
     try:
         handler(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from metnet.calibration import fit_calibration
 from metnet.data.datamodule import NowcastDataModule
-from metnet.training import NowcastModule
+from metnet.training import NowcastModule, load_checkpoint, save_calibration
 
 
 class MetNetCLI(LightningCLI):
@@ -35,7 +37,9 @@ class MetNetCLI(LightningCLI):
     Logs and checkpoints go under ``--trainer.default_root_dir`` (default ``outputs``):
     ``csv/`` (and ``tensorboard/`` when installed) and ``checkpoints/`` (``best.ckpt`` by
     validation loss, ``last.ckpt`` every ``--checkpoint_every_n_steps``, default 25). The
-    checkpoint folder is fixed so that ``--ckpt_path last`` finds the previous run's.
+    checkpoint folder is fixed so that ``--ckpt_path last`` finds the previous run's. When a
+    fit ends, ``best.ckpt`` gets its post-hoc calibration fitted on the validation split
+    (:class:`CalibrateBest`; ``metnet calibrate`` does the same for any checkpoint).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -45,6 +49,9 @@ class MetNetCLI(LightningCLI):
         parser.link_arguments(
             "data.num_channels", "model.net.init_args.input_channels", apply_on="instantiate"
         )
+        parser.link_arguments(
+            "data.num_lead_channels", "model.net.init_args.lead_channels", apply_on="instantiate"
+        )
         parser.set_defaults({"trainer.default_root_dir": OUTPUTS})
         parser.add_argument("--checkpoint_every_n_steps", type=int, default=25,
                             help="refresh last.ckpt every N training steps (resume point)")
@@ -52,7 +59,8 @@ class MetNetCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         root, every = config.trainer.default_root_dir, config.checkpoint_every_n_steps
-        self.trainer_defaults["callbacks"] = default_callbacks(root, every)
+        progress = config.trainer.get("enable_progress_bar") is not False
+        self.trainer_defaults["callbacks"] = default_callbacks(root, every, progress)
         if config.trainer.logger in (None, True):
             config.trainer.logger = default_loggers(root)
         if config.get("weights_only", False) is None:
@@ -85,14 +93,44 @@ class LastCheckpoint(Callback):
             os.replace(tmp, self.path)
 
 
-def default_callbacks(root: str, every_n_steps: int) -> list:
-    """Best and last checkpoints in ``root/checkpoints``, learning-rate log, rich progress."""
+class CalibrateBest(Callback):
+    """When a fit ends, fit the best checkpoint's calibration on the validation split
+    (:func:`metnet.calibration.fit_calibration`) and store it in that checkpoint.
+
+    Every rank scores its share of the validation split; the statistics are summed across
+    ranks and rank 0 writes the checkpoint.
+    """
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        best = Path(trainer.checkpoint_callback.best_model_path or "")
+        if trainer.interrupted or not best.is_file():
+            return
+        net, hparams = load_checkpoint(best)
+        net.to(pl_module.device)
+
+        def logits_of(batch: dict) -> Any:
+            extra = batch.get("lead_inputs")
+            return net(batch["context"].to(pl_module.device),
+                       batch["lead_times"].to(pl_module.device),
+                       None if extra is None else extra.to(pl_module.device))
+
+        datamodule = trainer.datamodule
+        calibration = fit_calibration(logits_of, datamodule.dataloader("val"), net.bin_edges,
+                                      datamodule.spec.lead_times, hparams["thresholds"])
+        if trainer.is_global_zero:
+            save_calibration(best, calibration)
+        trainer.strategy.barrier()
+
+
+def default_callbacks(root: str, every_n_steps: int, progress_bar: bool = True) -> list:
+    """Best and last checkpoints in ``root/checkpoints``, learning-rate log, rich progress
+    (unless ``--trainer.enable_progress_bar false``)."""
     return [
         ModelCheckpoint(dirpath=f"{root}/checkpoints", monitor="val/loss", filename="best"),
         LastCheckpoint(f"{root}/checkpoints/last.ckpt", every_n_steps),
         LearningRateMonitor(logging_interval="step"),
-        RichProgressBar(),
-    ]
+        CalibrateBest(),
+    ] + ([RichProgressBar()] if progress_bar else [])
 
 
 def default_loggers(root: str) -> list[Namespace]:
@@ -116,3 +154,12 @@ def run_lightning(argv: Sequence[str]) -> int:
         save_config_kwargs={"overwrite": True},
     )
     return 0
+
+
+def datamodule_from_config(argv: Sequence[str]) -> NowcastDataModule:
+    """The datamodule that ``metnet fit ARGV`` would train on (``--config`` files and
+    ``--data.*`` overrides), without training anything."""
+    with warnings.catch_warnings():  # "args given while sys.argv has arguments": intended
+        warnings.filterwarnings("ignore", message=".*args parameter is intended")
+        cli = MetNetCLI(NowcastModule, NowcastDataModule, args=list(argv), run=False)
+    return cli.datamodule

@@ -3,7 +3,9 @@
 It composes the network, the masked cross-entropy loss, AdamW with linear
 warm-up and cosine decay, and the verification scores. On validation and
 test it scores the model and Eulerian persistence (the last context frame)
-on the same batches, per lead time and pooled over leads:
+on the same batches, per lead time and pooled over leads, and, when the
+batches carry motion inputs (``lead_inputs``), Lagrangian extrapolation too
+(the extrapolated field the network is given):
 
 * ``{split}/loss``: cross-entropy of the model (the monitored quantity);
 * ``{split}/{method}/{score}_{threshold}`` and ``.../lead_{minutes}``: CSI,
@@ -17,7 +19,10 @@ It holds no layer code; the network is an ``nn.Module`` given to it.
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from metnet.calibration import Calibration
 from metnet.data.transforms import input_to_rate
 from metnet.distribution import (
     RainRateDistribution,
@@ -34,8 +40,9 @@ from metnet.distribution import (
 from metnet.metrics import ContingencyScores, LeadMean
 from metnet.models import MetNet
 
-METHODS = ("model", "persistence")
+METHODS = ("model", "persistence", "extrapolation")
 NET_CONFIG_KEY = "metnet_net_config"
+CALIBRATION_KEY = "metnet_calibration"
 
 
 class CheckpointError(ValueError):
@@ -78,12 +85,18 @@ class NowcastModule(L.LightningModule):
 
     # -- steps -------------------------------------------------------------------------
 
-    def forward(self, context: Tensor, lead_times: Tensor) -> Tensor:
-        """Logits (B, L, K, Ht, Wt) for a context (B, T, C, H, W) and leads (B, L) minutes."""
-        return self.net(context, lead_times)
+    def forward(self, context: Tensor, lead_times: Tensor,
+                lead_inputs: Tensor | None = None) -> Tensor:
+        """Logits (B, L, K, Ht, Wt) for a context (B, T, C, H, W), leads (B, L) minutes and,
+        for a network that takes them, per-lead inputs (B, L, Cl, H, W)."""
+        return self.net(context, lead_times, lead_inputs)
+
+    def logits(self, batch: dict[str, Any]) -> Tensor:
+        """The network's logits (B, L, K, Ht, Wt) for a batch of the datamodule."""
+        return self(batch["context"], batch["lead_times"], batch.get("lead_inputs"))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        logits = self(batch["context"], batch["lead_times"])
+        logits = self.logits(batch)
         loss = masked_cross_entropy(logits, batch["target"], self.bin_edges, dim=2)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
@@ -96,8 +109,7 @@ class NowcastModule(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         """Mean rain rate (B, L, Ht, Wt) mm/h and exceedance probabilities per threshold."""
-        dist = RainRateDistribution(self(batch["context"], batch["lead_times"]).float(),
-                                    self.bin_edges, dim=2)
+        dist = RainRateDistribution(self.logits(batch).float(), self.bin_edges, dim=2)
         exceed = torch.stack([dist.exceedance(t) for t in self.hparams.thresholds], dim=2)
         return {"mean": dist.mean(), "exceedance": exceed, "lead_times": batch["lead_times"]}
 
@@ -105,7 +117,7 @@ class NowcastModule(L.LightningModule):
 
     def _evaluate(self, batch: dict[str, Any], split: str) -> None:
         target = batch["target"]
-        logits = self(batch["context"], batch["lead_times"]).float()
+        logits = self.logits(batch).float()
         valid = ~torch.isnan(target)
         ce = pixel_cross_entropy(logits, target, self.bin_edges, dim=2)
         loss = ce.sum() / valid.sum().clamp_min(1)  # = masked_cross_entropy, from ce
@@ -113,28 +125,40 @@ class NowcastModule(L.LightningModule):
         scores = self._split_scores(split, target.shape[1])
         dist = RainRateDistribution(logits, self.bin_edges, dim=2)
         thresholds = self.hparams.thresholds
-        model_events = torch.stack([dist.exceedance(t) >= 0.5 for t in thresholds], dim=2)
-        persistence = self.persistence(batch["context"], target)
-        persistence_events = torch.stack([persistence >= t for t in thresholds], dim=2)
         safe_target = target.nan_to_num(0.0)
         observed_event = (safe_target >= self.hparams.brier_threshold).float()
+        model_events = torch.stack([dist.exceedance(t) >= 0.5 for t in thresholds], dim=2)
         scores["model_contingency"].update(model_events, target)
-        scores["persistence_contingency"].update(persistence_events, target)
         scores["model_crps"].update(dist.crps(safe_target), valid)
-        scores["persistence_crps"].update((persistence - safe_target).abs(), valid)
         brier = (dist.exceedance(self.hparams.brier_threshold) - observed_event) ** 2
         scores["model_brier"].update(brier, valid)
-        persistence_p = (persistence >= self.hparams.brier_threshold).float()
-        scores["persistence_brier"].update((persistence_p - observed_event) ** 2, valid)
         scores["model_ce"].update(ce, valid)
+        for method, field in self.baselines(batch).items():
+            events = torch.stack([field >= t for t in thresholds], dim=2)
+            scores[f"{method}_contingency"].update(events, target)
+            scores[f"{method}_crps"].update((field - safe_target).abs(), valid)
+            p = (field >= self.hparams.brier_threshold).float()
+            scores[f"{method}_brier"].update((p - observed_event) ** 2, valid)
         self._lead_times = batch["lead_times"][0].tolist()
+
+    def baselines(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Baseline forecasts (B, L, Ht, Wt) mm/h of a batch: persistence, and extrapolation
+        when the batch has motion inputs; NaN where the baseline knows nothing."""
+        target = batch["target"]
+        out = {"persistence": self.persistence(batch["context"], target)}
+        if "lead_inputs" in batch:
+            out["extrapolation"] = self.extrapolation(batch["lead_inputs"], target)
+        return out
+
+    def extrapolation(self, lead_inputs: Tensor, target: Tensor) -> Tensor:
+        """The extrapolated field (B, L, Ht, Wt) mm/h in per-lead inputs (B, L, Cl, H, W)
+        (channel 0: rain, channel 1: validity; :mod:`metnet.data.motion`)."""
+        planes = _central(lead_inputs, target.shape[-2:]).float()
+        return torch.where(planes[:, :, 1] > 0.5, input_to_rate(planes[:, :, 0]), torch.nan)
 
     def persistence(self, context: Tensor, target: Tensor) -> Tensor:
         """Eulerian persistence (B, L, Ht, Wt) mm/h: the last context frame's central patch."""
-        ht, wt = target.shape[-2:]
-        h, w = context.shape[-2:]
-        top, left = (h - ht) // 2, (w - wt) // 2
-        last = context[:, -1, :, top : top + ht, left : left + wt].float()
+        last = _central(context[:, -1], target.shape[-2:]).float()
         rate = input_to_rate(last[:, self.hparams.rain_channel])
         rate = torch.where(last[:, self.hparams.mask_channel] > 0.5, rate, torch.nan)
         return rate[:, None].expand(-1, target.shape[1], -1, -1)
@@ -168,6 +192,8 @@ class NowcastModule(L.LightningModule):
         scores, leads = self.scores[split], self._lead_times
         out: dict[str, float] = {}
         for method in METHODS:
+            if not scores[f"{method}_contingency"].update_called:
+                continue  # e.g. extrapolation without motion inputs
             table = scores[f"{method}_contingency"].compute()
             for i, t in enumerate(self.hparams.thresholds):
                 for name in ("csi", "pod", "far"):
@@ -205,6 +231,9 @@ class NowcastModule(L.LightningModule):
         saved = checkpoint.get(NET_CONFIG_KEY)
         if saved is None:
             raise CheckpointError("not a metnet checkpoint (no network configuration)")
+        defaults = {name: p.default for name, p in
+                    inspect.signature(type(self.net)).parameters.items()}
+        saved = {**defaults, **saved}  # a setting added since the checkpoint has its default
         differences = [
             f"{key}={saved.get(key)!r} (configured {value!r})"
             for key, value in self.net.config.items()
@@ -232,6 +261,13 @@ class NowcastModule(L.LightningModule):
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def _central(planes: Tensor, size: Sequence[int]) -> Tensor:
+    """The central ``size`` (Ht, Wt) square of planes (..., H, W)."""
+    (ht, wt), (h, w) = size, planes.shape[-2:]
+    top, left = (h - ht) // 2, (w - wt) // 2
+    return planes[..., top:top + ht, left:left + wt]
+
+
 def _plain(value: Any) -> Any:
     """Tuples and lists compare equal (YAML gives lists, code gives tuples)."""
     return list(value) if isinstance(value, tuple | list) else value
@@ -245,15 +281,11 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def load_checkpoint(path: str | Path) -> tuple[MetNet, dict[str, Any]]:
-    """Rebuild the network of a checkpoint safely (``weights_only=True``: no code runs).
-
-    Returns:
-        The network in eval mode and the checkpoint's hyperparameters.
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A metnet checkpoint's contents, read safely (``weights_only=True``: no code runs).
 
     Raises:
-        CheckpointError: unreadable file, not a metnet checkpoint, or weights that do not
-            fit the recorded architecture.
+        CheckpointError: unreadable file or not a metnet checkpoint.
     """
     path = Path(path)
     try:
@@ -264,6 +296,20 @@ def load_checkpoint(path: str | Path) -> tuple[MetNet, dict[str, Any]]:
         raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
     if not isinstance(checkpoint, dict) or NET_CONFIG_KEY not in checkpoint:
         raise CheckpointError(f"{path}: not a metnet checkpoint (no network configuration)")
+    return checkpoint
+
+
+def load_checkpoint(path: str | Path) -> tuple[MetNet, dict[str, Any]]:
+    """Rebuild the network of a checkpoint safely (``weights_only=True``: no code runs).
+
+    Returns:
+        The network in eval mode and the checkpoint's hyperparameters.
+
+    Raises:
+        CheckpointError: unreadable file, not a metnet checkpoint, or weights that do not
+            fit the recorded architecture.
+    """
+    checkpoint = read_checkpoint(path)
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     net = MetNet(**checkpoint[NET_CONFIG_KEY])
     weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()
@@ -274,3 +320,28 @@ def load_checkpoint(path: str | Path) -> tuple[MetNet, dict[str, Any]]:
         first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
         raise CheckpointError(f"{path}: weights do not fit the configuration ({first})") from err
     return net.eval(), hparams
+
+
+def load_calibration(path: str | Path) -> Calibration | None:
+    """The calibration stored in a checkpoint by :func:`save_calibration`, or None."""
+    saved = read_checkpoint(path).get(CALIBRATION_KEY)
+    if saved is None:
+        return None
+    try:
+        return Calibration.from_dict(saved)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: damaged calibration ({err})") from err
+
+
+def save_calibration(path: str | Path, calibration: Calibration) -> None:
+    """Store ``calibration`` in the checkpoint at ``path`` (plain values, replacing any
+    earlier one); the file is written beside it and renamed into place."""
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    checkpoint[CALIBRATION_KEY] = calibration.to_dict()
+    tmp = path.with_name(f".{path.name}.calibrating")
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
