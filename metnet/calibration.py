@@ -317,8 +317,10 @@ class CalibrationStatistics(Metric):
 
     def _best_cut(self, temp: Tensor, lead_range: Tensor, default: int) -> Tensor:
         """(L, N) index of the CSI-maximising cut, ties to the cut closest to 0.5;
-        ``default`` where no event was observed."""
+        ``default`` where no event was observed. The cut 0 (rain forecast everywhere, the
+        CSI-maximiser of a forecast without skill for a rare event) is not a candidate."""
         csi = self._csi_by_cut(temp, lead_range).nan_to_num(-1.0)
+        csi[..., 0] = -1.0
         best = csi == csi.max(-1, keepdim=True).values
         distance = torch.where(best, (self.cuts[:-1] - 0.5).abs(), math.inf)
         observed = self.hist_events[temp, lead_range].sum(-1) > 0

@@ -103,7 +103,8 @@ def test_no_event_keeps_cut_at_one_half():
 
 
 def brute_force_scores(prob: np.ndarray, event: np.ndarray, cut: float, bins: int) -> dict:
-    """CSI at ``cut``, best CSI over cuts k/bins, reliability and Brier score of 1-D data."""
+    """CSI at ``cut``, best CSI over cuts k/bins (k >= 1: the cut 0, rain everywhere, is
+    excluded), reliability and Brier score of 1-D data."""
     def csi(c: float) -> float:
         fc = prob >= c
         hits, misses, false_alarms = (fc & event).sum(), (~fc & event).sum(), (fc & ~event).sum()
@@ -112,7 +113,7 @@ def brute_force_scores(prob: np.ndarray, event: np.ndarray, cut: float, bins: in
     k = np.clip(np.floor(prob * bins).astype(int), 0, bins - 1)
     reliability = sum((prob[k == b].sum() - event[k == b].sum()) ** 2 / (k == b).sum()
                       for b in np.unique(k)) / prob.size
-    return {"csi": csi(cut), "best": max(csi(c / bins) for c in range(bins)),
+    return {"csi": csi(cut), "best": max(csi(c / bins) for c in range(1, bins)),
             "reliability": reliability, "brier": np.mean((prob - event) ** 2)}
 
 

@@ -1,0 +1,159 @@
+"""Calibration end to end: fitted at the end of ``metnet fit`` on validation only, refitted by
+``metnet calibrate``, stored in the checkpoint and applied by forecasts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metnet.calibration import Calibration
+from metnet.forecast import forecast_dataset
+from metnet.io.store import open_store, write_store
+from metnet.io.synthetic import synthesize
+from metnet.training import load_calibration, load_checkpoint, save_calibration
+
+REPO = Path(__file__).resolve().parents[1]
+LEADS = [5, 15, 30]
+
+
+def metnet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metnet.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def data_overrides(store: Path) -> list[str]:
+    return [
+        "--config", str(REPO / "configs/synthetic.yaml"),
+        "--data.stores", f"[{store}]", "--data.context_size", "48", "--data.target_size", "16",
+        "--data.context_frames", "3", "--data.lead_times", "[5, 15, 30]",
+        "--data.batch_size", "4", "--data.patches_per_window", "1",
+        "--data.motion_inputs", "true", "--data.motion_cache_dir", str(store.parent / "cache"),
+    ]
+
+
+def tiny_overrides(store: Path) -> list[str]:
+    return data_overrides(store) + [
+        "--model.net.init_args.lstm_hidden", "16", "--model.net.init_args.num_blocks", "2",
+        "--model.net.init_args.conditioned_from", "1", "--model.net.init_args.heads", "2",
+        "--model.net.init_args.downsampler_channels", "[8, 16]",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4",
+        "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
+        "--trainer.enable_progress_bar", "false",
+    ]
+
+
+def _store_copy(source, path: Path, scale_from: int | None = None,
+                scale_to: int | None = None) -> Path:
+    """A copy of a synthetic dataset with frames [scale_from, scale_to) times 5."""
+    ds = source.copy(deep=True)
+    if scale_from is not None:
+        ds["precip_rate"][scale_from:scale_to] = ds["precip_rate"][scale_from:scale_to] * 5.0
+    return write_store(ds, path)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same 60-frame store, and copies with the test or the validation frames changed
+    (default split 0.7/0.15/0.15: frames 42-50 validate, 51-59 test)."""
+    root = tmp_path_factory.mktemp("calibrate")
+    ds = synthesize(frames=60, height=96, width=96, seed=5)
+    return {"same": _store_copy(ds, root / "a" / "s.zarr"),
+            "test_changed": _store_copy(ds, root / "b" / "s.zarr", 51, 60),
+            "val_changed": _store_copy(ds, root / "c" / "s.zarr", 42, 51)}
+
+
+@pytest.fixture(scope="module")
+def trained(stores: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("run")
+    result = metnet("fit", *tiny_overrides(stores["same"]), cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir / "outputs/checkpoints/best.ckpt"
+
+
+def test_fit_stores_a_validation_calibration_in_the_best_checkpoint(trained: Path) -> None:
+    calibration = load_calibration(trained)
+    assert calibration is not None and calibration.lead_times == LEADS
+    assert calibration.thresholds == [0.1, 1.0, 4.0, 8.0]
+    header = next(trained.parents[1].glob("csv/version_*/metrics.csv")).read_text()
+    assert "val/extrapolation/csi_1" in header and "val/extrapolation/crps/lead_30" in header
+
+
+def _calibrate(ckpt: Path, store: Path, tmp_path: Path, name: str) -> str:
+    """The calibration ``metnet calibrate`` fits on ``store`` for a copy of ``ckpt``, as
+    canonical JSON (so that NaN scores compare equal)."""
+    copy = tmp_path / f"{name}.ckpt"
+    copy.write_bytes(ckpt.read_bytes())
+    result = metnet("calibrate", "--ckpt", str(copy), *data_overrides(store), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "probability_threshold" in result.stdout
+    return _canonical(load_calibration(copy))
+
+
+def _canonical(calibration: Calibration) -> str:
+    return json.dumps(calibration.to_dict(), sort_keys=True)
+
+
+def test_calibrate_reads_the_validation_split_only(trained: Path, stores: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    same = _calibrate(trained, stores["same"], tmp_path, "same")
+    assert same == _canonical(load_calibration(trained))  # fit's own, reproduced
+    assert _calibrate(trained, stores["test_changed"], tmp_path, "test") == same
+    assert _calibrate(trained, stores["val_changed"], tmp_path, "val") != same
+
+
+def test_calibrate_refuses_data_that_do_not_fit_the_checkpoint(trained: Path,
+                                                               stores: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    result = metnet("calibrate", "--ckpt", str(trained), *data_overrides(stores["same"]),
+                    "--data.motion_inputs", "false", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("metnet calibrate: error:")
+    assert "lead_channels=2 (data gives 0)" in result.stderr
+
+
+class _Tempered(torch.nn.Module):
+    """A network whose logits are another's divided by per-lead temperatures."""
+
+    def __init__(self, net: torch.nn.Module, temperature: dict[int, float]) -> None:
+        super().__init__()
+        self.net, self.config, self.bin_edges = net, net.config, net.bin_edges
+        self.temperature = temperature
+
+    def forward(self, x, leads, lead_inputs=None):
+        logits = self.net(x, leads, lead_inputs)
+        t = torch.tensor([self.temperature[int(m)] for m in leads])
+        return logits / t[None, :, None, None, None]
+
+
+def test_forecast_applies_the_checkpoint_temperature(trained: Path, stores: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    net, _ = load_checkpoint(trained)
+    temperature = {5: 0.7, 15: 1.5, 30: 2.5}
+    calibration = Calibration(LEADS, [1.0], list(temperature.values()), [[0.3]] * 3)
+    store = open_store(stores["same"])
+    init = store["time"].values[30]
+    tempered = forecast_dataset(net, store, [init], LEADS, bin_probabilities=True,
+                                calibration=calibration)
+    expected = forecast_dataset(_Tempered(net, temperature), store, [init], LEADS,
+                                bin_probabilities=True)
+    np.testing.assert_allclose(tempered["bin_probability"].values,
+                               expected["bin_probability"].values, atol=1e-5)
+
+    ckpt = tmp_path / "t.ckpt"
+    ckpt.write_bytes(trained.read_bytes())
+    save_calibration(ckpt, calibration)
+    out = tmp_path / "fc.nc"
+    result = metnet("forecast", "--ckpt", str(ckpt), "--data", str(stores["same"]),
+                    "--init-time", str(init)[:16], "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import xarray as xr
+
+    with xr.open_dataset(out) as written:
+        np.testing.assert_allclose(written["precip_rate_mean"].values,
+                                   tempered["precip_rate_mean"].values, rtol=1e-4, atol=1e-5)
