@@ -10,6 +10,9 @@ batches carry motion inputs (``lead_inputs``), Lagrangian extrapolation too
 * ``{split}/loss``: cross-entropy of the model (the monitored quantity);
 * ``{split}/{method}/{score}_{threshold}`` and ``.../lead_{minutes}``: CSI,
   POD, FAR at each threshold (the model's event is P(R >= t) >= 0.5);
+* on test, with a calibrated checkpoint (:mod:`metnet.calibration`), the same scores
+  for ``model_calibrated``: the temperature-scaled distribution, and events where
+  P(R >= t) reaches the calibrated cut of the lead and threshold;
 * ``{split}/{method}/crps`` and ``brier_{threshold}``: CRPS in mm/h (a point
   forecast's CRPS is its absolute error) and the Brier score;
 * ``{split}/model/ce`` per lead.
@@ -40,7 +43,7 @@ from metnet.distribution import (
 from metnet.metrics import ContingencyScores, LeadMean
 from metnet.models import MetNet
 
-METHODS = ("model", "persistence", "extrapolation")
+METHODS = ("model", "model_calibrated", "persistence", "extrapolation")
 NET_CONFIG_KEY = "metnet_net_config"
 CALIBRATION_KEY = "metnet_calibration"
 
@@ -82,6 +85,7 @@ class NowcastModule(L.LightningModule):
         self.scores = torch.nn.ModuleDict()
         self._total_steps: int | None = None
         self._lead_times: list[int] = []  # lead times (minutes) of the scores' rows
+        self.calibration: Calibration | None = None  # from a calibrated checkpoint
 
     # -- steps -------------------------------------------------------------------------
 
@@ -123,23 +127,43 @@ class NowcastModule(L.LightningModule):
         loss = ce.sum() / valid.sum().clamp_min(1)  # = masked_cross_entropy, from ce
         self.log(f"{split}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(target))
         scores = self._split_scores(split, target.shape[1])
-        dist = RainRateDistribution(logits, self.bin_edges, dim=2)
-        thresholds = self.hparams.thresholds
-        safe_target = target.nan_to_num(0.0)
-        observed_event = (safe_target >= self.hparams.brier_threshold).float()
-        model_events = torch.stack([dist.exceedance(t) >= 0.5 for t in thresholds], dim=2)
-        scores["model_contingency"].update(model_events, target)
-        scores["model_crps"].update(dist.crps(safe_target), valid)
-        brier = (dist.exceedance(self.hparams.brier_threshold) - observed_event) ** 2
-        scores["model_brier"].update(brier, valid)
         scores["model_ce"].update(ce, valid)
+        for method, (method_logits, cuts) in self._model_forecasts(logits, batch, split).items():
+            dist = RainRateDistribution(method_logits, self.bin_edges, dim=2)
+            exceed = torch.stack([dist.exceedance(t) for t in self.hparams.thresholds], dim=2)
+            events = exceed >= cuts.to(exceed)[None, :, :, None, None]
+            self._update(scores, method, events, dist.crps(target.nan_to_num(0.0)),
+                         dist.exceedance(self.hparams.brier_threshold), target)
         for method, field in self.baselines(batch).items():
-            events = torch.stack([field >= t for t in thresholds], dim=2)
-            scores[f"{method}_contingency"].update(events, target)
-            scores[f"{method}_crps"].update((field - safe_target).abs(), valid)
-            p = (field >= self.hparams.brier_threshold).float()
-            scores[f"{method}_brier"].update((p - observed_event) ** 2, valid)
+            events = torch.stack([field >= t for t in self.hparams.thresholds], dim=2)
+            self._update(scores, method, events, (field - target.nan_to_num(0.0)).abs(),
+                         (field >= self.hparams.brier_threshold).float(), target)
         self._lead_times = batch["lead_times"][0].tolist()
+
+    def _model_forecasts(self, logits: Tensor, batch: dict[str, Any],
+                         split: str) -> dict[str, tuple[Tensor, Tensor]]:
+        """The model's scored forecasts: {method: (logits, (L, N) probability cuts)}: the
+        raw logits with 0.5, and on test with a calibrated checkpoint its tempered logits and
+        calibrated cuts (``model_calibrated``)."""
+        thresholds = self.hparams.thresholds
+        out = {"model": (logits, torch.full((logits.shape[1], len(thresholds)), 0.5))}
+        if split == "test" and self.calibration is not None:
+            cuts = [[self.calibration.decision_threshold(m, t) for t in thresholds]
+                    for m in batch["lead_times"][0].tolist()]
+            out["model_calibrated"] = (
+                self.calibration.scale_logits(logits, batch["lead_times"], dim=2),
+                torch.tensor(cuts))
+        return out
+
+    def _update(self, scores: torch.nn.ModuleDict, method: str, events: Tensor, crps: Tensor,
+                probability: Tensor, target: Tensor) -> None:
+        """Add one method's batch: events (B, L, N, Ht, Wt), CRPS (B, L, Ht, Wt) mm/h and
+        P(R >= brier threshold) (B, L, Ht, Wt) against the target (NaN: not observed)."""
+        valid = ~torch.isnan(target)
+        observed = (target.nan_to_num(0.0) >= self.hparams.brier_threshold).float()
+        scores[f"{method}_contingency"].update(events, target)
+        scores[f"{method}_crps"].update(crps, valid)
+        scores[f"{method}_brier"].update((probability - observed) ** 2, valid)
 
     def baselines(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Baseline forecasts (B, L, Ht, Wt) mm/h of a batch: persistence, and extrapolation
@@ -231,6 +255,8 @@ class NowcastModule(L.LightningModule):
         saved = checkpoint.get(NET_CONFIG_KEY)
         if saved is None:
             raise CheckpointError("not a metnet checkpoint (no network configuration)")
+        if CALIBRATION_KEY in checkpoint:
+            self.calibration = Calibration.from_dict(checkpoint[CALIBRATION_KEY])
         defaults = {name: p.default for name, p in
                     inspect.signature(type(self.net)).parameters.items()}
         saved = {**defaults, **saved}  # a setting added since the checkpoint has its default

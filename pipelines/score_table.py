@@ -24,19 +24,28 @@ def last_scores(path: Path, split: str) -> dict[str, float]:
     return {key: float(value) for key, value in rows[-1].items() if value}
 
 
+METHOD_ORDER = ("model", "model_calibrated", "persistence", "extrapolation", "steps")
+
+
+def _ordered(methods: set[str]) -> list[str]:
+    return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER
+                                          else len(METHOD_ORDER), m))
+
+
 def table(scores: dict[str, float], split: str) -> str:
+    """CSI at 1 mm/h and CRPS per lead for every method logged (model, model_calibrated,
+    persistence, extrapolation)."""
     leads = sorted({int(m.group(1)) for key in scores
                     if (m := re.search(r"/lead_(\d+)$", key))})
-    lines = ["| lead (min) | CSI 1 mm/h model | CSI 1 mm/h persistence "
-             "| CRPS model (mm/h) | CRPS persistence (mm/h) |",
-             "| ---: | ---: | ---: | ---: | ---: |"]
-    for lead in leads:
-        values = [scores[f"{split}/{method}/{name}/lead_{lead}"]
-                  for name in ("csi_1", "crps") for method in ("model", "persistence")]
-        lines.append(f"| {lead} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
-    pooled = [scores[f"{split}/{method}/{name}"]
-              for name in ("csi_1", "crps") for method in ("model", "persistence")]
-    lines.append("| all | " + " | ".join(f"{v:.3f}" for v in pooled) + " |")
+    methods = _ordered({key.split("/")[1] for key in scores
+                        if key.startswith(f"{split}/") and key.endswith("/crps")})
+    header = ["lead (min)"] + [f"{label} {m}" for label in ("CSI 1 mm/h", "CRPS (mm/h)")
+                               for m in methods]
+    lines = ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
+    for suffix, label in [(f"/lead_{lead}", str(lead)) for lead in leads] + [("", "all")]:
+        values = [scores[f"{split}/{method}/{name}{suffix}"]
+                  for name in ("csi_1", "crps") for method in methods]
+        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
     return "\n".join(lines)
 
 
@@ -48,7 +57,7 @@ def evaluation_table(path: Path) -> str:
             continue
         if row["metric"] in ("csi", "crps"):
             values[row["method"], row["metric"], int(row["lead_time_min"])] = float(row["value"])
-    methods = sorted({m for m, _, _ in values}, key=lambda m: (m != "model", m))
+    methods = _ordered({m for m, _, _ in values})
     leads = sorted({lead for _, _, lead in values})
     header = ["lead (min)"] + [f"{metric.upper()} {m}" for metric in ("csi", "crps")
                                for m in methods]

@@ -157,3 +157,15 @@ def test_forecast_applies_the_checkpoint_temperature(trained: Path, stores: dict
     with xr.open_dataset(out) as written:
         np.testing.assert_allclose(written["precip_rate_mean"].values,
                                    tempered["precip_rate_mean"].values, rtol=1e-4, atol=1e-5)
+
+
+def test_test_scores_the_calibrated_model_and_extrapolation(trained: Path,
+                                                            stores: dict[str, Path]) -> None:
+    workdir = trained.parents[2]
+    result = metnet("test", *tiny_overrides(stores["same"]), "--ckpt_path", str(trained),
+                    cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for key in ("test/model/csi_1", "test/model_calibrated/csi_1",
+                "test/model_calibrated/crps", "test/extrapolation/csi_1",
+                "test/persistence/crps"):
+        assert key in result.stdout
