@@ -2,10 +2,14 @@
 
     python pipelines/score_table.py outputs/radar/csv/version_1/metrics.csv --split test
     python pipelines/score_table.py outputs/radar/evaluation/knmi/scores.csv
+    python pipelines/score_table.py motion=outputs/radar/evaluation/knmi/scores.csv \
+        plain=outputs/radar-plain/evaluation/knmi/scores.csv
 
-A ``metrics.csv`` is the CSV log of ``metnet test`` (or ``validate``): model vs
-persistence on the test patches. A ``scores.csv`` is written by ``metnet evaluate``:
-model vs persistence vs optical-flow extrapolation over whole domains.
+A ``metrics.csv`` is the CSV log of ``metnet test`` (or ``validate``): the model (and
+the calibrated model) vs persistence (and extrapolation) on the test patches. A
+``scores.csv`` is written by ``metnet evaluate``: the model vs the baselines over whole
+domains. Several ``LABEL=scores.csv`` of the same init times (an ablation) make one
+table: each file's model methods carry its label, the baselines come from the first.
 """
 
 from __future__ import annotations
@@ -49,15 +53,30 @@ def table(scores: dict[str, float], split: str) -> str:
     return "\n".join(lines)
 
 
-def evaluation_table(path: Path) -> str:
-    """CSI at 1 mm/h and CRPS per lead and method from an ``evaluate`` scores.csv."""
+def evaluation_values(path: Path, label: str = "") -> dict[tuple[str, str, int], float]:
+    """{(method, metric, lead): value} of CSI at 1 mm/h and CRPS in an ``evaluate``
+    scores.csv; with a label, model methods are renamed ``label method``."""
     values: dict[tuple[str, str, int], float] = {}
     for row in csv.DictReader(path.open()):
         if row["metric"] == "csi" and float(row["threshold"] or "nan") != 1.0:
             continue
         if row["metric"] in ("csi", "crps"):
-            values[row["method"], row["metric"], int(row["lead_time_min"])] = float(row["value"])
-    methods = _ordered({m for m, _, _ in values})
+            method = row["method"]
+            if label and method.startswith("model"):
+                method = f"{label} {method}"
+            values[method, row["metric"], int(row["lead_time_min"])] = float(row["value"])
+    return values
+
+
+def evaluation_table(paths: list[tuple[str, Path]]) -> str:
+    """CSI at 1 mm/h and CRPS per lead and method from ``(label, scores.csv)`` pairs."""
+    values: dict[tuple[str, str, int], float] = {}
+    for label, path in paths:
+        values = {**evaluation_values(path, label), **values}  # earlier files win
+    models = sorted({m for m, _, _ in values if " model" in m or m.startswith("model")},
+                    key=lambda m: [label for label, _ in paths].index(m.split(" ")[0])
+                    if " " in m else 0)
+    methods = models + _ordered({m for m, _, _ in values} - set(models))
     leads = sorted({lead for _, _, lead in values})
     header = ["lead (min)"] + [f"{metric.upper()} {m}" for metric in ("csi", "crps")
                                for m in methods]
@@ -69,15 +88,21 @@ def evaluation_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def _labelled(text: str) -> tuple[str, Path]:
+    label, _, path = text.rpartition("=")
+    return label, Path(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scores", type=Path, help="metrics.csv of a CSV log, or scores.csv")
+    parser.add_argument("scores", nargs="+", type=_labelled,
+                        help="metrics.csv of a CSV log, or [LABEL=]scores.csv (several)")
     parser.add_argument("--split", default="test", choices=["val", "test"])
     args = parser.parse_args()
-    if args.scores.name == "scores.csv":
+    if args.scores[0][1].name == "scores.csv":
         print(evaluation_table(args.scores))
     else:
-        print(table(last_scores(args.scores, args.split), args.split))
+        print(table(last_scores(args.scores[0][1], args.split), args.split))
 
 
 if __name__ == "__main__":
