@@ -201,39 +201,48 @@ def _save(fig: plt.Figure, path: str | Path, dpi: int = 100) -> Path:
 
 
 SCORE_LABELS = {"csi": "CSI", "pod": "POD", "far": "FAR", "fss": "FSS", "mae": "MAE (mm/h)",
-                "crps": "CRPS (mm/h)", "brier": "Brier score"}
+                "crps": "CRPS (mm/h)", "brier": "Brier score",
+                "brier_reliability": "Brier reliability term"}
+#: Line colour of each verification method (others: matplotlib's cycle).
+METHOD_COLOURS = {"model": "tab:blue", "model_calibrated": "tab:cyan", "steps": "tab:purple",
+                  "persistence": "tab:grey", "extrapolation": "tab:orange"}
 
 
 def plot_skill(scores: pd.DataFrame, path: str | Path, title: str = "", ncols: int = 4) -> Path:
     """Scores against lead time: one panel per metric (and threshold or scale), one line
-    per method.
+    per method (a fixed colour per method, one legend for the figure).
 
     Args:
         scores: tidy table with columns method, metric, threshold, scale_km,
             lead_time_min, value (:func:`metnet.verification.evaluate`).
     """
     keys = scores[["metric", "threshold", "scale_km"]].drop_duplicates()
-    keys = keys.assign(order=keys["metric"].map(list(SCORE_LABELS).index)).sort_values(
-        ["order", "threshold", "scale_km"])
+    order = {metric: k for k, metric in enumerate(SCORE_LABELS)}
+    keys = keys.assign(order=keys["metric"].map(lambda m: order.get(m, len(order))))
+    keys = keys.sort_values(["order", "metric", "threshold", "scale_km"])
     nrows = int(np.ceil(len(keys) / ncols))
-    height = 2.7 * nrows + 0.5
+    height = 2.7 * nrows + 0.9
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, height), squeeze=False)
-    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.45 / height, top=1 - 0.6 / height,
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.45 / height, top=1 - 1.0 / height,
                         wspace=0.25, hspace=0.55)  # constrained layout is slow with many panels
     for ax in axes.flat[len(keys):]:
         ax.axis("off")
+    handles: dict[str, plt.Line2D] = {}
     for ax, (_, key) in zip(axes.flat, keys.iterrows(), strict=False):
         panel = scores[(scores["metric"] == key["metric"])
                        & _same(scores["threshold"], key["threshold"])
                        & _same(scores["scale_km"], key["scale_km"])]
         for method, lines in panel.groupby("method", sort=False):
-            ax.plot(lines["lead_time_min"], lines["value"], marker="o", ms=3, label=method)
+            line, = ax.plot(lines["lead_time_min"], lines["value"], marker="o", ms=3,
+                            label=method, color=METHOD_COLOURS.get(method))
+            handles.setdefault(method, line)
         ax.set_title(_panel_title(key), fontsize=9)
         ax.set_xlabel("lead time (min)", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7)
+    fig.legend(handles.values(), handles.keys(), loc="upper center", ncols=len(handles),
+               fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1 - 0.45 / height))
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -256,33 +265,49 @@ def plot_reliability(
     reliability: pd.DataFrame, path: str | Path, title: str = "", threshold: float = 1.0,
     min_count: int = 10, max_curves: int = 4,
 ) -> Path:
-    """Reliability diagram of exceedance probabilities, a curve per lead time, and the
-    number of forecasts per probability bin below.
+    """Reliability diagrams of exceedance probabilities, one column per method: a curve
+    per lead time on top, the number of forecasts per probability bin below.
 
     Args:
-        reliability: columns lead_time_min, bin, forecast_probability, observed_frequency,
-            count (:func:`metnet.verification.evaluate`).
+        reliability: columns method, lead_time_min, bin, forecast_probability,
+            observed_frequency, count (:func:`metnet.verification.evaluate`).
         min_count: bins with fewer forecasts are not drawn.
-        max_curves: at most this many lead times, evenly spread, are drawn.
+        max_curves: at most this many lead times, evenly spread, are drawn (the same
+            lead has the same colour in every column).
     """
+    methods = list(dict.fromkeys(reliability["method"]))
     leads = sorted(reliability["lead_time_min"].unique())
     picks = np.unique(np.linspace(0, len(leads) - 1, min(max_curves, len(leads))).round())
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6.5), height_ratios=(3, 1),
-                                      sharex=True, constrained_layout=True)
-    top.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect reliability")
-    for index in picks.astype(int):
-        lead = leads[index]
-        rows = reliability[(reliability["lead_time_min"] == lead)
-                           & (reliability["count"] >= min_count)]
-        line, = top.plot(rows["forecast_probability"], rows["observed_frequency"], marker="o",
-                         ms=3, label=f"+{lead} min")
-        everything = reliability[reliability["lead_time_min"] == lead]
-        bottom.step((everything["bin"] + 0.5) / len(everything), everything["count"],
-                    where="mid", color=line.get_color())
-    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed relative frequency",
-            title=f"Reliability of P(rain > {threshold:g} mm/h)" + (f", {title}" if title else ""))
-    top.legend(fontsize=8)
-    top.grid(alpha=0.3)
-    bottom.set(yscale="log", xlabel="forecast probability", ylabel="forecasts")
-    bottom.grid(alpha=0.3)
+    colours = dict(zip([leads[int(i)] for i in picks], plt.cm.viridis(np.linspace(0, 0.85,
+                                                                                  len(picks))),
+                       strict=True))
+    fig, axes = plt.subplots(2, len(methods), figsize=(4.2 * len(methods), 6.5),
+                             height_ratios=(3, 1), sharex=True, squeeze=False,
+                             constrained_layout=True)
+    for (top, bottom), method in zip(axes.T, methods, strict=True):
+        _draw_reliability(top, bottom, reliability[reliability["method"] == method], colours,
+                          min_count)
+        top.set_title(method, fontsize=10)
+    axes[0, 0].set_ylabel("observed relative frequency")
+    axes[1, 0].set_ylabel("forecasts")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"Reliability of P(rain > {threshold:g} mm/h)" + (f", {title}" if title else ""))
     return _save(fig, path)
+
+
+def _draw_reliability(top: plt.Axes, bottom: plt.Axes, rows: pd.DataFrame,
+                      colours: dict[int, np.ndarray], min_count: int) -> None:
+    """One method's reliability curves (``top``) and bin counts (``bottom``), one per lead
+    time in ``colours``."""
+    top.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect reliability")
+    for lead, colour in colours.items():
+        everything = rows[rows["lead_time_min"] == lead]
+        drawn = everything[everything["count"] >= min_count]
+        top.plot(drawn["forecast_probability"], drawn["observed_frequency"], marker="o", ms=3,
+                 color=colour, label=f"+{lead} min")
+        bottom.step((everything["bin"] + 0.5) / len(everything), everything["count"],
+                    where="mid", color=colour)
+    top.set(xlim=(0, 1), ylim=(0, 1))
+    top.grid(alpha=0.3)
+    bottom.set(yscale="log", xlabel="forecast probability")
+    bottom.grid(alpha=0.3)
