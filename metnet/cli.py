@@ -103,22 +103,26 @@ def _forecast(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from metnet.forecast import complete_init_times, resolve_lead_times
+    from metnet.forecast import complete_init_times, frames_needed, resolve_lead_times
     from metnet.io.store import open_store
-    from metnet.training import load_checkpoint
+    from metnet.training import load_calibration, load_checkpoint
     from metnet.verification import MOTION_FRAMES, evaluate, write_evaluation
 
     net, _ = load_checkpoint(args.ckpt)
+    calibration = None if args.uncalibrated else load_calibration(args.ckpt)
     store = open_store(args.data)
-    leads = resolve_lead_times(net, store, args.lead_times)
-    frames = max(int(net.config["context_frames"]), MOTION_FRAMES)
+    wanted = args.lead_times or (calibration.lead_times if calibration else None)
+    leads = resolve_lead_times(net, store, wanted)
+    frames = max(frames_needed(net), MOTION_FRAMES)
     inits = complete_init_times(store, args.start, args.end, frames, leads)
     if not inits:
         raise ValueError(f"no init time from {args.start} to {args.end} has {frames} past "
                          f"frames and every target up to +{leads[-1]} min in {args.data}")
     result = evaluate(net, store, inits, leads, thresholds=args.thresholds,
                       scales_km=args.scales, event_threshold=args.event_threshold,
-                      batch_tiles=args.batch_tiles, progress=True)
+                      batch_tiles=args.batch_tiles, progress=True,
+                      steps_members=args.steps_members, steps_seed=args.steps_seed,
+                      calibration=calibration)
     for path in write_evaluation(result, args.out):
         print(f"wrote {path}")
 
@@ -251,9 +255,11 @@ def _add_forecast_options(p: argparse.ArgumentParser) -> None:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="score a checkpoint against persistence and optical-flow extrapolation",
+        help="score a checkpoint against persistence, optical-flow extrapolation and STEPS",
         description="Scores every init time in [--start, --end] with a full context and "
-        "every target: CSI/POD/FAR, FSS, MAE, CRPS, Brier score and reliability.",
+        "every target: CSI/POD/FAR, FSS, MAE, CRPS, Brier score and reliability, for the "
+        "model (and, with the checkpoint's calibration, the calibrated model), Eulerian "
+        "persistence, Lucas-Kanade extrapolation and a pysteps STEPS ensemble.",
     )
     _add_checkpoint_and_store(p)
     p.add_argument("--start", required=True, metavar="ISO", help="first init time, ISO, UTC")
@@ -265,6 +271,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    metavar="KM", help="FSS scales in km (default 1 5 10 20)")
     p.add_argument("--event-threshold", type=float, default=1.0,
                    help="threshold (mm/h) of FSS, Brier score and reliability (default 1)")
+    p.add_argument("--steps-members", type=int, default=20,
+                   help="members of the STEPS ensemble (default 20; 0: no STEPS)")
+    p.add_argument("--steps-seed", type=int, default=0, help="seed of the STEPS noise")
+    p.add_argument("--uncalibrated", action="store_true",
+                   help="ignore the checkpoint's calibration (no model_calibrated rows)")
     p.set_defaults(handler=_evaluate)
 
 

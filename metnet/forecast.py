@@ -22,8 +22,9 @@ Conventions (the checkpoint does not record the data settings):
 * a network with per-lead inputs (``lead_channels``, trained with motion inputs) gets
   them computed here on the whole domain (:func:`metnet.data.motion.lead_planes`: 2
   channels, or 4 with the motion field), from the last 3 frames, before tiling;
-* a checkpoint's post-hoc calibration (:mod:`metnet.calibration`), when given, divides
-  each tile's logits by the lead's temperature before blending;
+* a checkpoint's post-hoc calibration (:mod:`metnet.calibration`), when given, tempers
+  the blended distribution: the logs of its bin probabilities are divided by the lead's
+  temperature (:func:`temper`; what ``metnet evaluate`` scores as ``model_calibrated``);
 * pixels where the last context frame is NaN (outside radar coverage) are NaN
   in every output.
 
@@ -306,7 +307,6 @@ def _batches(items: list, size: int) -> Iterator[list]:
 def blended_probabilities(
     net: nn.Module, rate: np.ndarray, lead_times: Sequence[int], tiling: Tiling,
     batch_tiles: int = 8, progress: bool = False, per_lead: np.ndarray | None = None,
-    calibration: Calibration | None = None,
 ) -> torch.Tensor:
     """Bin probabilities (L, K, H, W) over the domain, blended from overlapping tiles.
 
@@ -318,7 +318,6 @@ def blended_probabilities(
         batch_tiles: tiles per network call; the encoder runs once per tile and all leads
             are decoded in one batched pass.
         per_lead: (L, Cl, H, W) per-lead inputs over the domain, for a net that takes them.
-        calibration: divides each lead's logits by its temperature.
 
     Returns:
         float32 probabilities, summing to 1 over K at every pixel covered in the last frame
@@ -341,10 +340,7 @@ def blended_probabilities(
             extra = (torch.stack([planes[..., r:r + sh, c:c + sw] for r, c in batch])
                      if planes is not None else None)
             args = (inputs, leads) if extra is None else (inputs, leads, extra)
-            logits = net(*args).float()
-            if calibration is not None:
-                logits = calibration.scale_logits(logits, leads, dim=2)
-            probs = torch.softmax(logits, dim=2)  # (B, L, K, Ht, Wt)
+            probs = torch.softmax(net(*args).float(), dim=2)  # (B, L, K, Ht, Wt)
             for tile_probs, (r, c) in zip(probs, batch, strict=True):
                 total[..., r:r + th, c:c + tw] += tile_probs * weight
                 weight_sum[r:r + th, c:c + tw] += weight
@@ -356,6 +352,14 @@ def blended_probabilities(
 
 
 # -- the forecast dataset ----------------------------------------------------------------
+
+
+def temper(probs: torch.Tensor, lead_times: Sequence[int],
+           calibration: Calibration) -> torch.Tensor:
+    """Bin probabilities (L, K, H, W) with each lead's temperature applied: the softmax of
+    their logs divided by it (T > 1 broadens, T < 1 sharpens)."""
+    logits = torch.log(probs.clamp_min(torch.finfo(torch.float32).tiny))
+    return torch.softmax(calibration.scale_logits(logits, lead_times, dim=1), dim=1)
 
 
 def _distribution(probs: torch.Tensor, edges: Sequence[float]) -> RainRateDistribution:
@@ -433,7 +437,9 @@ def forecast_dataset(
         rate = read_context(store_ds, init, frames)
         per_lead = lead_planes(rate, steps, velocity) if net.config.get("lead_channels") else None
         probs = blended_probabilities(net, rate[-context:], leads, tiling, batch_tiles,
-                                      progress, per_lead, calibration)
+                                      progress, per_lead)
+        if calibration is not None:
+            probs = temper(probs, leads, calibration)
         fields.append(_summaries(probs, net.bin_edges, ~np.isnan(rate[-1]), quantiles,
                                  thresholds, bin_probabilities))
     stacked = {name: np.stack([f[name] for f in fields], axis=-4) for name in fields[0]}
