@@ -73,9 +73,14 @@ def evaluation_table(paths: list[tuple[str, Path]]) -> str:
     values: dict[tuple[str, str, int], float] = {}
     for label, path in paths:
         values = {**evaluation_values(path, label), **values}  # earlier files win
-    models = sorted({m for m, _, _ in values if " model" in m or m.startswith("model")},
-                    key=lambda m: [label for label, _ in paths].index(m.split(" ")[0])
-                    if " " in m else 0)
+    labels = [label for label, _ in paths]
+
+    def model_order(method: str) -> tuple[int, int]:
+        label, _, name = method.rpartition(" ")
+        return labels.index(label), METHOD_ORDER.index(name)
+
+    models = sorted({m for m, _, _ in values if m.rpartition(" ")[2].startswith("model")},
+                    key=model_order)
     methods = models + _ordered({m for m, _, _ in values} - set(models))
     leads = sorted({lead for _, _, lead in values})
     header = ["lead (min)"] + [f"{metric.upper()} {m}" for metric in ("csi", "crps")
