@@ -239,3 +239,25 @@ def test_forecast_dataset_runs_a_motion_network(translating_store: Path) -> None
     ds = forecast_dataset(net, store, [init], LEADS, thresholds=(1.0,))
     values = ds["probability_of_exceedance"].values
     assert values.shape == (1, 1, 3, 64, 64) and np.isfinite(values).all()
+
+
+def test_extrapolation_skip_points_the_logits_at_the_extrapolated_bin() -> None:
+    torch.manual_seed(0)
+    net = MetNet(input_channels=2, context_frames=4, input_size=48, target_size=16,
+                 pack_factor=1, lstm_hidden=16, downsampler_channels=(8, 16), heads=2,
+                 max_lead_minutes=15, lead_step_minutes=5, lead_channels=2,
+                 extrapolation_skip=True)
+    x = torch.randn(1, 4, 2, 48, 48)
+    rate = torch.full((1, 3, 48, 48), 3.5)  # mm/h: bin [3, 4) of the compact bins
+    planes = torch.stack([torch.log1p(rate) / 4.0, torch.ones_like(rate)], dim=2)
+    planes[:, :, 1, :24] = 0.0  # no extrapolation in the upper half
+    base = net(x, LEADS, planes)
+    with torch.no_grad():
+        net.head.skip.weight.copy_(100.0 * torch.eye(net.num_bins)[:, :, None, None])
+    boosted = net(x, LEADS, planes)
+    lower = 24 - 16  # first target row (target: context rows 16-31) with extrapolation
+    winner = boosted[0, :, :, lower:, :].argmax(dim=1)
+    assert (winner == net.bin_edges.index(3.0)).all()
+    torch.testing.assert_close(boosted[0, :, :, :lower], base[0, :, :, :lower])
+    with pytest.raises(ValueError, match="needs lead inputs"):
+        MetNet(input_channels=2, extrapolation_skip=True)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metnet.data.transforms import input_to_rate
+from metnet.distribution import rain_to_bin
 from metnet.models.conditioning import FiLM, modulate
 
 
@@ -42,6 +47,10 @@ class Head(nn.Module):
         cond_dim: lead-time embedding size, or None.
         min_channels: narrowest upsampling stage.
         lead_channels: per-lead input channels Cl joined at output resolution (0: none).
+        skip_edges: with lead inputs, the K+1 bin edges (mm/h): the bin of the extrapolated
+            rate (lead-input channel 0, masked by channel 1) is added to the logits through
+            a learned K x K map that starts at zero, so the head can put the forecast where
+            extrapolation puts it without learning the bin lookup (None: no skip).
     """
 
     def __init__(
@@ -53,6 +62,7 @@ class Head(nn.Module):
         cond_dim: int | None = None,
         min_channels: int = 16,
         lead_channels: int = 0,
+        skip_edges: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if factor < 1 or factor & (factor - 1):
@@ -68,6 +78,14 @@ class Head(nn.Module):
         self.fuse = (nn.Sequential(nn.Conv2d(c + lead_channels, c, 3, padding=1), nn.GELU())
                      if lead_channels else None)
         self.logits = nn.Conv2d(c, num_bins, 1)
+        self.skip = None
+        if skip_edges is not None:
+            if not lead_channels:
+                raise ValueError("the extrapolation skip needs lead inputs")
+            self.register_buffer("skip_edges", torch.tensor(list(skip_edges)), persistent=False)
+            self.skip = nn.Conv2d(num_bins, num_bins, 1)
+            nn.init.zeros_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
 
     def forward(self, z: Tensor, cond: Tensor | None = None,
                 lead_inputs: Tensor | None = None) -> Tensor:
@@ -80,4 +98,13 @@ class Head(nn.Module):
         features = self.upsample(z.permute(0, 3, 1, 2))
         if self.fuse is not None:
             features = self.fuse(torch.cat([features, lead_inputs.to(features.dtype)], dim=1))
-        return self.logits(features)
+        logits = self.logits(features)
+        if self.skip is not None:
+            logits = logits + self.skip(self._extrapolated_bins(lead_inputs).to(logits.dtype))
+        return logits
+
+    def _extrapolated_bins(self, lead_inputs: Tensor) -> Tensor:
+        """One-hot (N, K, h, w) of the bin of the extrapolated rate; 0 where unknown."""
+        rate = input_to_rate(lead_inputs[:, 0].float())
+        bins = F.one_hot(rain_to_bin(rate, self.skip_edges), self.skip.in_channels)
+        return (bins * (lead_inputs[:, 1:2].movedim(1, -1) > 0.5)).movedim(-1, 1)

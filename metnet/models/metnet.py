@@ -82,6 +82,8 @@ class MetNet(nn.Module):
         gradient_checkpointing: recompute attention blocks in the backward pass to save
             activation memory.
         lead_channels: per-lead input channels Cl (0: none).
+        extrapolation_skip: with lead inputs, add the bin of the extrapolated rate to the
+            head's logits through a learned K x K map starting at zero (:class:`Head`).
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class MetNet(nn.Module):
         lead_step_minutes: int = 10,
         gradient_checkpointing: bool = False,
         lead_channels: int = 0,
+        extrapolation_skip: bool = False,
     ) -> None:
         super().__init__()
         # The constructor arguments, plain values only: enough to rebuild the network from a
@@ -161,7 +164,8 @@ class MetNet(nn.Module):
         self.lead_encoder = (LeadInputEncoder(lead_channels, lstm_hidden, factor)
                              if lead_channels else None)
         self.head = Head(lstm_hidden, len(self.bin_edges) - 1, (ht, wt), factor, cond_dim,
-                         lead_channels=lead_channels)
+                         lead_channels=lead_channels,
+                         skip_edges=self.bin_edges if extrapolation_skip else None)
 
     @staticmethod
     def _resolve_bins(
