@@ -91,7 +91,8 @@ def _forecast(args: argparse.Namespace) -> None:
     leads = args.lead_times or (calibration.lead_times if calibration else None)
     ds = forecast_dataset(net, store, inits, leads, quantiles=args.quantiles,
                           thresholds=args.thresholds, bin_probabilities=args.bin_probabilities,
-                          batch_tiles=args.batch_tiles, calibration=calibration, progress=True)
+                          batch_tiles=args.batch_tiles, calibration=calibration,
+                          calibrated_decisions=args.decision == "calibrated", progress=True)
     write_forecast(ds, out)
     print(f"wrote {out}: {ds.sizes['init_time']} init times x {ds.sizes['lead_time']} lead "
           f"times of {ds.sizes['y']}x{ds.sizes['x']} px")
@@ -219,6 +220,9 @@ def _add_forecast(sub: argparse._SubParsersAction) -> None:
                    help="also write every bin's probability and the bin edges")
     p.add_argument("--uncalibrated", action="store_true",
                    help="ignore the checkpoint's calibration (`metnet calibrate`)")
+    p.add_argument("--decision", choices=["calibrated", "0.5"], default="calibrated",
+                   help="probability cut of rain_forecast: the checkpoint's calibrated cut "
+                   "per lead and threshold (default; 0.5 without a calibration) or 0.5")
     p.set_defaults(handler=_forecast)
 
 

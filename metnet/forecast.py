@@ -368,17 +368,33 @@ def _distribution(probs: torch.Tensor, edges: Sequence[float]) -> RainRateDistri
     return RainRateDistribution(logits, edges, dim=1)
 
 
+def decision_cuts(calibration: Calibration | None, lead_times: Sequence[int],
+                  thresholds: Sequence[float]) -> np.ndarray:
+    """(N, L) probability cuts of the rain/no-rain decisions: the calibration's cut where it
+    has one for the lead and threshold, else 0.5."""
+    def cut(lead: int, threshold: float) -> float:
+        if calibration is None or not any(np.isclose(threshold, calibration.thresholds)):
+            return 0.5
+        return calibration.decision_threshold(lead, threshold)
+
+    return np.array([[cut(m, t) for m in lead_times] for t in thresholds], dtype=np.float32)
+
+
 def _summaries(
     probs: torch.Tensor, edges: Sequence[float], coverage: np.ndarray,
     quantiles: Sequence[float], thresholds: Sequence[float], bin_probabilities: bool,
+    cuts: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """Mean (L, H, W), quantiles (Q, L, H, W), exceedance (N, L, H, W) and optionally the
-    probabilities (K, L, H, W); NaN where ``coverage`` (H, W) is False."""
+    """Mean (L, H, W), quantiles (Q, L, H, W), exceedance and decisions (N, L, H, W) (rain
+    where the exceedance reaches the (N, L) ``cuts``) and optionally the probabilities
+    (K, L, H, W); NaN where ``coverage`` (H, W) is False."""
     dist = _distribution(probs, edges)
+    exceedance = torch.stack([dist.exceedance(t) for t in thresholds])
     out = {
         "precip_rate_mean": dist.mean(),
         "precip_rate_quantile": torch.stack([dist.quantile(q) for q in quantiles]),
-        "probability_of_exceedance": torch.stack([dist.exceedance(t) for t in thresholds]),
+        "probability_of_exceedance": exceedance,
+        "rain_forecast": (exceedance >= torch.from_numpy(cuts)[..., None, None]).float(),
     }
     if bin_probabilities:
         out["bin_probability"] = probs.movedim(1, 0)
@@ -399,6 +415,7 @@ def forecast_dataset(
     batch_tiles: int = 8,
     stride: tuple[int, int] | None = None,
     calibration: Calibration | None = None,
+    calibrated_decisions: bool = True,
     progress: bool = False,
 ) -> xr.Dataset:
     """Forecast the whole domain of a store at each init time.
@@ -413,14 +430,18 @@ def forecast_dataset(
         bin_probabilities: also return ``bin_probability`` (bin, init_time, lead_time, y, x).
         batch_tiles: tiles per network call.
         stride: tile stride (rows, cols) in pixels; default half the target size.
-        calibration: the checkpoint's calibration (per-lead temperature), or None (raw).
+        calibration: the checkpoint's calibration (temperature per lead, decision cuts), or
+            None (raw probabilities, decisions at 0.5).
+        calibrated_decisions: decide with the calibration's cuts (False: at 0.5).
         progress: show progress bars over init times and tiles.
 
     Returns:
         A CF dataset with dims (init_time, lead_time, y, x): ``precip_rate_mean`` (mm/h),
         ``precip_rate_quantile`` (quantile, ...), ``probability_of_exceedance`` (threshold,
-        ...), optionally ``bin_probability`` (bin, ...) with ``bin_edges`` (bin_edge); NaN
-        outside the coverage of each init time's last context frame.
+        ...), ``rain_forecast`` (threshold, ...: 1 where the exceedance probability reaches
+        ``decision_probability`` (threshold, lead_time), else 0), optionally
+        ``bin_probability`` (bin, ...) with ``bin_edges`` (bin_edge); NaN outside the
+        coverage of each init time's last context frame.
 
     Raises:
         ForecastError: an init time or lead time that does not fit, or a net that does not
@@ -432,6 +453,7 @@ def forecast_dataset(
     inits = check_init_times(store_ds, init_times, frames)
     tiling = make_tiling(net, (store_ds.sizes["y"], store_ds.sizes["x"]), stride)
     steps = [lead / store_step(store_ds) for lead in leads]
+    cuts = decision_cuts(calibration if calibrated_decisions else None, leads, thresholds)
     fields: list[dict[str, np.ndarray]] = []
     for init in tqdm(inits, desc="init times", unit="init", disable=not progress):
         rate = read_context(store_ds, init, frames)
@@ -441,9 +463,13 @@ def forecast_dataset(
         if calibration is not None:
             probs = temper(probs, leads, calibration)
         fields.append(_summaries(probs, net.bin_edges, ~np.isnan(rate[-1]), quantiles,
-                                 thresholds, bin_probabilities))
+                                 thresholds, bin_probabilities, cuts))
     stacked = {name: np.stack([f[name] for f in fields], axis=-4) for name in fields[0]}
-    return _as_dataset(stacked, store_ds, inits, leads, quantiles, thresholds, net.bin_edges)
+    ds = _as_dataset(stacked, store_ds, inits, leads, quantiles, thresholds, net.bin_edges)
+    ds["decision_probability"] = (("threshold", "lead_time"), cuts, {
+        "units": "1", "long_name": "probability cut of rain_forecast: rain where "
+        "probability_of_exceedance >= this (calibrated on validation, or 0.5)"})
+    return ds
 
 
 def _as_dataset(
@@ -452,7 +478,8 @@ def _as_dataset(
 ) -> xr.Dataset:
     base = ("init_time", "lead_time", "y", "x")
     dims = {"precip_rate_mean": base, "precip_rate_quantile": ("quantile", *base),
-            "probability_of_exceedance": ("threshold", *base), "bin_probability": ("bin", *base)}
+            "probability_of_exceedance": ("threshold", *base),
+            "rain_forecast": ("threshold", *base), "bin_probability": ("bin", *base)}
     init_index = np.array(inits, dtype="datetime64[ns]")
     valid = init_index[:, None] + np.array(leads, dtype="timedelta64[m]")[None, :]
     coords = {
@@ -505,6 +532,9 @@ def _variable_attrs() -> dict[str, dict[str, str]]:
         "probability_of_exceedance": {
             "units": "1", "long_name": "probability that the precipitation rate exceeds "
             "the threshold"},
+        "rain_forecast": {"units": "1", "flag_values": "0 1",
+                          "flag_meanings": "no_rain_above_threshold rain_above_threshold",
+                          "long_name": "deterministic forecast of rain above the threshold"},
         "bin_probability": {"units": "1",
                             "long_name": "probability of each rain-rate bin (see bin_edges)"},
     }

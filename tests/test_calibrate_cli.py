@@ -133,6 +133,17 @@ def test_forecast_applies_the_checkpoint_temperature(trained: Path, stores: dict
         np.testing.assert_allclose(tempered["bin_probability"].values[:, 0, j], expected,
                                    atol=1e-5)
 
+    cuts = tempered["decision_probability"]
+    assert (cuts.sel(threshold=1.0) == np.float32(0.3)).all()
+    assert (cuts.sel(threshold=4.0) == 0.5).all()  # not calibrated: 0.5
+    exceed = tempered["probability_of_exceedance"]
+    inside = np.isfinite(exceed.values)
+    np.testing.assert_array_equal(tempered["rain_forecast"].values[inside],
+                                  (exceed >= cuts).values[inside])
+    at_half = forecast_dataset(net, store, [init], LEADS, calibration=calibration,
+                               calibrated_decisions=False)
+    assert (at_half["decision_probability"] == 0.5).all()
+
     ckpt = tmp_path / "t.ckpt"
     ckpt.write_bytes(trained.read_bytes())
     save_calibration(ckpt, calibration)
