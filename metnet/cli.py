@@ -17,8 +17,8 @@ from metnet.io.sources import SOURCES
 USAGE_ERRORS = (ValueError, RuntimeError, OSError)
 LIGHTNING_COMMANDS = {
     "fit": "train a model (LightningCLI; `metnet fit --help` lists every option)",
-    "validate": "score a checkpoint on the validation split, next to persistence",
-    "test": "score a checkpoint on the test split, next to persistence",
+    "validate": "score a checkpoint on the validation split, next to the baselines",
+    "test": "score a checkpoint on the test split, next to the baselines",
     "predict": "run a checkpoint over the test split",
 }
 
