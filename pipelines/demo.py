@@ -2,7 +2,8 @@
 
 1. a synthetic radar store (``metnet synth``);
 2. a short fit of ``configs/synthetic.yaml`` on it;
-3. test-split scores of the model next to Eulerian persistence's;
+3. test-split scores of the model (at p = 0.5 and with the calibration ``fit`` stores in
+   ``best.ckpt``) next to Eulerian persistence's;
 4. a figure of one forecast against the observation.
 
 Run with ``make demo`` (or ``python pipelines/demo.py``); everything lands in
@@ -49,13 +50,18 @@ def train_and_test(store: Path, epochs: int) -> tuple[MetNetCLI, dict[str, float
 
 
 def print_scores(scores: dict[str, float], leads: list[int]) -> None:
+    """CSI at 1 mm/h (the model at p = 0.5 and calibrated on validation) and CRPS per lead,
+    next to Eulerian persistence's."""
     print("\nTest split, model vs Eulerian persistence")
-    print(f"{'lead':>6} | {'CSI 1 mm/h':^19} | {'CRPS (mm/h)':^19}")
-    print(f"{'(min)':>6} | {'model':>9} {'persist.':>9} | {'model':>9} {'persist.':>9}")
+    print(f"{'lead':>6} | {'CSI 1 mm/h':^29} | {'CRPS (mm/h)':^19}")
+    print(f"{'(min)':>6} | {'model':>9} {'calibr.':>9} {'persist.':>9} | "
+          f"{'model':>9} {'persist.':>9}")
     for lead in leads:
-        row = [scores[f"test/{m}/{s}/lead_{lead}"] for s in ("csi_1", "crps")
-               for m in ("model", "persistence")]
-        print(f"{lead:6d} | {row[0]:9.3f} {row[1]:9.3f} | {row[2]:9.3f} {row[3]:9.3f}")
+        csi = [scores[f"test/{m}/csi_1/lead_{lead}"]
+               for m in ("model", "model_calibrated", "persistence")]
+        crps = [scores[f"test/{m}/crps/lead_{lead}"] for m in ("model", "persistence")]
+        print(f"{lead:6d} | " + " ".join(f"{v:9.3f}" for v in csi) + " | "
+              + " ".join(f"{v:9.3f}" for v in crps))
 
 
 def draw_forecast(cli: MetNetCLI, path: Path) -> Path:
