@@ -65,13 +65,14 @@ def _ingest(args: argparse.Namespace) -> None:
 
 def _forecast(args: argparse.Namespace) -> None:
     from metnet.forecast import (
+        check_data_settings,
         complete_init_times,
         forecast_dataset,
         frames_needed,
         write_forecast,
     )
     from metnet.io.store import open_store
-    from metnet.training import load_calibration, load_checkpoint
+    from metnet.training import load_calibration, load_checkpoint, load_data_settings
 
     if args.start and not args.end:
         raise ValueError("--start needs --end")
@@ -83,6 +84,7 @@ def _forecast(args: argparse.Namespace) -> None:
     net, _ = load_checkpoint(args.ckpt)
     calibration = None if args.uncalibrated else load_calibration(args.ckpt)
     store = open_store(args.data)
+    check_data_settings(load_data_settings(args.ckpt), store)
     frames = frames_needed(net)
     inits = args.init_time or complete_init_times(store, args.start, args.end, frames)
     if not inits:
@@ -104,14 +106,20 @@ def _forecast(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from metnet.forecast import complete_init_times, frames_needed, resolve_lead_times
+    from metnet.forecast import (
+        check_data_settings,
+        complete_init_times,
+        frames_needed,
+        resolve_lead_times,
+    )
     from metnet.io.store import open_store
-    from metnet.training import load_calibration, load_checkpoint
+    from metnet.training import load_calibration, load_checkpoint, load_data_settings
     from metnet.verification import MOTION_FRAMES, evaluate, write_evaluation
 
     net, _ = load_checkpoint(args.ckpt)
     calibration = None if args.uncalibrated else load_calibration(args.ckpt)
     store = open_store(args.data)
+    check_data_settings(load_data_settings(args.ckpt), store)
     wanted = args.lead_times or (calibration.lead_times if calibration else None)
     leads = resolve_lead_times(net, store, wanted)
     frames = max(frames_needed(net), MOTION_FRAMES)

@@ -14,8 +14,9 @@ probabilities are then derived.
 Conventions (the checkpoint does not record the data settings):
 
 * the context is ``config["context_frames"]`` consecutive frames of the store's
-  step grid (``step_minutes`` attribute) ending at the init time; a model trained
-  with a wider ``context_step_minutes`` than the store's step is not supported;
+  step grid (``step_minutes`` attribute) ending at the init time; the data settings
+  saved in the checkpoint must agree (:func:`check_data_settings`: a model trained
+  with another context spacing, or with satellite, static or time channels, is refused);
 * lead times default to every store step up to ``config["max_lead_minutes"]``;
 * the input channels are the plain radar ones ``[rain, rain_mask]``
   (:func:`metnet.data.dataset.channel_names`), so ``input_channels`` must be 2;
@@ -147,6 +148,30 @@ def complete_init_times(
 
 
 # -- checkpoint / store compatibility ----------------------------------------------------
+
+
+def check_data_settings(settings: dict, store_ds: xr.Dataset) -> None:
+    """Refuse a store whose time grid differs from the one the model was trained on.
+
+    Args:
+        settings: the data settings saved in the checkpoint (the datamodule's
+            hyperparameters; empty for a checkpoint without them: nothing is checked).
+
+    Raises:
+        ForecastError: the context spacing or the extra input channels do not fit.
+    """
+    step = store_step(store_ds)
+    context_step = settings.get("context_step_minutes") or settings.get("step_minutes")
+    if context_step and int(context_step) != step:
+        raise ForecastError(
+            f"the model was trained on context frames {context_step} min apart; the store "
+            f"steps every {step} min (forecast reads consecutive store frames)"
+        )
+    extras = [name for name in ("satellite_stores", "static_channels", "time_channels")
+              if settings.get(name)]
+    if extras:
+        raise ForecastError(f"the model was trained with {', '.join(extras)}; forecast "
+                            "supports radar-only models")
 
 
 def frames_needed(net: nn.Module) -> int:

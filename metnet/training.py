@@ -348,6 +348,12 @@ def load_checkpoint(path: str | Path) -> tuple[MetNet, dict[str, Any]]:
     return net.eval(), hparams
 
 
+def load_data_settings(path: str | Path) -> dict[str, Any]:
+    """The data settings a checkpoint was trained with (the datamodule's hyperparameters,
+    saved by Lightning), or an empty dict."""
+    return dict(read_checkpoint(path).get("datamodule_hyper_parameters") or {})
+
+
 def load_calibration(path: str | Path) -> Calibration | None:
     """The calibration stored in a checkpoint by :func:`save_calibration`, or None."""
     saved = read_checkpoint(path).get(CALIBRATION_KEY)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from metnet.calibration import Calibration
 from metnet.forecast import forecast_dataset
@@ -168,3 +169,17 @@ def test_test_scores_the_calibrated_model_and_extrapolation(trained: Path,
                 "test/model_calibrated/crps", "test/extrapolation/csi_1",
                 "test/persistence/crps"):
         assert key in result.stdout
+
+
+def test_forecast_refuses_a_store_on_another_time_grid(trained: Path, stores: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    checkpoint = torch.load(trained, map_location="cpu", weights_only=True)
+    checkpoint["datamodule_hyper_parameters"]["context_step_minutes"] = 15
+    ckpt = tmp_path / "15min.ckpt"
+    torch.save(checkpoint, ckpt)
+    result = metnet("forecast", "--ckpt", str(ckpt), "--data", str(stores["same"]),
+                    "--init-time", "2024-06-01T15:00", "--out", str(tmp_path / "f.nc"),
+                    cwd=tmp_path)
+    assert result.returncode == 1 and not (tmp_path / "f.nc").exists()
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("metnet forecast: error:") and "15 min apart" in last
