@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -238,3 +240,13 @@ def test_torch_compile_tiny() -> None:
     compiled = torch.compile(model)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, leads), model(x, leads), atol=1e-5, rtol=1e-5)
+
+
+def test_the_network_imports_neither_lightning_nor_pysteps():
+    """Plain nn.Modules stay plain (DESIGN.md): importing them pulls in no trainer or radar
+    library, even though the head uses the data package's rate transform."""
+    code = ("import sys, metnet.models; "
+            "print(sorted(m for m in ('lightning', 'pysteps') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
