@@ -30,13 +30,13 @@ forecast event is ``P(R > t) >= p``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 from tqdm.auto import tqdm
 
@@ -361,31 +361,31 @@ def _fraction_above(edges: Tensor, thresholds: Sequence[float]) -> Tensor:
 
 
 def fit_calibration(
-    logits_of: Callable[[dict], Tensor],
+    net: nn.Module,
     batches: Iterable[dict],
-    bin_edges: Sequence[float],
     lead_times: Sequence[int],
     thresholds: Sequence[float] = (0.1, 1.0, 4.0, 8.0),
     progress: bool = False,
 ) -> Calibration:
-    """Fit a :class:`Calibration` in one pass over VALIDATION batches.
+    """Fit a :class:`Calibration` of ``net`` in one pass over VALIDATION batches.
 
     Args:
-        logits_of: a batch -> its (B, L, K, Ht, Wt) logits (run under ``torch.no_grad``).
-        batches: datamodule batches (``target`` (B, L, Ht, Wt) mm/h, ``lead_times`` (B, L)).
-        bin_edges: K+1 bin edges in mm/h.
+        net: a MetNet (its ``bin_edges`` in mm/h), run without gradients on its device.
+        batches: datamodule batches (``context``, ``lead_times`` (B, L), ``target``
+            (B, L, Ht, Wt) mm/h and, for a net that takes them, ``lead_inputs``).
         lead_times: the lead times (minutes) to calibrate.
         thresholds: rain-rate thresholds (mm/h) of the probability cuts.
         progress: progress bar over batches.
     """
-    stats = None
+    device = next(net.parameters()).device
+    stats = CalibrationStatistics(net.bin_edges, lead_times, thresholds).to(device)
+    seen = False
     with torch.no_grad():
         for batch in tqdm(batches, desc="calibrate", unit="batch", disable=not progress):
-            logits = logits_of(batch)
-            if stats is None:
-                stats = CalibrationStatistics(bin_edges, lead_times, thresholds).to(logits.device)
-            stats.update(logits, batch["target"].to(logits.device),
-                         batch["lead_times"].to(logits.device))
-    if stats is None:
+            moved = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
+            logits = net(moved["context"], moved["lead_times"], moved.get("lead_inputs"))
+            stats.update(logits, moved["target"], moved["lead_times"])
+            seen = True
+    if not seen:
         raise ValueError("no validation batch to calibrate on")
     return stats.compute()

@@ -146,8 +146,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     _check_fits(net, dm, args.ckpt)
     dm.setup("validate")
     calibration = fit_calibration(
-        lambda batch: net(batch["context"], batch["lead_times"], batch.get("lead_inputs")),
-        dm.dataloader("val", num_replicas=1, rank=0), net.bin_edges, dm.spec.lead_times,
+        net, dm.dataloader("val", num_replicas=1, rank=0), dm.spec.lead_times,
         hparams.get("thresholds", (0.1, 1.0, 4.0, 8.0)), progress=True)
     save_calibration(args.ckpt, calibration)
     table = calibration.table()

@@ -106,16 +106,8 @@ class CalibrateBest(Callback):
         if trainer.interrupted or not best.is_file():
             return
         net, hparams = load_checkpoint(best)
-        net.to(pl_module.device)
-
-        def logits_of(batch: dict) -> Any:
-            extra = batch.get("lead_inputs")
-            return net(batch["context"].to(pl_module.device),
-                       batch["lead_times"].to(pl_module.device),
-                       None if extra is None else extra.to(pl_module.device))
-
         datamodule = trainer.datamodule
-        calibration = fit_calibration(logits_of, datamodule.dataloader("val"), net.bin_edges,
+        calibration = fit_calibration(net.to(pl_module.device), datamodule.dataloader("val"),
                                       datamodule.spec.lead_times, hparams["thresholds"])
         if trainer.is_global_zero:
             save_calibration(best, calibration)
