@@ -463,6 +463,8 @@ def evaluate(
         calibration: adds ``model_calibrated``; it must know every lead time and every
             threshold (the categorical ones and the event threshold).
     """
+    if steps_members < 0:
+        raise ValueError(f"steps_members must be >= 0 (0: no STEPS), got {steps_members}")
     leads = resolve_lead_times(net, store_ds, lead_times)
     setup = Setup(leads, sorted({*map(float, thresholds), float(event_threshold)}),
                   float(event_threshold), km_per_pixel(store_ds), store_step(store_ds),

@@ -293,6 +293,8 @@ def test_evaluate_runs_a_20_member_steps_ensemble_by_default(net, store, monkeyp
     assert set(evaluate(net, store, INITS[:1], [5], (1.0,), (1.0,),
                         steps_members=0).scores.method) == {"model", "persistence",
                                                              "extrapolation"}
+    with pytest.raises(ValueError, match="steps_members must be >= 0"):
+        evaluate(net, store, INITS[:1], [5], (1.0,), (1.0,), steps_members=-1)
 
 
 def test_steps_ensemble_mean_follows_a_translating_field():
