@@ -8,7 +8,7 @@ The network grows less certain with lead time and is typically over- or under-co
 by a different amount at each lead, hence one T per lead, chosen from a grid as the one
 with the lowest mean cross-entropy (the training loss, a proper score).
 
-Why CSI-maximising cuts: a categorical forecast "rate >= t" needs a cut p* on P(R > t).
+Why CSI-maximising cuts: a categorical forecast "rate > t" needs a cut p* on P(R > t).
 0.5 is the natural default, but for rare, hard-to-place events CSI is usually higher with
 a lower cut. MetNet (Sønderby et al., 2020; Espeholt et al., 2022) chose its probability
 thresholds this way, per lead time and rain rate, to maximise the categorical score on
@@ -22,9 +22,8 @@ only VALIDATION batches: fitted on training data it calibrates the training fit,
 fitted on test data it makes the test scores optimistic.
 
 Conventions: lead times are in minutes, rain rates and thresholds in mm/h. As in
-:mod:`metnet.metrics`, an observed event is ``rate >= t`` (the bin holding ``t`` as lower
-edge lies above ``t``, so this matches P(R > t) for thresholds that are bin edges), and a
-forecast event is ``P(R > t) >= p``.
+:mod:`metnet.metrics` and pysteps' categorical scores, an observed event is ``rate > t``
+(a rate exactly on the threshold is no event), and a forecast event is ``P(R > t) >= p``.
 """
 
 from __future__ import annotations
@@ -65,7 +64,7 @@ class Calibration:
         lead_times: L lead times in minutes.
         thresholds: N rain-rate thresholds in mm/h.
         temperature: L temperatures; the calibrated logits are ``logits / T``.
-        probability_threshold: [L][N] cuts p*: the event ``rate >= t`` is forecast where
+        probability_threshold: [L][N] cuts p*: the event ``rate > t`` is forecast where
             ``P(R > t) >= p*`` (of the temperature-scaled distribution).
         report: scores on the fitting data, each [L][N] (see :data:`REPORT_KEYS`; the
             cross-entropy does not depend on the threshold and is repeated across it).
@@ -251,7 +250,7 @@ class CalibrationStatistics(Metric):
         rate = target[valid].float()  # (V,)
         lead = lead[:, :, None, None].expand_as(target)[valid]  # (V,)
         self.count += torch.bincount(lead, minlength=len(self.lead_values)).double()
-        events = (rate[:, None] >= self.thresholds).double()  # (V, N)
+        events = (rate[:, None] > self.thresholds).double()  # (V, N)
         bins = rain_to_bin(rate, self.edges)[:, None]  # (V, 1)
         for i, temperature in enumerate(self.temperature_values):
             log_p = torch.log_softmax(x / temperature, dim=-1)  # (V, K)

@@ -132,6 +132,11 @@ class RainRateDistribution:
         return self._logits.shape[:-1]
 
     @property
+    def logits(self) -> Tensor:
+        """The logits, in their given layout (classes along ``dim``), in the computing dtype."""
+        return self._logits.movedim(-1, self.dim)
+
+    @property
     def probs(self) -> Tensor:
         """Bin probabilities, in the logits' layout (classes along ``dim``)."""
         return self._probs.movedim(-1, self.dim)

@@ -9,7 +9,6 @@ can be overridden on the command line (``--model.*``, ``--data.*``,
 from __future__ import annotations
 
 import importlib.util
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,9 +25,11 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from metnet.atomic import atomic_write
 from metnet.calibration import fit_calibration
+from metnet.checkpoint import Checkpoint
 from metnet.data.datamodule import NowcastDataModule
-from metnet.training import NowcastModule, load_checkpoint, save_calibration
+from metnet.training import NowcastModule
 
 
 class MetNetCLI(LightningCLI):
@@ -87,10 +88,8 @@ class LastCheckpoint(Callback):
         self._save(trainer)
 
     def _save(self, trainer: Trainer) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)  # every rank takes part; rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        with atomic_write(self.path) as tmp:  # every rank takes part; rank 0 writes
+            trainer.save_checkpoint(tmp, weights_only=False)
 
 
 class CalibrateBest(Callback):
@@ -105,12 +104,13 @@ class CalibrateBest(Callback):
         best = Path(trainer.checkpoint_callback.best_model_path or "")
         if trainer.interrupted or not best.is_file():
             return
-        net, hparams = load_checkpoint(best)
+        checkpoint = Checkpoint.load(best)
         datamodule = trainer.datamodule
-        calibration = fit_calibration(net.to(pl_module.device), datamodule.dataloader("val"),
-                                      datamodule.spec.lead_times, hparams["thresholds"])
+        calibration = fit_calibration(checkpoint.net.to(pl_module.device),
+                                      datamodule.dataloader("val"), datamodule.spec.lead_times,
+                                      checkpoint.thresholds)
         if trainer.is_global_zero:
-            save_calibration(best, calibration)
+            checkpoint.save_calibration(calibration)
         trainer.strategy.barrier()
 
 
@@ -148,10 +148,19 @@ def run_lightning(argv: Sequence[str]) -> int:
     return 0
 
 
-def datamodule_from_config(argv: Sequence[str]) -> NowcastDataModule:
-    """The datamodule that ``metnet fit ARGV`` would train on (``--config`` files and
-    ``--data.*`` overrides), without training anything."""
+class CalibrationCLI(MetNetCLI):
+    """The training configuration (as ``metnet fit`` takes it) plus the checkpoint to
+    calibrate, ``--ckpt_path``: what ``metnet calibrate`` parses."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--ckpt_path", type=str, required=True,
+                            help="checkpoint of `metnet fit` to calibrate (rewritten in place)")
+
+
+def calibration_cli(argv: Sequence[str]) -> CalibrationCLI:
+    """What ``metnet calibrate ARGV`` configures (``--config`` files, ``--data.*``
+    overrides, ``--ckpt_path``), without training anything."""
     with warnings.catch_warnings():  # "args given while sys.argv has arguments": intended
         warnings.filterwarnings("ignore", message=".*args parameter is intended")
-        cli = MetNetCLI(NowcastModule, NowcastDataModule, args=list(argv), run=False)
-    return cli.datamodule
+        return CalibrationCLI(NowcastModule, NowcastDataModule, args=list(argv), run=False)

@@ -21,7 +21,8 @@ class ContingencyScores(Metric):
 
     Args:
         num_leads: L, the lead times scored.
-        thresholds: rain-rate thresholds in mm/h (an event is rate >= threshold).
+        thresholds: rain-rate thresholds in mm/h (an event is rate > threshold, as
+            in pysteps: a rate exactly on a threshold is no event).
     """
 
     full_state_update = False
@@ -40,12 +41,12 @@ class ContingencyScores(Metric):
         """Add one batch.
 
         Args:
-            forecast_event: (B, L, nT, H, W) bool, the forecast says "rate >= threshold".
+            forecast_event: (B, L, nT, H, W) bool, the forecast says "rate > threshold".
             observed: (B, L, H, W) observed rate in mm/h, NaN where not observed (ignored).
         """
         valid = ~torch.isnan(observed)
         thresholds = self.thresholds.to(observed.dtype)[None, None, :, None, None]
-        event = observed.unsqueeze(2) >= thresholds
+        event = observed.unsqueeze(2) > thresholds
         valid = valid.unsqueeze(2)
         dims = (0, 3, 4)
         self.hits += (forecast_event & event & valid).sum(dims).double()

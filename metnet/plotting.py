@@ -311,3 +311,65 @@ def _draw_reliability(top: plt.Axes, bottom: plt.Axes, rows: pd.DataFrame,
     top.grid(alpha=0.3)
     bottom.set(yscale="log", xlabel="forecast probability")
     bottom.grid(alpha=0.3)
+
+
+def plot_forecast(ds: xr.Dataset, store_ds: xr.Dataset, init_time: np.datetime64,
+                  out_dir: str | Path, threshold: float = 1.0, max_leads: int = 6) -> Path:
+    """Map panels of one init time of a forecast dataset: observation (where the store has
+    it), the model's median, P(rain > ``threshold``), persistence and extrapolation.
+
+    At most ``max_leads`` lead times, evenly spread and including the last, get a row.
+    Returns the PNG written in ``out_dir`` (``forecast_YYYYmmddTHHMM.png``).
+    """
+    fc = ds.sel(init_time=init_time)
+    leads = [int(t) for t in fc["lead_time"].values]
+    shown = [leads[int(i)] for i in np.unique(np.linspace(0, len(leads) - 1,
+                                                          min(max_leads, len(leads))).round())]
+    like = fc["precip_rate_mean"]
+    columns = [("observed", like.copy(data=_observed(store_ds, init_time, leads)), "rain")]
+    if 0.5 in fc["quantile"].values:
+        columns.append(("model median", fc["precip_rate_quantile"].sel(quantile=0.5), "rain"))
+    else:
+        columns.append(("model mean", like, "rain"))
+    if threshold in fc["threshold"].values:
+        columns.append((f"P(rain > {threshold:g} mm/h)",
+                        fc["probability_of_exceedance"].sel(threshold=threshold), "probability"))
+    columns += _baseline_columns(store_ds, init_time, leads, like)
+    when = pd.Timestamp(init_time)
+    path = Path(out_dir) / f"forecast_{when:%Y%m%dT%H%M}.png"
+    return plot_forecast_maps(columns, shown, path,
+                              f"metnet forecast from {when:%Y-%m-%d %H:%M} UTC")
+
+
+def _observed(store_ds: xr.Dataset, init_time: np.datetime64, leads: list[int]) -> np.ndarray:
+    """(L, H, W) observations at init + lead where the store has them, else NaN."""
+    from metnet.forecast import read_observations
+
+    obs = np.full((len(leads), store_ds.sizes["y"], store_ds.sizes["x"]), np.nan, np.float32)
+    times = set(store_ds["time"].values.astype("datetime64[ns]").tolist())
+    for j, lead in enumerate(leads):
+        valid = (init_time + np.timedelta64(lead, "m")).astype("datetime64[ns]")
+        if valid.tolist() in times:
+            obs[j] = read_observations(store_ds, init_time, [lead])[0]
+    return obs
+
+
+def _baseline_columns(store_ds: xr.Dataset, init_time: np.datetime64, leads: list[int],
+                      like: xr.DataArray) -> list[tuple[str, xr.DataArray | None, str]]:
+    """Persistence and (with 3 past frames in the store) extrapolation map columns, from
+    the nowcast methods of :mod:`metnet.nowcasts`."""
+    from metnet.forecast import read_context, store_step
+    from metnet.nowcasts import get_method
+    from metnet.nowcasts.extrapolation import MOTION_FRAMES
+    from metnet.times import context_times
+
+    step = store_step(store_ds)
+    times = set(store_ds["time"].values.astype("datetime64[ns]").tolist())
+    past = context_times(init_time, MOTION_FRAMES, step)
+    frames = MOTION_FRAMES if all(t.tolist() in times for t in past) else 1
+    rate = read_context(store_ds, init_time, frames)
+    persistence = get_method("persistence")(rate, leads)
+    extrapolated = (like.copy(data=get_method("extrapolation")(rate, leads, step_minutes=step))
+                    if frames == MOTION_FRAMES else None)
+    return [("persistence", like.copy(data=persistence), "rain"),
+            ("extrapolation", extrapolated, "rain")]

@@ -9,10 +9,11 @@ batches carry motion inputs (``lead_inputs``), Lagrangian extrapolation too
 
 * ``{split}/loss``: cross-entropy of the model (the monitored quantity);
 * ``{split}/{method}/{score}_{threshold}`` and ``.../lead_{minutes}``: CSI,
-  POD, FAR at each threshold (the model's event is P(R >= t) >= 0.5);
+  POD, FAR at each threshold (an observed event is R > t, as in pysteps; the model's
+  event is P(R > t) >= 0.5);
 * on test, with a calibrated checkpoint (:mod:`metnet.calibration`), the same scores
   for ``model_calibrated``: the temperature-scaled distribution, and events where
-  P(R >= t) reaches the calibrated cut of the lead and threshold;
+  P(R > t) reaches the calibrated cut of the lead and threshold;
 * ``{split}/{method}/crps`` and ``brier_{threshold}``: CRPS in mm/h (a point
   forecast's CRPS is its absolute error) and the Brier score;
 * ``{split}/model/ce`` per lead.
@@ -22,11 +23,8 @@ It holds no layer code; the network is an ``nn.Module`` given to it.
 
 from __future__ import annotations
 
-import inspect
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -34,7 +32,7 @@ import torch
 from torch import Tensor
 
 from metnet.calibration import Calibration
-from metnet.data.transforms import input_to_rate
+from metnet.checkpoint import CALIBRATION_KEY, Checkpoint, record
 from metnet.distribution import (
     RainRateDistribution,
     masked_cross_entropy,
@@ -42,14 +40,10 @@ from metnet.distribution import (
 )
 from metnet.metrics import ContingencyScores, LeadMean
 from metnet.models import MetNet
+from metnet.nowcasts import get_method
+from metnet.transforms import input_to_rate
 
 METHODS = ("model", "model_calibrated", "persistence", "extrapolation")
-NET_CONFIG_KEY = "metnet_net_config"
-CALIBRATION_KEY = "metnet_calibration"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the configuration."""
 
 
 class NowcastModule(L.LightningModule):
@@ -135,9 +129,9 @@ class NowcastModule(L.LightningModule):
             self._update(scores, method, events, dist.crps(target.nan_to_num(0.0)),
                          dist.exceedance(self.hparams.brier_threshold), target)
         for method, field in self.baselines(batch).items():
-            events = torch.stack([field >= t for t in self.hparams.thresholds], dim=2)
+            events = torch.stack([field > t for t in self.hparams.thresholds], dim=2)
             self._update(scores, method, events, (field - target.nan_to_num(0.0)).abs(),
-                         (field >= self.hparams.brier_threshold).float(), target)
+                         (field > self.hparams.brier_threshold).float(), target)
         self._lead_times = batch["lead_times"][0].tolist()
 
     def _model_forecasts(self, logits: Tensor, batch: dict[str, Any],
@@ -158,9 +152,9 @@ class NowcastModule(L.LightningModule):
     def _update(self, scores: torch.nn.ModuleDict, method: str, events: Tensor, crps: Tensor,
                 probability: Tensor, target: Tensor) -> None:
         """Add one method's batch: events (B, L, N, Ht, Wt), CRPS (B, L, Ht, Wt) mm/h and
-        P(R >= brier threshold) (B, L, Ht, Wt) against the target (NaN: not observed)."""
+        P(R > brier threshold) (B, L, Ht, Wt) against the target (NaN: not observed)."""
         valid = ~torch.isnan(target)
-        observed = (target.nan_to_num(0.0) >= self.hparams.brier_threshold).float()
+        observed = (target.nan_to_num(0.0) > self.hparams.brier_threshold).float()
         scores[f"{method}_contingency"].update(events, target)
         scores[f"{method}_crps"].update(crps, valid)
         scores[f"{method}_brier"].update((probability - observed) ** 2, valid)
@@ -181,11 +175,13 @@ class NowcastModule(L.LightningModule):
         return torch.where(planes[:, :, 1] > 0.5, input_to_rate(planes[:, :, 0]), torch.nan)
 
     def persistence(self, context: Tensor, target: Tensor) -> Tensor:
-        """Eulerian persistence (B, L, Ht, Wt) mm/h: the last context frame's central patch."""
-        last = _central(context[:, -1], target.shape[-2:]).float()
-        rate = input_to_rate(last[:, self.hparams.rain_channel])
-        rate = torch.where(last[:, self.hparams.mask_channel] > 0.5, rate, torch.nan)
-        return rate[:, None].expand(-1, target.shape[1], -1, -1)
+        """Eulerian persistence (B, L, Ht, Wt) mm/h of the context's central patch (the
+        ``persistence`` nowcast method of :mod:`metnet.nowcasts`)."""
+        frames = _central(context, target.shape[-2:]).float()  # (B, T, C, Ht, Wt)
+        rate = input_to_rate(frames[:, :, self.hparams.rain_channel])
+        rate = torch.where(frames[:, :, self.hparams.mask_channel] > 0.5, rate, torch.nan)
+        leads = range(target.shape[1])
+        return torch.stack([get_method("persistence")(r, leads) for r in rate])
 
     def _split_scores(self, split: str, num_leads: int) -> torch.nn.ModuleDict:
         if split not in self.scores:
@@ -246,30 +242,16 @@ class NowcastModule(L.LightningModule):
         return warmup_cosine(step, min(self.hparams.warmup_steps, total), total)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the network's constructor arguments, so :func:`load_checkpoint` can rebuild
-        it without unpickling code."""
-        checkpoint[NET_CONFIG_KEY] = dict(self.net.config)
+        """Record the format, the network's class and its constructor arguments, so
+        :class:`metnet.checkpoint.Checkpoint` rebuilds it without unpickling code."""
+        record(checkpoint, self.net)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose network differs from the configured one, naming why."""
-        saved = checkpoint.get(NET_CONFIG_KEY)
-        if saved is None:
-            raise CheckpointError("not a metnet checkpoint (no network configuration)")
+        saved = Checkpoint(checkpoint)
+        saved.check_network(self.net)
         if CALIBRATION_KEY in checkpoint:
-            self.calibration = Calibration.from_dict(checkpoint[CALIBRATION_KEY])
-        defaults = {name: p.default for name, p in
-                    inspect.signature(type(self.net)).parameters.items()}
-        saved = {**defaults, **saved}  # a setting added since the checkpoint has its default
-        differences = [
-            f"{key}={saved.get(key)!r} (configured {value!r})"
-            for key, value in self.net.config.items()
-            if _plain(saved.get(key)) != _plain(value)
-        ]
-        if differences:
-            raise CheckpointError(
-                "the checkpoint's network does not match the configuration: "
-                + ", ".join(differences)
-            )
+            self.calibration = saved.calibration
 
     # -- optimisation ------------------------------------------------------------------
 
@@ -294,86 +276,9 @@ def _central(planes: Tensor, size: Sequence[int]) -> Tensor:
     return planes[..., top:top + ht, left:left + wt]
 
 
-def _plain(value: Any) -> Any:
-    """Tuples and lists compare equal (YAML gives lists, code gives tuples)."""
-    return list(value) if isinstance(value, tuple | list) else value
-
-
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
     """Learning-rate factor: linear from 1/warmup to 1 over ``warmup`` steps, then cosine to 0."""
     if step < warmup:
         return (step + 1) / warmup
     progress = min((step - warmup) / max(total - warmup, 1), 1.0)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A metnet checkpoint's contents, read safely (``weights_only=True``: no code runs).
-
-    Raises:
-        CheckpointError: unreadable file or not a metnet checkpoint.
-    """
-    path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint") from None
-    except Exception as err:  # torch raises many types for a damaged or unsafe file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
-    if not isinstance(checkpoint, dict) or NET_CONFIG_KEY not in checkpoint:
-        raise CheckpointError(f"{path}: not a metnet checkpoint (no network configuration)")
-    return checkpoint
-
-
-def load_checkpoint(path: str | Path) -> tuple[MetNet, dict[str, Any]]:
-    """Rebuild the network of a checkpoint safely (``weights_only=True``: no code runs).
-
-    Returns:
-        The network in eval mode and the checkpoint's hyperparameters.
-
-    Raises:
-        CheckpointError: unreadable file, not a metnet checkpoint, or weights that do not
-            fit the recorded architecture.
-    """
-    checkpoint = read_checkpoint(path)
-    hparams = dict(checkpoint.get("hyper_parameters", {}))
-    net = MetNet(**checkpoint[NET_CONFIG_KEY])
-    weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()
-               if k.startswith("net.")}
-    try:
-        net.load_state_dict(weights)
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
-        raise CheckpointError(f"{path}: weights do not fit the configuration ({first})") from err
-    return net.eval(), hparams
-
-
-def load_data_settings(path: str | Path) -> dict[str, Any]:
-    """The data settings a checkpoint was trained with (the datamodule's hyperparameters,
-    saved by Lightning), or an empty dict."""
-    return dict(read_checkpoint(path).get("datamodule_hyper_parameters") or {})
-
-
-def load_calibration(path: str | Path) -> Calibration | None:
-    """The calibration stored in a checkpoint by :func:`save_calibration`, or None."""
-    saved = read_checkpoint(path).get(CALIBRATION_KEY)
-    if saved is None:
-        return None
-    try:
-        return Calibration.from_dict(saved)
-    except ValueError as err:
-        raise CheckpointError(f"{path}: damaged calibration ({err})") from err
-
-
-def save_calibration(path: str | Path, calibration: Calibration) -> None:
-    """Store ``calibration`` in the checkpoint at ``path`` (plain values, replacing any
-    earlier one); the file is written beside it and renamed into place."""
-    path = Path(path)
-    checkpoint = read_checkpoint(path)
-    checkpoint[CALIBRATION_KEY] = calibration.to_dict()
-    tmp = path.with_name(f".{path.name}.calibrating")
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

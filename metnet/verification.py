@@ -3,19 +3,19 @@
 For each init time with a complete context and every target, these forecasts of the same
 domain are scored against the observed rain rate (mm/h):
 
-* ``model``: the probabilistic forecast of :func:`metnet.forecast.forecast_dataset` (its
-  blended bin probabilities), deciding "rain above t" where P(R > t) >= 0.5;
-* ``model_calibrated`` (with a ``calibration``): the same blended bin probabilities
-  tempered per lead (their logs divided by the lead's temperature), deciding "rain above
-  t" where P(R > t) >= the calibration's cut p*(lead, t); every score of it comes from
-  the tempered distribution (``forecast_dataset(calibration=...)`` tempers each tile
-  before blending instead, which differs slightly where tiles overlap);
-* ``steps`` (``steps_members`` > 0, default 20): pysteps' STEPS ensemble
-  (:func:`steps_ensemble`, seed ``steps_seed + k`` at the k-th init time), deciding "rain
-  above t" where the fraction of members above t is >= 0.5;
+* ``model``: the ``model`` nowcast method (the network's distribution over the whole
+  domain, :mod:`metnet.nowcasts.model`), deciding "rain above t" where P(R > t) >= 0.5;
+* ``model_calibrated`` (with a ``calibration``): the same distribution tempered per lead
+  (its logits divided by the lead's temperature, as ``metnet forecast`` writes it),
+  deciding "rain above t" where P(R > t) >= the calibration's cut p*(lead, t);
+* ``steps`` (``steps_members`` > 0, default 20): the ``steps`` method, pysteps' STEPS
+  ensemble (seed ``steps_seed + k`` at the k-th init time), deciding "rain above t" where
+  the fraction of members above t is >= 0.5;
 * ``persistence``: the last context frame, for every lead time;
 * ``extrapolation``: semi-Lagrangian advection of the last frame by the Lucas-Kanade
-  motion of the last three frames (:mod:`metnet.data.motion`).
+  motion of the last three frames (:mod:`metnet.nowcasts.extrapolation`).
+
+Every forecast comes from the nowcast methods of :mod:`metnet.nowcasts`.
 
 The motion field is computed once per init time and drives both ``extrapolation`` and
 ``steps``.
@@ -30,7 +30,9 @@ Scores, per lead time, accumulated over init times before any ratio is taken:
 * ``csi``, ``pod``, ``far`` at each threshold: pysteps ``det_cat_fct_*`` (an event is a
   rate *above* the threshold; a probabilistic method's event is its decision above);
 * ``fss`` at the event threshold (1 mm/h) and each scale (km, converted to pixels):
-  pysteps ``fss_*`` (event: rate >= threshold; a probabilistic method: its decision);
+  pysteps ``fss_*`` on the binary fields of the events (rate above the threshold, as for
+  CSI; a probabilistic method: its decision), so that a rate exactly on the threshold is
+  no event here either;
 * ``mae`` (mm/h): the **median** of a probabilistic forecast (the model's distribution,
   the ensemble's members), the field of a deterministic one;
 * ``crps`` (mm/h): the model's exact CRPS of its categorical distribution, the exact CRPS
@@ -50,10 +52,6 @@ the Brier score).
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,25 +61,24 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
-from pysteps import nowcasts
-from pysteps.utils import transformation
 from pysteps.verification import detcatscores, probscores, spatialscores
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from metnet.atomic import atomic_write
 from metnet.data.frames import pixel_size
-from metnet.data.motion import DB_THRESHOLD, DB_ZERO, MOTION_FRAMES, advect, motion_field
-from metnet.data.motion import extrapolate as extrapolation
-from metnet.data.transforms import clean_rate
 from metnet.distribution import RainRateDistribution
 from metnet.forecast import (
     DEFAULT_THRESHOLDS,
-    forecast_dataset,
     read_context,
+    read_observations,
     resolve_lead_times,
     store_step,
 )
-from metnet.io.store import VARIABLE
+from metnet.nowcasts import get_method
+from metnet.nowcasts.extrapolation import MOTION_FRAMES, motion_field
+from metnet.nowcasts.model import frames_needed
+from metnet.nowcasts.steps import MEMBERS as STEPS_MEMBERS
 
 METHODS = ("model", "model_calibrated", "steps", "persistence", "extrapolation")
 PROBABILISTIC = ("model", "model_calibrated", "steps")
@@ -90,8 +87,6 @@ DECISION_PROBABILITY = 0.5  # the uncalibrated cut on P(R > t)
 RELIABILITY_BINS = 10
 KM_PER_DEGREE = 111.195
 DEFAULT_SCALES_KM = (1.0, 5.0, 10.0, 20.0)
-STEPS_MEMBERS = 20
-STEPS_CASCADE_LEVELS = 6  # pysteps' default (its issue #385)
 
 
 class DecisionCalibration(Protocol):
@@ -103,67 +98,6 @@ class DecisionCalibration(Protocol):
 
     def decision_threshold(self, lead_minutes: int, threshold: float) -> float:
         """The cut p* on P(R > ``threshold`` mm/h) at a lead time (minutes)."""
-
-
-# -- baselines ---------------------------------------------------------------------------
-
-
-def persistence(rate: np.ndarray, num_leads: int) -> np.ndarray:
-    """Eulerian persistence (L, H, W) mm/h: the last of the context rates (T, H, W)."""
-    return np.repeat(rate[-1:], num_leads, axis=0)
-
-
-def db_fields(rate: np.ndarray) -> np.ndarray:
-    """The last :data:`MOTION_FRAMES` of the rates (T, H, W) mm/h as dB fields (3, H, W)
-    float64: below 0.1 mm/h and NaN set to -15 dB, as for the motion field
-    (:func:`metnet.data.motion.motion_field`)."""
-    db, _ = transformation.dB_transform(rate[-MOTION_FRAMES:].astype(np.float64),
-                                        threshold=DB_THRESHOLD, zerovalue=DB_ZERO)
-    db[~np.isfinite(db)] = DB_ZERO
-    return db
-
-
-def steps_ensemble(rate: np.ndarray, velocity: np.ndarray, lead_steps: Sequence[int],
-                   km_per_pixel: float, step_minutes: float, members: int = STEPS_MEMBERS,
-                   seed: int = 0) -> np.ndarray:
-    """pysteps STEPS ensemble (M, L, H, W) float32 mm/h of context rates (T >= 3, H, W).
-
-    ``pysteps.nowcasts.get_method("steps")`` as in pysteps' examples, on the dB fields of
-    :func:`db_fields` (no-rain threshold -10 dB = 0.1 mm/h): 6 cascade levels,
-    nonparametric noise, BPS motion perturbations, incremental mask, CDF matching, one
-    worker and numpy's FFT; back-transformed to mm/h (below 0.1 mm/h: 0). Rain advected in
-    from outside the domain is 0; pixels NaN in the last frame are NaN. The nowcast runs
-    every step up to the longest lead and the leads are picked from it, so a lead's
-    forecast does not depend on the other leads asked for.
-
-    Args:
-        rate: context rain rate in mm/h, oldest first, NaN where not observed.
-        velocity: (2, H, W) motion in pixels per step (:func:`metnet.data.motion.motion_field`).
-        lead_steps: lead times in store steps (positive integers).
-        km_per_pixel: grid spacing (km).
-        step_minutes: the store's (and the motion's) time step (minutes).
-        members: ensemble size M.
-        seed: seed of the noise and motion perturbations.
-    """
-    threshold_db = 10.0 * np.log10(DB_THRESHOLD)
-    with contextlib.redirect_stdout(io.StringIO()):  # pysteps reports every step
-        db = nowcasts.get_method("steps")(
-            db_fields(rate), velocity.astype(np.float64), int(max(lead_steps)),
-            n_ens_members=members, n_cascade_levels=STEPS_CASCADE_LEVELS,
-            precip_thr=threshold_db, kmperpixel=km_per_pixel, timestep=step_minutes,
-            noise_method="nonparametric", mask_method="incremental",
-            probmatching_method="cdf", seed=seed, num_workers=1, fft_method="numpy")
-    picked = db[:, [int(s) - 1 for s in lead_steps]]
-    field, _ = transformation.dB_transform(picked, threshold=threshold_db, inverse=True)
-    field = np.nan_to_num(field, nan=0.0)  # advected in from outside the domain
-    return np.where(np.isnan(rate[-1]), np.nan, field).astype(np.float32)
-
-
-def read_observations(store_ds: xr.Dataset, init_time: np.datetime64,
-                      lead_times: Sequence[int]) -> np.ndarray:
-    """Observed rain rate (L, H, W) mm/h at init + each lead (cleaned, NaN: not observed)."""
-    times = (init_time + np.asarray(lead_times, dtype="timedelta64[m]")).astype("datetime64[ns]")
-    return clean_rate(store_ds[VARIABLE].sel(time=times).values.astype(np.float32))
 
 
 # -- one method's forecast, as the scores see it -----------------------------------------
@@ -204,22 +138,18 @@ def decisions(exceedance: dict[float, np.ndarray],
             for t, p in exceedance.items()}
 
 
-def model_forecast(fc: xr.Dataset, obs: np.ndarray, thresholds: Sequence[float],
-                   event_threshold: float,
+def model_forecast(dist: RainRateDistribution, obs: np.ndarray, lead_times: Sequence[int],
+                   thresholds: Sequence[float], event_threshold: float,
                    calibration: DecisionCalibration | None = None) -> MethodForecast:
-    """The model's forecast from one init time of :func:`forecast_dataset` output (with
-    ``bin_probability``) against ``obs`` (L, H, W) mm/h: its distribution (tempered by
-    ``calibration``), decided at 0.5 or at the calibration's cut per lead and threshold."""
-    fc = fc.isel(init_time=0)
-    leads = [int(t) for t in fc["lead_time"].values]
-    probs = torch.from_numpy(fc["bin_probability"].values).movedim(0, 1)  # (L, K, H, W)
-    logits = torch.log(probs.nan_to_num(1.0).clamp_min(torch.finfo(torch.float32).tiny))
+    """The model's forecast of one init time, its distribution (batch shape (L, H, W))
+    against ``obs`` (L, H, W) mm/h: tempered by ``calibration`` and decided at its cuts, or
+    decided at 0.5."""
     if calibration is not None:
-        logits = calibration.scale_logits(logits, leads, dim=1)
-    dist = RainRateDistribution(logits, fc["bin_edges"].values, dim=1)
+        dist = RainRateDistribution(calibration.scale_logits(dist.logits, lead_times, dim=1),
+                                    dist.edges, dim=1)
     exceedance = {t: dist.exceedance(t).numpy() for t in thresholds}
     cuts = {t: [DECISION_PROBABILITY if calibration is None
-                else calibration.decision_threshold(lead, t) for lead in leads]
+                else calibration.decision_threshold(lead, t) for lead in lead_times]
             for t in thresholds}
     crps = dist.crps(torch.from_numpy(np.nan_to_num(obs))).numpy()
     return MethodForecast(dist.quantile(0.5).numpy(), decisions(exceedance, cuts),
@@ -279,7 +209,7 @@ class ScoreAccumulator:
         leads = range(num_leads)
         self.contingency = {(j, t): detcatscores.det_cat_fct_init(t)
                             for j in leads for t in thresholds}
-        self.fss = {(j, km): spatialscores.fss_init(event_threshold, px)
+        self.fss = {(j, km): spatialscores.fss_init(0.5, px)  # on the 0/1 event fields
                     for j in leads for km, px in scales.items()}
         self.sums = {name: np.zeros(num_leads) for name in ("mae", "crps", "brier")}
         self.count = np.zeros(num_leads, dtype=np.int64)
@@ -292,8 +222,8 @@ class ScoreAccumulator:
             for t in self.thresholds:
                 detcatscores.det_cat_fct_accum(self.contingency[j, t], fc.categorical[t][j][v],
                                                o[v])
-            masked_obs = np.where(v, o, np.nan)
-            masked_fc = np.where(v, fc.categorical[self.event][j], np.nan)
+            masked_obs = np.where(v, o > self.event, np.nan)
+            masked_fc = np.where(v, fc.categorical[self.event][j] > self.event, np.nan)
             for km in self.scales:
                 spatialscores.fss_accum(self.fss[j, km], masked_fc, masked_obs)
             observed_event = (o[v] > self.event).astype(np.float64)
@@ -404,29 +334,30 @@ def scale_pixels(store_ds: xr.Dataset, scales_km: Sequence[float]) -> dict[float
     return {float(s): max(1, round(s / km)) for s in scales_km}
 
 
-def init_forecasts(fc: xr.Dataset, rate: np.ndarray, obs: np.ndarray, setup: Setup,
-                   k: int) -> dict[str, MethodForecast]:
-    """Every method's forecast from one init time (the ``k``-th).
+def init_forecasts(rate: np.ndarray, obs: np.ndarray, net: nn.Module, setup: Setup,
+                   k: int, batch_tiles: int = 8) -> dict[str, MethodForecast]:
+    """Every method's forecast from one init time (the ``k``-th), by the nowcast methods.
 
     Args:
-        fc: :func:`forecast_dataset` output of this init time, with ``bin_probability``.
-        rate: context rates (T >= 3, H, W) mm/h.
+        rate: context rates (T >= 3, H, W) mm/h, ending at the init time.
         obs: observations (L, H, W) mm/h.
+        net: the network of the ``model`` method.
     """
     thresholds, event, leads = setup.thresholds, setup.event, setup.leads
-    velocity = motion_field(rate)
-    forecasts = {"model": model_forecast(fc, obs, thresholds, event)}
+    options = {"step_minutes": setup.step_minutes, "velocity": motion_field(rate),
+               "km_per_pixel": setup.km_per_pixel, "members": setup.steps_members,
+               "seed": setup.steps_seed + k, "net": net, "batch_tiles": batch_tiles}
+    dist = get_method("model")(rate, leads, **options)
+    forecasts = {"model": model_forecast(dist, obs, leads, thresholds, event)}
     if setup.calibration is not None:
-        forecasts["model_calibrated"] = model_forecast(fc, obs, thresholds, event,
+        forecasts["model_calibrated"] = model_forecast(dist, obs, leads, thresholds, event,
                                                        setup.calibration)
     if setup.steps_members:
-        members = steps_ensemble(rate, velocity, setup.lead_steps, setup.km_per_pixel,
-                                 setup.step_minutes, setup.steps_members, setup.steps_seed + k)
+        members = get_method("steps")(rate, leads, **options)
         forecasts["steps"] = ensemble_forecast(members, obs, thresholds, event)
-    forecasts["persistence"] = point_forecast(persistence(rate, len(leads)), obs, thresholds,
-                                              event)
-    forecasts["extrapolation"] = point_forecast(advect(rate[-1], velocity, setup.lead_steps),
-                                                obs, thresholds, event)
+    for method in ("persistence", "extrapolation"):
+        forecasts[method] = point_forecast(get_method(method)(rate, leads, **options), obs,
+                                           thresholds, event)
     return forecasts
 
 
@@ -472,16 +403,12 @@ def evaluate(
     scales = scale_pixels(store_ds, scales_km)
     acc = {m: ScoreAccumulator(len(leads), thresholds, scales, event_threshold,
                                m in PROBABILISTIC) for m in setup.methods}
-    frames = max(int(net.config["context_frames"]), MOTION_FRAMES)
+    frames = max(frames_needed(net), MOTION_FRAMES)
     inits = list(init_times)
     for k, init in enumerate(tqdm(inits, desc="evaluate", unit="init", disable=not progress)):
-        fc = forecast_dataset(net, store_ds, [init], leads, quantiles=(0.5,),
-                              thresholds=(setup.event,), bin_probabilities=True,
-                              batch_tiles=batch_tiles)
-        init = fc["init_time"].values[0]
         rate, obs = read_context(store_ds, init, frames), read_observations(store_ds, init, leads)
         valid = np.isfinite(obs) & np.isfinite(rate[-1])
-        for method, forecast in init_forecasts(fc, rate, obs, setup, k).items():
+        for method, forecast in init_forecasts(rate, obs, net, setup, k, batch_tiles).items():
             acc[method].add(forecast, obs, valid)
     scores = pd.DataFrame([r for m in setup.methods for r in acc[m].rows(m, leads)])
     reliability = pd.DataFrame([r for m in setup.methods
@@ -490,88 +417,19 @@ def evaluate(
 
 
 def write_evaluation(result: Evaluation, out_dir: str | Path) -> list[Path]:
-    """Write ``scores.csv``, ``reliability.csv``, ``skill.png`` and ``reliability.png``.
-
-    Each file is written beside its final name and renamed into place.
-    """
+    """Write ``scores.csv``, ``reliability.csv``, ``skill.png`` and ``reliability.png``,
+    each atomically (:mod:`metnet.atomic`)."""
     from metnet.plotting import plot_reliability, plot_skill
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, table in (("scores.csv", result.scores), ("reliability.csv", result.reliability)):
-        written.append(_atomic(out / name, lambda p, t=table: t.to_csv(p, index=False)))
     title = f"{len(result.init_times)} init times"
-    written.append(_atomic(out / "skill.png", lambda p: plot_skill(result.scores, p, title)))
-    written.append(_atomic(out / "reliability.png",
-                           lambda p: plot_reliability(result.reliability, p, title)))
-    return written
-
-
-def _atomic(path: Path, write) -> Path:
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-# -- forecast maps -----------------------------------------------------------------------
-
-
-def plot_forecast(ds: xr.Dataset, store_ds: xr.Dataset, init_time: np.datetime64,
-                  out_dir: str | Path, threshold: float = 1.0, max_leads: int = 6) -> Path:
-    """Map panels of one init time of a forecast dataset: observation (where the store has
-    it), the model's median, P(rain > ``threshold``), persistence and extrapolation.
-
-    At most ``max_leads`` lead times, evenly spread and including the last, get a row.
-    Returns the PNG written in ``out_dir`` (``forecast_YYYYmmddTHHMM.png``).
-    """
-    from metnet.plotting import plot_forecast_maps
-
-    fc = ds.sel(init_time=init_time)
-    leads = [int(t) for t in fc["lead_time"].values]
-    shown = [leads[int(i)] for i in np.unique(np.linspace(0, len(leads) - 1,
-                                                          min(max_leads, len(leads))).round())]
-    like = fc["precip_rate_mean"]
-    columns = [("observed", like.copy(data=_observed(store_ds, init_time, leads)), "rain")]
-    if 0.5 in fc["quantile"].values:
-        columns.append(("model median", fc["precip_rate_quantile"].sel(quantile=0.5), "rain"))
-    else:
-        columns.append(("model mean", like, "rain"))
-    if threshold in fc["threshold"].values:
-        columns.append((f"P(rain > {threshold:g} mm/h)",
-                        fc["probability_of_exceedance"].sel(threshold=threshold), "probability"))
-    columns += _baseline_columns(store_ds, init_time, leads, like)
-    when = pd.Timestamp(init_time)
-    path = Path(out_dir) / f"forecast_{when:%Y%m%dT%H%M}.png"
-    return plot_forecast_maps(columns, shown, path,
-                              f"metnet forecast from {when:%Y-%m-%d %H:%M} UTC")
-
-
-def _observed(store_ds: xr.Dataset, init_time: np.datetime64, leads: list[int]) -> np.ndarray:
-    """(L, H, W) observations at init + lead where the store has them, else NaN."""
-    obs = np.full((len(leads), store_ds.sizes["y"], store_ds.sizes["x"]), np.nan, np.float32)
-    times = set(store_ds["time"].values.astype("datetime64[ns]").tolist())
-    for j, lead in enumerate(leads):
-        valid = (init_time + np.timedelta64(lead, "m")).astype("datetime64[ns]")
-        if valid.tolist() in times:
-            obs[j] = read_observations(store_ds, init_time, [lead])[0]
-    return obs
-
-
-def _baseline_columns(store_ds: xr.Dataset, init_time: np.datetime64, leads: list[int],
-                      like: xr.DataArray) -> list[tuple[str, xr.DataArray | None, str]]:
-    """Persistence and (with 3 past frames in the store) extrapolation map columns."""
-    step = store_step(store_ds)
-    times = set(store_ds["time"].values.astype("datetime64[ns]").tolist())
-    past = [(init_time - np.timedelta64(k * step, "m")).astype("datetime64[ns]").tolist()
-            for k in range(MOTION_FRAMES)]
-    frames = MOTION_FRAMES if all(t in times for t in past) else 1
-    rate = read_context(store_ds, init_time, frames)
-    columns = [("persistence", like.copy(data=persistence(rate, len(leads))), "rain")]
-    extrapolated = (like.copy(data=extrapolation(rate, [t / step for t in leads]))
-                    if frames == MOTION_FRAMES else None)
-    return columns + [("extrapolation", extrapolated, "rain")]
+    writers = {
+        "scores.csv": lambda p: result.scores.to_csv(p, index=False),
+        "reliability.csv": lambda p: result.reliability.to_csv(p, index=False),
+        "skill.png": lambda p: plot_skill(result.scores, p, title),
+        "reliability.png": lambda p: plot_reliability(result.reliability, p, title),
+    }
+    for name, write in writers.items():
+        with atomic_write(out / name) as tmp:
+            write(tmp)
+    return [out / name for name in writers]

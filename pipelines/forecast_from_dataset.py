@@ -5,8 +5,8 @@ timing line: seconds per init time and the throughput in domain pixels x lead ti
 second (the first init time, which pays one-off start-up costs, is timed separately).
 
     metnet synth --out outputs/demo/synthetic.zarr --frames 96
-    python pipelines/forecast_from_dataset.py --ckpt outputs/checkpoints/last.ckpt \\
-        --data outputs/demo/synthetic.zarr --start 2024-06-01T13:00 --end 2024-06-01T13:30 \\
+    python pipelines/forecast_from_dataset.py --ckpt_path outputs/checkpoints/last.ckpt \\
+        --store outputs/demo/synthetic.zarr --start 2024-06-01T13:00 --end 2024-06-01T13:30 \\
         --out outputs/forecast/synthetic.nc --plot outputs/forecast
 """
 
@@ -20,22 +20,23 @@ import time
 import torch
 import xarray as xr
 
-from metnet.forecast import complete_init_times, forecast_dataset, write_forecast
+from metnet.checkpoint import Checkpoint
+from metnet.forecast import complete_init_times, forecast_dataset
+from metnet.io.forecast_file import write_forecast
 from metnet.io.store import open_store
-from metnet.training import load_checkpoint
-from metnet.verification import plot_forecast
+from metnet.plotting import plot_forecast
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True, help="checkpoint of `metnet fit`")
-    p.add_argument("--data", required=True, help="radar store (STORE.zarr)")
+    p.add_argument("--ckpt_path", required=True, help="checkpoint of `metnet fit`")
+    p.add_argument("--store", required=True, help="radar store (STORE.zarr)")
     p.add_argument("--start", required=True, help="first init time, ISO, UTC")
     p.add_argument("--end", required=True, help="last init time, ISO, UTC")
     p.add_argument("--out", help="OUT.nc or OUT.zarr to write (default: none)")
     p.add_argument("--plot", metavar="DIR", help="draw the first init time's maps here")
-    p.add_argument("--lead-times", nargs="+", type=int, help="minutes (default: all)")
-    p.add_argument("--batch-tiles", type=int, default=8, help="tiles per network call")
+    p.add_argument("--lead_times", nargs="+", type=int, help="minutes (default: all)")
+    p.add_argument("--batch_tiles", type=int, default=8, help="tiles per network call")
     p.add_argument("--stride", type=int, help="tile stride in pixels (default: half the "
                    "target size; the target size: no overlap, 4x fewer tiles, visible seams)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -44,9 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    net, _ = load_checkpoint(args.ckpt)
-    net.to(args.device)
-    store = open_store(args.data)
+    checkpoint = Checkpoint.load(args.ckpt_path)
+    store = open_store(args.store)
+    checkpoint.check(store)
+    net = checkpoint.net.to(args.device)
     inits = complete_init_times(store, args.start, args.end, int(net.config["context_frames"]))
     if not inits:
         sys.exit(f"no init time from {args.start} to {args.end} has a full context")

@@ -1,13 +1,25 @@
-"""Fixtures shared by the test modules: synthetic stores, the real-data folder, ingested stores."""
+"""Fixtures and builders shared by the test modules: synthetic stores, a tiny trained
+checkpoint, the real-data folder, ingested stores."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 
+from metnet.checkpoint import Checkpoint
 from metnet.io.store import write_store
 from metnet.io.synthetic import synthesize
+from metnet.models import MetNet
+from metnet.training import NowcastModule
+
+#: The tiny network of the forecast and evaluation tests: 3 frames of 32 x 32 px, leads
+#: every 5 min up to 30 min.
+TINY = dict(input_channels=2, context_frames=3, input_size=32, target_size=16, pack_factor=2,
+            downsampler_channels=(8, 16), lstm_hidden=16, num_blocks=2, conditioned_from=1,
+            heads=2, max_lead_minutes=30, lead_step_minutes=5)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -52,3 +64,44 @@ def ingested_store(tmp_path_factory: pytest.TempPathFactory):
         return made[key]
 
     return make
+
+
+def make_store(path: Path, frames: int = 12, height: int = 70, width: int = 62) -> Path:
+    """A synthetic store from 2024-06-01T12:00 every 5 min; 70 x 62 px is no multiple of
+    the 8-px tile stride of :data:`TINY`."""
+    return write_store(synthesize(frames=frames, height=height, width=width, seed=5), path)
+
+
+def make_checkpoint(path: Path, steps: int = 2) -> Path:
+    """A real Lightning checkpoint of the :data:`TINY` MetNet, trained ``steps`` steps on
+    noise."""
+    torch.manual_seed(0)
+    module = NowcastModule(net=MetNet(**TINY), warmup_steps=1)
+    g = torch.Generator().manual_seed(0)
+    batches = [{"context": torch.rand(2, 3, 2, 32, 32, generator=g),
+                "target": 4 * torch.rand(2, 6, 16, 16, generator=g),
+                "lead_times": torch.arange(5, 31, 5).expand(2, -1)} for _ in range(steps)]
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu")
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`make_store` with its defaults (12 frames of 70 x 62 px)."""
+    return make_store(tmp_path_factory.mktemp("tiny_store") / "s.zarr")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`make_checkpoint` of the :data:`TINY` network."""
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_ckpt") / "tiny.ckpt")
+
+
+@pytest.fixture(scope="session")
+def tiny_net(tiny_checkpoint: Path) -> MetNet:
+    """The network of :func:`tiny_checkpoint`, in eval mode."""
+    return Checkpoint.load(tiny_checkpoint).net

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from metnet.calibration import Calibration
+from metnet.checkpoint import Checkpoint
 from metnet.forecast import forecast_dataset
 from metnet.io.store import open_store, write_store
 from metnet.io.synthetic import synthesize
-from metnet.training import load_calibration, load_checkpoint, save_calibration
 
 REPO = Path(__file__).resolve().parents[1]
 LEADS = [5, 15, 30]
@@ -77,7 +77,7 @@ def trained(stores: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
 
 
 def test_fit_stores_a_validation_calibration_in_the_best_checkpoint(trained: Path) -> None:
-    calibration = load_calibration(trained)
+    calibration = Checkpoint.load(trained).calibration
     assert calibration is not None and calibration.lead_times == LEADS
     assert calibration.thresholds == [0.1, 1.0, 4.0, 8.0]
     header = next(trained.parents[1].glob("csv/version_*/metrics.csv")).read_text()
@@ -89,10 +89,10 @@ def _calibrate(ckpt: Path, store: Path, tmp_path: Path, name: str) -> str:
     canonical JSON (so that NaN scores compare equal)."""
     copy = tmp_path / f"{name}.ckpt"
     copy.write_bytes(ckpt.read_bytes())
-    result = metnet("calibrate", "--ckpt", str(copy), *data_overrides(store), cwd=tmp_path)
+    result = metnet("calibrate", "--ckpt_path", str(copy), *data_overrides(store), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "probability_threshold" in result.stdout
-    return _canonical(load_calibration(copy))
+    return _canonical(Checkpoint.load(copy).calibration)
 
 
 def _canonical(calibration: Calibration) -> str:
@@ -102,7 +102,7 @@ def _canonical(calibration: Calibration) -> str:
 def test_calibrate_reads_the_validation_split_only(trained: Path, stores: dict[str, Path],
                                                     tmp_path: Path) -> None:
     same = _calibrate(trained, stores["same"], tmp_path, "same")
-    assert same == _canonical(load_calibration(trained))  # fit's own, reproduced
+    assert same == _canonical(Checkpoint.load(trained).calibration)  # fit's own, reproduced
     assert _calibrate(trained, stores["test_changed"], tmp_path, "test") == same
     assert _calibrate(trained, stores["val_changed"], tmp_path, "val") != same
 
@@ -110,7 +110,7 @@ def test_calibrate_reads_the_validation_split_only(trained: Path, stores: dict[s
 def test_calibrate_refuses_data_that_do_not_fit_the_checkpoint(trained: Path,
                                                                stores: dict[str, Path],
                                                                tmp_path: Path) -> None:
-    result = metnet("calibrate", "--ckpt", str(trained), *data_overrides(stores["same"]),
+    result = metnet("calibrate", "--ckpt_path", str(trained), *data_overrides(stores["same"]),
                     "--data.motion_inputs", "false", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("metnet calibrate: error:")
@@ -119,7 +119,7 @@ def test_calibrate_refuses_data_that_do_not_fit_the_checkpoint(trained: Path,
 
 def test_forecast_applies_the_checkpoint_temperature(trained: Path, stores: dict[str, Path],
                                                      tmp_path: Path) -> None:
-    net, _ = load_checkpoint(trained)
+    net = Checkpoint.load(trained).net
     temperature = {5: 0.7, 15: 1.5, 30: 2.5}
     calibration = Calibration(LEADS, [1.0], list(temperature.values()), [[0.3]] * 3)
     store = open_store(stores["same"])
@@ -147,10 +147,10 @@ def test_forecast_applies_the_checkpoint_temperature(trained: Path, stores: dict
 
     ckpt = tmp_path / "t.ckpt"
     ckpt.write_bytes(trained.read_bytes())
-    save_calibration(ckpt, calibration)
+    Checkpoint.load(ckpt).save_calibration(calibration)
     out = tmp_path / "fc.nc"
-    result = metnet("forecast", "--ckpt", str(ckpt), "--data", str(stores["same"]),
-                    "--init-time", str(init)[:16], "--out", str(out), cwd=tmp_path)
+    result = metnet("forecast", "--ckpt_path", str(ckpt), "--store", str(stores["same"]),
+                    "--init_time", str(init)[:16], "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     import xarray as xr
 
@@ -177,8 +177,8 @@ def test_forecast_refuses_a_store_on_another_time_grid(trained: Path, stores: di
     checkpoint["datamodule_hyper_parameters"]["context_step_minutes"] = 15
     ckpt = tmp_path / "15min.ckpt"
     torch.save(checkpoint, ckpt)
-    result = metnet("forecast", "--ckpt", str(ckpt), "--data", str(stores["same"]),
-                    "--init-time", "2024-06-01T15:00", "--out", str(tmp_path / "f.nc"),
+    result = metnet("forecast", "--ckpt_path", str(ckpt), "--store", str(stores["same"]),
+                    "--init_time", "2024-06-01T15:00", "--out", str(tmp_path / "f.nc"),
                     cwd=tmp_path)
     assert result.returncode == 1 and not (tmp_path / "f.nc").exists()
     last = result.stderr.strip().splitlines()[-1]

@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from metnet.data.datamodule import NowcastDataModule
 from metnet.data.dataset import collate
-from metnet.data.transforms import input_to_rate
 from metnet.data.windows import DataConfigError
 from metnet.io.store import StoreError, make_dataset, open_store, write_store
 from metnet.io.synthetic import SYNTHETIC_CRS, synthesize
+from metnet.transforms import input_to_rate
 
 SMALL = dict(context_frames=3, context_size=64, target_size=16, lead_times=[5, 10, 15, 20],
              split_fractions=(0.6, 0.2, 0.2), batch_size=4)

@@ -13,9 +13,9 @@ import torch
 
 from metnet.data.datamodule import NowcastDataModule
 from metnet.data.frames import StoreFrames
-from metnet.data.transforms import input_to_rate
 from metnet.data.windows import DataConfigError
 from metnet.io.store import make_dataset, open_store, write_store
+from metnet.transforms import input_to_rate
 
 pytestmark = [pytest.mark.real_data, pytest.mark.filterwarnings("ignore::UserWarning")]
 

@@ -10,8 +10,8 @@ import pyproj
 import pytest
 
 from metnet.data.datamodule import NowcastDataModule
-from metnet.data.transforms import input_to_rate
 from metnet.io.store import make_dataset, open_store, write_store
+from metnet.transforms import input_to_rate
 
 MISSING_SATELLITE_FRAME = 4  # 13:00 is absent from the satellite store
 TOLERANCE = 15

@@ -7,68 +7,37 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import lightning as L
 import netCDF4
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import TINY
 from torch import nn
 
 from metnet.cli import main
-from metnet.data.transforms import clean_rate, input_to_rate
 from metnet.distribution import rain_to_bin
-from metnet.forecast import (
-    ForecastError,
-    complete_init_times,
-    forecast_dataset,
-    make_tiling,
-    write_forecast,
-)
-from metnet.io.store import open_store, write_store
-from metnet.io.synthetic import synthesize
+from metnet.forecast import ForecastError, complete_init_times, forecast_dataset
+from metnet.io.forecast_file import write_forecast
+from metnet.io.store import open_store
 from metnet.models import MetNet
-from metnet.training import NowcastModule, load_checkpoint
-
-TINY = dict(input_channels=2, context_frames=3, input_size=32, target_size=16, pack_factor=2,
-            downsampler_channels=(8, 16), lstm_hidden=16, num_blocks=2, conditioned_from=1,
-            heads=2, max_lead_minutes=30, lead_step_minutes=5)
-
-
-def make_store(path: Path, frames: int = 12, height: int = 70, width: int = 62) -> Path:
-    """A synthetic store; 70 x 62 px is no multiple of the 8-px tile stride."""
-    return write_store(synthesize(frames=frames, height=height, width=width, seed=5), path)
-
-
-def make_checkpoint(path: Path, steps: int = 2) -> Path:
-    """A real Lightning checkpoint of the tiny MetNet, trained ``steps`` steps on noise."""
-    torch.manual_seed(0)
-    module = NowcastModule(net=MetNet(**TINY), warmup_steps=1)
-    g = torch.Generator().manual_seed(0)
-    batches = [{"context": torch.rand(2, 3, 2, 32, 32, generator=g),
-                "target": 4 * torch.rand(2, 6, 16, 16, generator=g),
-                "lead_times": torch.arange(5, 31, 5).expand(2, -1)} for _ in range(steps)]
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu")
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
-    trainer.save_checkpoint(path)
-    return path
+from metnet.nowcasts.model import make_tiling
+from metnet.transforms import clean_rate, input_to_rate
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("fc") / "s.zarr")
+def store(tiny_store) -> Path:
+    return tiny_store
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def net(checkpoint) -> MetNet:
-    return load_checkpoint(checkpoint)[0]
+def net(tiny_net) -> MetNet:
+    return tiny_net
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +198,7 @@ def _cli(*args: str) -> int:
 
 def test_cli_refusals_are_one_line_and_leave_no_output(store, checkpoint, tmp_path, capsys):
     out = tmp_path / "out.nc"
-    assert _cli("--ckpt", checkpoint, "--data", store, "--init-time", "2024-06-01T12:05",
+    assert _cli("--ckpt_path", checkpoint, "--store", store, "--init_time", "2024-06-01T12:05",
                 "--out", out) == 1
     err = capsys.readouterr().err
     assert err.startswith("metnet forecast: error: init time 2024-06-01T12:05 lacks past")
@@ -238,12 +207,12 @@ def test_cli_refusals_are_one_line_and_leave_no_output(store, checkpoint, tmp_pa
     wide = MetNet(**{**TINY, "input_channels": 3})
     torch.save({"state_dict": {f"net.{k}": v for k, v in wide.state_dict().items()},
                 "metnet_net_config": wide.config, "hyper_parameters": {}}, tmp_path / "c3.ckpt")
-    assert _cli("--ckpt", tmp_path / "c3.ckpt", "--data", store, "--init-time",
+    assert _cli("--ckpt_path", tmp_path / "c3.ckpt", "--store", store, "--init_time",
                 "2024-06-01T12:25", "--out", out) == 1
     assert "expects 3 input channels" in capsys.readouterr().err
 
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    assert _cli("--ckpt", tmp_path / "junk.ckpt", "--data", store, "--init-time",
+    assert _cli("--ckpt_path", tmp_path / "junk.ckpt", "--store", store, "--init_time",
                 "2024-06-01T12:25", "--out", out) == 1
     assert "not a readable checkpoint" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c3.ckpt", "junk.ckpt"]
@@ -251,9 +220,9 @@ def test_cli_refusals_are_one_line_and_leave_no_output(store, checkpoint, tmp_pa
 
 def test_cli_forecasts_a_period_to_zarr_with_maps(store, checkpoint, tmp_path, capsys):
     out = tmp_path / "out.zarr"
-    assert _cli("--ckpt", checkpoint, "--data", store, "--start", "2024-06-01T12:45",
-                "--end", "2024-06-01T13:00", "--out", out, "--lead-times", "5", "15",
-                "--quantiles", "0.5", "--thresholds", "1", "--plot", tmp_path / "maps") == 0
+    assert _cli("--ckpt_path", checkpoint, "--store", store, "--start", "2024-06-01T12:45",
+                "--end", "2024-06-01T13:00", "--out", out, "--lead_times", "[5,15]",
+                "--quantiles", "[0.5]", "--thresholds", "[1]", "--plot", tmp_path / "maps") == 0
     ds = xr.open_zarr(out)
     assert ds.sizes == {"init_time": 3, "lead_time": 2, "y": 70, "x": 62, "quantile": 1,
                         "threshold": 1}

@@ -16,10 +16,10 @@ from metnet.data import motion as motion_module
 from metnet.data.datamodule import NowcastDataModule
 from metnet.data.frames import StoreFrames
 from metnet.data.motion import MotionCache, lead_planes
-from metnet.data.transforms import input_to_rate
 from metnet.data.windows import DataConfigError, complete_windows
 from metnet.io.store import append_frames, make_dataset, open_store, write_store
 from metnet.models import MetNet
+from metnet.transforms import input_to_rate
 
 LEADS = [5, 10, 15]
 KW = dict(context_frames=4, context_size=48, target_size=16, lead_times=LEADS,

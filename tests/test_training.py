@@ -9,10 +9,17 @@ import pytest
 import torch
 from pysteps.verification.detcatscores import det_cat_fct
 
+from metnet.checkpoint import (
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    NET_CLASS_KEY,
+    Checkpoint,
+    CheckpointError,
+)
 from metnet.io.store import write_store
 from metnet.io.synthetic import synthesize
 from metnet.metrics import ContingencyScores, LeadMean
-from metnet.training import CheckpointError, load_checkpoint, warmup_cosine
+from metnet.training import warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +31,7 @@ def test_contingency_scores_equal_pysteps():
     forecast = (observed + rng.normal(0, 1.5, size=observed.shape)).astype(np.float32)
     thresholds = [0.1, 1.0, 4.0]
     metric = ContingencyScores(num_leads=2, thresholds=thresholds)
-    events = torch.stack([torch.from_numpy(forecast) >= t for t in thresholds], dim=2)
+    events = torch.stack([torch.from_numpy(forecast) > t for t in thresholds], dim=2)
     metric.update(events, torch.from_numpy(observed))
     scores = metric.compute()
     for lead in range(2):
@@ -113,7 +120,8 @@ def test_test_reports_model_and_persistence_scores(trained, synthetic_store):
 
 
 def test_checkpoint_rebuilds_the_network_safely(trained):
-    net, hparams = load_checkpoint(trained / "outputs/checkpoints/best.ckpt")
+    checkpoint = Checkpoint.load(trained / "outputs/checkpoints/best.ckpt")
+    net, hparams = checkpoint.net, checkpoint.hparams
     assert hparams["lr"] == pytest.approx(0.002)
     x = torch.zeros(2, 3, 2, 48, 48)
     with torch.no_grad():
@@ -124,26 +132,48 @@ def test_bad_checkpoints_are_refused_with_a_clear_message(trained, tmp_path):
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
-        load_checkpoint(garbage)
+        Checkpoint.load(garbage)
     plain = tmp_path / "plain.ckpt"
     torch.save({"state_dict": {}}, plain)
     with pytest.raises(CheckpointError, match="not a metnet checkpoint"):
-        load_checkpoint(plain)
+        Checkpoint.load(plain)
     checkpoint = torch.load(trained / "outputs/checkpoints/best.ckpt", weights_only=True)
     checkpoint["metnet_net_config"]["lstm_hidden"] = 32
     mismatched = tmp_path / "mismatched.ckpt"
     torch.save(checkpoint, mismatched)
     with pytest.raises(CheckpointError, match="do not fit the configuration"):
-        load_checkpoint(mismatched)
+        _ = Checkpoint.load(mismatched).net
     with pytest.raises(CheckpointError, match="no such checkpoint"):
-        load_checkpoint(tmp_path / "absent.ckpt")
+        Checkpoint.load(tmp_path / "absent.ckpt")
+
+
+def test_checkpoint_records_its_format_and_network_class(trained, tmp_path):
+    contents = torch.load(trained / "outputs/checkpoints/best.ckpt", weights_only=True)
+    assert contents[FORMAT_KEY] == FORMAT_VERSION
+    assert contents[NET_CLASS_KEY] == "metnet.models.MetNet"
+
+    newer = tmp_path / "newer.ckpt"
+    torch.save({**contents, FORMAT_KEY: FORMAT_VERSION + 1}, newer)
+    with pytest.raises(CheckpointError, match=f"format {FORMAT_VERSION + 1} is newer than "
+                       f"this metnet reads \\({FORMAT_VERSION}\\); upgrade metnet"):
+        Checkpoint.load(newer)
+
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({**contents, NET_CLASS_KEY: "os.system"}, foreign)
+    with pytest.raises(CheckpointError, match="network class os.system is unknown"):
+        _ = Checkpoint.load(foreign).net
+
+    unversioned = tmp_path / "unversioned.ckpt"  # written before formats were recorded
+    torch.save({k: v for k, v in contents.items() if k not in (FORMAT_KEY, NET_CLASS_KEY)},
+               unversioned)
+    assert Checkpoint.load(unversioned).net.config == contents["metnet_net_config"]
 
 
 def test_bf16_mixed_precision_trains_on_cpu(synthetic_store, tmp_path):
     result = metnet("fit", *tiny_overrides(synthetic_store), "--trainer.precision",
                     "bf16-mixed", "--trainer.limit_train_batches", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    net, _ = load_checkpoint(tmp_path / "outputs/checkpoints/last.ckpt")
+    net = Checkpoint.load(tmp_path / "outputs/checkpoints/last.ckpt").net
     assert all(torch.isfinite(p).all() for p in net.parameters())
 
 

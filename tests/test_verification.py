@@ -11,15 +11,16 @@ import torch
 from pysteps import motion, nowcasts
 from pysteps.utils import transformation
 from pysteps.verification import det_cat_fct, probscores, spatialscores
-from test_forecast import make_checkpoint, make_store
 
 from metnet import verification
 from metnet.cli import main
-from metnet.data.transforms import clean_rate
 from metnet.distribution import RainRateDistribution
 from metnet.forecast import complete_init_times, forecast_dataset
 from metnet.io.store import open_store
-from metnet.training import load_checkpoint
+from metnet.nowcasts import get_method
+from metnet.nowcasts import steps as steps_method
+from metnet.nowcasts.extrapolation import motion_field
+from metnet.transforms import clean_rate
 from metnet.verification import evaluate, scale_pixels, write_evaluation
 
 LEADS = [5, 15, 30]
@@ -30,8 +31,8 @@ MEMBERS = 6  # STEPS members in the tests (evaluate's default is 20)
 
 
 @pytest.fixture(scope="module")
-def store_path(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("ver") / "s.zarr")
+def store_path(tiny_store):
+    return tiny_store
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +41,13 @@ def store(store_path):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def net(checkpoint):
-    return load_checkpoint(checkpoint)[0]
+def net(tiny_net):
+    return tiny_net
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +116,11 @@ def test_baseline_scores_equal_pysteps_on_the_same_fields_pooled_over_init_times
                 for name, value in expected.items():
                     assert score(result.scores, method, name.lower(), lead, t) == pytest.approx(
                         value, nan_ok=True)
-            for km, px in scales.items():
-                fss = spatialscores.fss_init(1.0, px)
+            for km, px in scales.items():  # pysteps' FSS of the events R > 1 mm/h
+                fss = spatialscores.fss_init(0.5, px)
                 for c in cases:
-                    spatialscores.fss_accum(fss, np.where(c["valid"][j], c[method][j], np.nan),
-                                            np.where(c["valid"][j], c["obs"][j], np.nan))
+                    spatialscores.fss_accum(fss, np.where(c["valid"][j], c[method][j] > 1, np.nan),
+                                            np.where(c["valid"][j], c["obs"][j] > 1, np.nan))
                 assert score(result.scores, method, "fss", lead, 1.0, km) == pytest.approx(
                     spatialscores.fss_compute(fss))
             error = np.abs(fc - obs).mean()
@@ -173,9 +174,9 @@ def test_evaluate_on_real_knmi_radar(ingested_store, checkpoint, tmp_path, capsy
     ds = open_store(knmi)
     assert len(complete_init_times(ds, "2010-08-26T04:10", "2010-08-26T04:15", 3, [30])) == 2
     out = tmp_path / "eval"
-    assert main(["evaluate", "--ckpt", str(checkpoint), "--data", str(knmi), "--start",
+    assert main(["evaluate", "--ckpt_path", str(checkpoint), "--store", str(knmi), "--start",
                  "2010-08-26T04:10", "--end", "2010-08-26T04:15", "--out", str(out),
-                 "--lead-times", "10", "30"]) == 0
+                 "--lead_times", "[10,30]"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["reliability.csv", "reliability.png",
                                                      "scores.csv", "skill.png"]
     table = pd.read_csv(out / "scores.csv")
@@ -189,7 +190,8 @@ def test_evaluate_on_real_knmi_radar(ingested_store, checkpoint, tmp_path, capsy
 
 def test_evaluate_refuses_a_period_without_complete_windows(store_path, checkpoint, tmp_path,
                                                            capsys):
-    assert main(["evaluate", "--ckpt", str(checkpoint), "--data", str(store_path), "--start",
+    assert main(["evaluate", "--ckpt_path", str(checkpoint), "--store", str(store_path),
+                 "--start",
                  "2024-06-01T12:50", "--end", "2024-06-01T12:55", "--out",
                  str(tmp_path / "e")]) == 1
     assert "no init time from 2024-06-01T12:50" in capsys.readouterr().err
@@ -285,8 +287,8 @@ def test_evaluate_runs_a_20_member_steps_ensemble_by_default(net, store, monkeyp
         sizes.append(members.shape[0])
         return members
 
-    real = verification.steps_ensemble
-    monkeypatch.setattr(verification, "steps_ensemble", spy)
+    real = steps_method.forecast
+    monkeypatch.setattr(steps_method, "forecast", spy)
     table = evaluate(net, store, INITS[:1], [5], (1.0,), (1.0,)).scores
     assert sizes == [20]
     assert "steps" in set(table.method)
@@ -309,10 +311,12 @@ def test_steps_ensemble_mean_follows_a_translating_field():
         return canvas[:, margin - shift * n:margin - shift * n + size].astype(np.float32)
 
     rate = np.stack([field(-2), field(-1), field(0)])
-    velocity = verification.motion_field(rate)
+    velocity = motion_field(rate)
     assert np.median(velocity[0]) == pytest.approx(shift, abs=0.2)
     leads = [1, 2, 4]
-    mean = verification.steps_ensemble(rate, velocity, leads, 1.0, 5, members=8).mean(axis=0)
+    mean = get_method("steps")(rate, [5 * n for n in leads], step_minutes=5,
+                                        km_per_pixel=1.0, velocity=velocity,
+                                        members=8).mean(axis=0)
     inside = (slice(None), slice(4 * shift + 2, None))  # away from the inflow edge
     for j, n in enumerate(leads):
         truth = field(n)[inside]

@@ -23,7 +23,7 @@ square (offset ``(S - St) // 2``).
 
 Context channels, per frame (see :func:`channel_names`):
 
-1. ``rain``: :func:`metnet.data.transforms.rate_to_input` of the rain rate, 0 where not observed
+1. ``rain``: :func:`metnet.transforms.rate_to_input` of the rain rate, 0 where not observed
 2. ``rain_mask``: 1 where the radar observed, 0 elsewhere
 3. per satellite store k: ``sat{k}`` (same transform, on the radar grid) and ``sat{k}_mask``
 4. with ``static_channels``: ``lat`` / 90 and ``lon`` / 180 (degrees, pixel centres)
@@ -49,8 +49,8 @@ from metnet.data.alignment import SatelliteAlignment
 from metnet.data.frames import StoreFrames
 from metnet.data.motion import MotionCache
 from metnet.data.patches import PatchWeights
-from metnet.data.transforms import rate_to_input_
 from metnet.data.windows import SPLITS, Windows
+from metnet.transforms import rate_to_input_
 
 NS_PER_DAY = 86_400 * 10**9
 DAYS_PER_YEAR = 365.2425

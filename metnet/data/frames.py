@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import zarr
 
-from metnet.data.transforms import clean_rate, rate_to_input_
 from metnet.io.store import VARIABLE, open_store
+from metnet.transforms import clean_rate, rate_to_input_
 
 Cache = Literal["memory", "lazy"]
 LOAD_CHUNK_FRAMES = 32
@@ -104,7 +104,7 @@ class StoreFrames:
         Args:
             frames, rows, cols: as for :meth:`read`.
             out: (n, >= 2, h, w) float32; the input is
-                :func:`metnet.data.transforms.rate_to_input_` of the rate, the mask 1 or 0.
+                :func:`metnet.transforms.rate_to_input_` of the rate, the mask 1 or 0.
         """
         if self._input is None:
             rate = self.read(frames, rows, cols)

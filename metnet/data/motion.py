@@ -1,24 +1,18 @@
-"""Motion-informed lead-time inputs: pysteps Lucas-Kanade extrapolation, cached per init time.
+"""Motion-informed per-lead inputs, and their cache per init time of a store.
 
 What optical-flow extrapolation knows (where the rain moves) is given to the network as an
 extra input per lead time, so that it only has to learn what extrapolation gets wrong
-(growth, decay, smoothing of the uncertain future):
+(growth, decay, smoothing of the uncertain future). The fields come from the extrapolation
+nowcast method (:mod:`metnet.nowcasts.extrapolation`: Lucas-Kanade motion of the last 3
+context frames, semi-Lagrangian advection of the last one, on the whole frame);
+:func:`lead_input_channels` turns them into network input (channels named by
+:func:`lead_channel_names`).
 
-* :func:`motion_field`: Lucas-Kanade motion (``pysteps.motion.get_method("LK")``) of the
-  last :data:`MOTION_FRAMES` context frames, in dB (rates below 0.1 mm/h and NaN set to
-  -15 dB, as in pysteps' examples), in pixels per context step;
-* :func:`advect`: semi-Lagrangian advection (``pysteps.nowcasts.get_method("extrapolation")``)
-  of the last frame, NaN set to 0, with 0 flowing in from outside the domain; pixels not
-  observed in the last frame are NaN;
-* :func:`lead_input_channels`: those fields as network input, per lead (see
-  :data:`LEAD_CHANNELS`).
-
-Both run on the **whole frame**, never on a patch, so rain advected into a patch from
-outside it is right. :class:`MotionCache` computes them once per init time of a store and
-keeps them in a sidecar zarr store (``<store dir>/.metnet-cache/<name>.motion-<key>.zarr``
-by default), so training epochs never recompute optical flow. The key hashes the store's
-files (names, sizes, modification times), the time grid, the lead times and the motion
-settings: changing any of them builds a new cache and removes the old one.
+:class:`MotionCache` computes them once per init time of a store and keeps them in a
+sidecar zarr store (``<store dir>/.metnet-cache/<name>.motion-<key>.zarr`` by default), so
+training epochs never recompute optical flow. The key hashes the store's files (names,
+sizes, modification times), the time grid, the lead times and the motion settings:
+changing any of them builds a new cache and removes the old one.
 """
 
 from __future__ import annotations
@@ -26,23 +20,25 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import zarr
-from pysteps import motion, nowcasts
-from pysteps.utils import transformation
 from tqdm.auto import tqdm
 
+from metnet.atomic import atomic_write
 from metnet.data.frames import StoreFrames
-from metnet.data.transforms import rate_to_input_
+from metnet.nowcasts.extrapolation import (
+    DB_THRESHOLD,
+    DB_ZERO,
+    MOTION_FRAMES,
+    advect,
+    motion_field,
+)
+from metnet.transforms import rate_to_input_
 
-MOTION_FRAMES = 3
-DB_THRESHOLD = 0.1  # mm/h: below this, "no rain" in the dB field for optical flow
-DB_ZERO = -15.0  # dB value of no rain (pysteps' examples)
 #: Velocity input scale: pixels per context step divided by this is O(1).
 VELOCITY_SCALE = 4.0
 CACHE_VERSION = 1
@@ -54,31 +50,6 @@ def lead_channel_names(velocity: bool = False) -> list[str]:
     unknown), its validity mask, and with ``velocity`` the motion (u, v) / VELOCITY_SCALE."""
     return ["extrapolated_rain", "extrapolated_mask"] + (["motion_u", "motion_v"]
                                                          if velocity else [])
-
-
-def motion_field(rate: np.ndarray) -> np.ndarray:
-    """Lucas-Kanade motion (2, H, W) float32, pixels per step (u: +x, v: +y), of the last
-    :data:`MOTION_FRAMES` of ``rate`` (T >= 3, H, W) mm/h (NaN: not observed)."""
-    if rate.shape[0] < MOTION_FRAMES:
-        raise ValueError(f"motion needs {MOTION_FRAMES} frames, got {rate.shape[0]}")
-    db, _ = transformation.dB_transform(rate[-MOTION_FRAMES:].astype(np.float64),
-                                        threshold=DB_THRESHOLD, zerovalue=DB_ZERO)
-    db[~np.isfinite(db)] = DB_ZERO
-    return motion.get_method("LK")(db).astype(np.float32)
-
-
-def advect(last: np.ndarray, velocity: np.ndarray, lead_steps: Sequence[float]) -> np.ndarray:
-    """Semi-Lagrangian extrapolation (L, H, W) float32 mm/h of the frame ``last`` (H, W) by
-    ``velocity`` (2, H, W) pixels per step, to each lead (in steps); NaN where ``last`` is."""
-    field = np.nan_to_num(last.astype(np.float64), nan=0.0)
-    advected = nowcasts.get_method("extrapolation")(
-        field, velocity.astype(np.float64), list(lead_steps), extrap_kwargs={"outval": 0.0})
-    return np.where(np.isnan(last), np.nan, advected).astype(np.float32)
-
-
-def extrapolate(rate: np.ndarray, lead_steps: Sequence[float]) -> np.ndarray:
-    """pysteps Lagrangian extrapolation (L, H, W) mm/h of context rates (T >= 3, H, W)."""
-    return advect(rate[-1], motion_field(rate), lead_steps)
 
 
 def lead_input_channels(extrapolated: np.ndarray, velocity: np.ndarray | None,
@@ -98,7 +69,8 @@ def lead_input_channels(extrapolated: np.ndarray, velocity: np.ndarray | None,
 
 def lead_planes(rate: np.ndarray, lead_steps: Sequence[float], velocity: bool) -> np.ndarray:
     """Per-lead inputs (L, C_lead, H, W) float32 of context rates (T >= 3, H, W) mm/h over
-    the whole frame: what :class:`MotionCache` caches, computed directly (for forecasts)."""
+    the whole frame, leads in context steps: what :class:`MotionCache` caches, computed
+    directly (for forecasts)."""
     field = motion_field(rate)
     extrapolated = advect(rate[-1], field, lead_steps)
     out = np.empty((len(extrapolated), len(lead_channel_names(velocity)), *rate.shape[1:]),
@@ -200,35 +172,32 @@ class MotionCache:
     def _build(self, progress: bool) -> None:
         """Compute every init frame's fields into a temporary store, then rename it in place
         and remove this store's caches of other settings."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            with atomic_write(self.path) as tmp:
+                self._compute(zarr.open_group(tmp, mode="w"), progress)
+                for old in self.path.parent.glob(f"{self.frames.name}.motion-*.zarr"):
+                    if old != self.path:
+                        shutil.rmtree(old, ignore_errors=True)
+        except OSError:  # another process (a DDP rank) finished the same cache first
+            if not self._complete():
+                raise
+
+    def _compute(self, group: zarr.Group, progress: bool) -> None:
+        """Write the extrapolated fields (and motion) of every init frame into ``group``."""
         height, width = self.frames.shape
         n, num_leads = len(self.init_frames), len(self.lead_steps)
-        try:
-            group = zarr.open_group(tmp, mode="w")
-            extrapolated = group.create_array("extrapolated", shape=(n, num_leads, height, width),
-                                              chunks=(1, num_leads, height, width),
-                                              dtype="float32", fill_value=np.nan)
-            velocity = (group.create_array("velocity", shape=(n, 2, height, width),
-                                           chunks=(1, 2, height, width), dtype="float32")
-                        if self.velocity else None)
-            leads = self.lead_steps / self.stride  # in context steps, the motion's unit
-            for k, used in enumerate(tqdm(self.motion_frames, desc=f"motion {self.frames.name}",
-                                          unit="init", disable=not progress)):
-                rate = self.frames.read(used, slice(None), slice(None))
-                field = motion_field(rate)
-                extrapolated[k] = advect(rate[-1], field, leads)
-                if velocity is not None:
-                    velocity[k] = field
-            group.attrs.update({"complete": True, "key": self.key,
-                                "store": str(self.frames.path)})
-            for old in self.path.parent.glob(f"{self.frames.name}.motion-*.zarr"):
-                if old != self.path:
-                    shutil.rmtree(old, ignore_errors=True)
-            try:
-                tmp.rename(self.path)
-            except OSError:  # another process (a DDP rank) finished the same cache first
-                if not self._complete():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        extrapolated = group.create_array("extrapolated", shape=(n, num_leads, height, width),
+                                          chunks=(1, num_leads, height, width),
+                                          dtype="float32", fill_value=np.nan)
+        velocity = (group.create_array("velocity", shape=(n, 2, height, width),
+                                       chunks=(1, 2, height, width), dtype="float32")
+                    if self.velocity else None)
+        leads = self.lead_steps / self.stride  # in context steps, the motion's unit
+        for k, used in enumerate(tqdm(self.motion_frames, desc=f"motion {self.frames.name}",
+                                      unit="init", disable=not progress)):
+            rate = self.frames.read(used, slice(None), slice(None))
+            field = motion_field(rate)
+            extrapolated[k] = advect(rate[-1], field, leads)
+            if velocity is not None:
+                velocity[k] = field
+        group.attrs.update({"complete": True, "key": self.key, "store": str(self.frames.path)})

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
+
+from metnet.times import utc_time
 
 SPLITS = ("train", "val", "test")
 
@@ -133,7 +134,7 @@ def split_bounds(
     if boundaries is not None:
         if len(boundaries) != 2:
             raise DataConfigError("split_times must be [val_start, test_start] (two ISO times)")
-        val_start, test_start = (_utc(b) for b in boundaries)
+        val_start, test_start = (utc_time(b) for b in boundaries)
     else:
         if fractions is None or len(fractions) != 3 or min(fractions) < 0:
             raise DataConfigError("split_fractions must be three shares >= 0 (train, val, test)")
@@ -145,14 +146,6 @@ def split_bounds(
     if test_start < val_start:
         raise DataConfigError(f"split_times: test starts ({test_start}) before val ({val_start})")
     return val_start, test_start
-
-
-def _utc(text: str) -> np.datetime64:
-    """An ISO time (naive = UTC) as datetime64[ns] UTC."""
-    stamp = pd.Timestamp(text)
-    if stamp.tz is not None:
-        stamp = stamp.tz_convert("UTC").tz_localize(None)
-    return np.datetime64(stamp, "ns")
 
 
 def split_windows(

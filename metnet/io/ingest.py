@@ -27,6 +27,7 @@ import pandas as pd
 import pyproj
 from tqdm.auto import tqdm
 
+from metnet.atomic import atomic_write
 from metnet.io.sources import Source, discover, get_source
 from metnet.io.store import (
     TIME_CHUNK,
@@ -36,6 +37,7 @@ from metnet.io.store import (
     open_store,
     write_store,
 )
+from metnet.times import utc_time
 
 BATCH_FRAMES = 2 * TIME_CHUNK
 
@@ -161,29 +163,33 @@ def ingest(
     files = _candidate_files(src_dir, spec, start, end)
     files = _drop_off_step(files, spec, report, strict, warn)
 
-    target = out if out.exists() else _partial_path(out)
+    if out.exists():
+        _extend(out, files, spec, window, coarsen, strict, report, warn, progress)
+        return report
+    # A new store is built at a fixed hidden path, so a killed run's frames are resumed.
+    with atomic_write(out, staging=_partial_path(out)) as target:
+        _extend(target, files, spec, window, coarsen, strict, report, warn, progress)
+    if not out.exists():
+        raise IngestError(f"{src_dir}: no readable {source} file; nothing written to {out}")
+    return report
+
+
+def _extend(
+    target: Path, files: list[tuple[datetime, Path]], spec: Source, window: Window | None,
+    coarsen: int, strict: bool, report: IngestReport, warn: Callable[[str], None],
+    progress: bool,
+) -> None:
+    """Write the files' frames that ``target`` (a store, or nothing yet) lacks."""
     existing = _existing_times(target)
     todo = [(t, p) for t, p in files if pd.Timestamp(t) not in existing]
     report.already_present = len(files) - len(todo)
     if len(existing) and todo and pd.Timestamp(todo[0][0]) < existing[-1]:
         raise IngestError(
-            f"{out}: frames from {todo[0][0]:%Y-%m-%d %H:%M} are older than the store's last "
-            f"frame ({existing[-1]:%Y-%m-%d %H:%M}); ingest them into a new store"
+            f"{report.store}: frames from {todo[0][0]:%Y-%m-%d %H:%M} are older than the "
+            f"store's last frame ({existing[-1]:%Y-%m-%d %H:%M}); ingest them into a new store"
         )
     reference = _store_grid(target) if len(existing) else None
-    try:
-        _write_batches(
-            todo, spec, target, reference, window, coarsen, strict, report, warn, progress
-        )
-    except IngestError:
-        if target != out:
-            shutil.rmtree(target, ignore_errors=True)
-        raise
-    if target != out:
-        if not target.exists():
-            raise IngestError(f"{src_dir}: no readable {source} file; nothing written to {out}")
-        target.rename(out)
-    return report
+    _write_batches(todo, spec, target, reference, window, coarsen, strict, report, warn, progress)
 
 
 def _candidate_files(
@@ -194,8 +200,8 @@ def _candidate_files(
     files = discover(src_dir, spec)
     if not files:
         raise IngestError(f"{src_dir}: no file matches the {spec.name} pattern {spec.pattern!r}")
-    lo = pd.Timestamp(start) if start is not None else None
-    hi = pd.Timestamp(end) if end is not None else None
+    lo = pd.Timestamp(utc_time(start)) if start is not None else None
+    hi = pd.Timestamp(utc_time(end)) if end is not None else None
     files = [(t, p) for t, p in files if (lo is None or t >= lo) and (hi is None or t <= hi)]
     if not files:
         raise IngestError(f"{src_dir}: no {spec.name} file between {start} and {end}")

@@ -1,6 +1,6 @@
 """The zarr v3 rain-rate store: one CF dataset per source and domain.
 
-Layout (see ``DESIGN.md``)::
+Layout::
 
     precip_rate (time, y, x) float32, mm/h, NaN outside radar coverage
     time        UTC instants, one per frame, gaps allowed (never filled)
@@ -18,8 +18,6 @@ A reader therefore sees either the frames before an append or all of them.
 
 from __future__ import annotations
 
-import shutil
-import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +27,9 @@ import pandas as pd
 import pyproj
 import xarray as xr
 import zarr
+
+from metnet.atomic import atomic_write
+from metnet.times import utc_index
 
 # Consolidated metadata is how appends commit atomically (see module docstring).
 warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
@@ -69,7 +70,7 @@ def make_dataset(
         source_files: the raw files, one per frame.
     """
     precip = np.asarray(precip, dtype=np.float32)
-    time_index = _utc_index(times)
+    time_index = utc_index(times)
     crs_obj = pyproj.CRS.from_user_input(crs)
     ds = xr.Dataset(
         {VARIABLE: (("time", "y", "x"), precip)},
@@ -98,16 +99,9 @@ def make_dataset(
     return ds
 
 
-def _utc_index(times: Sequence) -> pd.DatetimeIndex:
-    index = pd.DatetimeIndex(pd.to_datetime(list(times)))
-    if index.tz is not None:
-        index = index.tz_convert("UTC").tz_localize(None)
-    return index.astype("datetime64[ns]")
-
-
 def time_gaps(times: Sequence, step_minutes: int) -> list[list[str]]:
     """Missing stretches of a time axis as ``[first_missing, last_missing]`` ISO pairs."""
-    index = _utc_index(times)
+    index = utc_index(times)
     step = pd.Timedelta(minutes=step_minutes)
     gaps = []
     for before, after in zip(index[:-1], index[1:], strict=True):
@@ -134,14 +128,8 @@ def write_store(ds: xr.Dataset, path: str | Path) -> Path:
     path = Path(path)
     if path.exists():
         raise StoreError(f"{path}: already exists; remove it or choose another --out")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_write(path) as tmp:
         ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=_encoding(ds))
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return path
 
 

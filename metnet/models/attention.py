@@ -103,7 +103,9 @@ class CrissCrossAttention(_MultiHead):
         peak = torch.maximum(row.amax(-1), col.amax(-1).transpose(2, 3)).detach()
         row = row.sub_(peak.unsqueeze(-1)).exp_()
         col = col.sub_(peak.transpose(2, 3).unsqueeze(-1)).exp_()
-        total = row.sum(-1, dtype=torch.float32) + col.sum(-1, dtype=torch.float32).mT
+        # the denominator in at least float32, and in the input's precision above it
+        acc = torch.promote_types(row.dtype, torch.float32)
+        total = row.sum(-1, dtype=acc) + col.sum(-1, dtype=acc).mT
         y = (row @ v + (col @ vt).transpose(2, 3)) / total.unsqueeze(-1)
         return self.merge_heads(y.to(v.dtype))
 

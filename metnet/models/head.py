@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metnet.data.transforms import input_to_rate
 from metnet.distribution import rain_to_bin
 from metnet.models.conditioning import FiLM, modulate
+from metnet.transforms import input_to_rate
 
 
 def _upsample_stage(c_in: int, c_out: int) -> nn.Sequential:

@@ -1,0 +1,248 @@
+"""The trained network as a nowcast method: a rain-rate distribution over a whole domain.
+
+The network sees a context patch of ``input_size`` pixels and predicts the central
+``target_size`` pixels. To cover a domain, target tiles are laid on a lattice with a stride
+of half the target size (so they overlap), the domain is padded with "no coverage"
+(rain 0, mask 0) around its edges so that the edge pixels get a target tile too, and the
+tiles' **bin probabilities** are blended with a smooth 2-D ``sin²`` (Hann) taper with a
+small floor. The ``sin²`` tapers of tiles half a tile apart sum to one, so the blend is
+seamless; blending probabilities (not summary statistics) keeps each pixel's distribution
+a proper distribution, from which the mean, quantiles and exceedance probabilities follow.
+
+A network with per-lead inputs (``lead_channels``, trained with motion inputs) gets them
+computed here on the whole domain (:func:`metnet.data.motion.lead_planes`), before tiling.
+A checkpoint's post-hoc calibration (:mod:`metnet.calibration`) tempers the blended
+distribution: the logs of its bin probabilities are divided by the lead's temperature.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from metnet.data.motion import lead_channel_names, lead_planes
+from metnet.distribution import RainRateDistribution
+from metnet.nowcasts.extrapolation import MOTION_FRAMES
+from metnet.transforms import rate_to_input_
+
+if TYPE_CHECKING:
+    from metnet.calibration import Calibration
+
+WEIGHT_FLOOR = 1e-2
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Overlapping target tiles over an (H, W) domain, in pixels.
+
+    Target tile (i, j) covers domain rows ``[i * stride_y, i * stride_y + Ht)`` and
+    columns likewise; its context covers the same rows extended by the margin
+    ``(S - St) // 2`` on each side, read from the domain padded by ``pad_top`` /
+    ``pad_left`` (and enough rows/columns below and right) of no coverage.
+    """
+
+    domain: tuple[int, int]
+    input_size: tuple[int, int]
+    target_size: tuple[int, int]
+    stride: tuple[int, int]
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """Tiles along y and x."""
+        return tuple(
+            1 + math.ceil(max(n - t, 0) / s)
+            for n, t, s in zip(self.domain, self.target_size, self.stride, strict=True)
+        )
+
+    @property
+    def margin(self) -> tuple[int, int]:
+        """Context pixels on each side of a target tile (= padding before the domain)."""
+        return tuple((s - t) // 2 for s, t in zip(self.input_size, self.target_size, strict=True))
+
+    @property
+    def covered(self) -> tuple[int, int]:
+        """Extent of the union of target tiles (>= the domain)."""
+        return tuple((c - 1) * s + t for c, s, t in
+                     zip(self.counts, self.stride, self.target_size, strict=True))
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        """Shape of the padded context domain."""
+        return tuple(c + 2 * m for c, m in zip(self.covered, self.margin, strict=True))
+
+    def corners(self) -> list[tuple[int, int]]:
+        """Top-left (row, col) of every target tile in domain pixels (= of its context in
+        padded pixels)."""
+        (ny, nx), (sy, sx) = self.counts, self.stride
+        return [(i * sy, j * sx) for i in range(ny) for j in range(nx)]
+
+    def weights(self) -> torch.Tensor:
+        """(Ht, Wt) blending weights: outer product of ``sin²`` tapers, floored."""
+        tapers = [torch.sin(math.pi * (torch.arange(t) + 0.5) / t) ** 2 for t in self.target_size]
+        return torch.outer(*tapers).clamp_min(WEIGHT_FLOOR)
+
+
+def make_tiling(net: nn.Module, domain: tuple[int, int],
+                stride: tuple[int, int] | None = None) -> Tiling:
+    """The tiling of ``domain`` (H, W) for ``net``; default stride: half the target size."""
+    config = net.config
+    input_size = _pair(config["input_size"])
+    target_size = _pair(config["target_size"])
+    stride = stride or tuple(max(t // 2, 1) for t in target_size)
+    if min(stride) < 1:
+        raise ValueError(f"the tile stride must be >= 1 pixel, got {stride}")
+    return Tiling(tuple(domain), input_size, target_size, tuple(stride))
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def frames_needed(net: nn.Module) -> int:
+    """Past frames a forecast reads: the context, and 3 for the motion of per-lead inputs."""
+    frames = int(net.config["context_frames"])
+    return max(frames, MOTION_FRAMES) if net.config.get("lead_channels", 0) else frames
+
+
+def motion_velocity(net: nn.Module) -> bool:
+    """Whether the net's per-lead inputs include the motion field (4 channels, not 2).
+
+    Raises:
+        ValueError: a number of per-lead channels this version does not build.
+    """
+    channels = int(net.config.get("lead_channels", 0))
+    known = {len(lead_channel_names(v)): v for v in (False, True)}
+    if channels and channels not in known:
+        raise ValueError(f"the network takes {channels} per-lead input channels; "
+                         f"forecasts build {sorted(known)} (extrapolation, + motion)")
+    return known.get(channels, False)
+
+
+def padded_input(rate: np.ndarray, tiling: Tiling) -> torch.Tensor:
+    """Model input (T, 2, Hp, Wp) of context rates (T, H, W): [rain, rain_mask], padded with
+    no coverage (0, 0) to ``tiling.padded``."""
+    values = torch.from_numpy(np.array(rate, dtype=np.float32))
+    planes = torch.stack([torch.zeros_like(values), (~torch.isnan(values)).float()], dim=1)
+    planes[:, 0] = rate_to_input_(values)
+    return pad_planes(planes, tiling)
+
+
+def pad_planes(planes: np.ndarray | torch.Tensor, tiling: Tiling) -> torch.Tensor:
+    """Input planes (N, C, H, W) padded with zeros (no coverage) to (N, C, *tiling.padded)."""
+    planes = torch.as_tensor(planes)
+    (top, left), (height, width) = tiling.margin, planes.shape[-2:]
+    out = torch.zeros((*planes.shape[:2], *tiling.padded))
+    out[..., top:top + height, left:left + width] = planes
+    return out
+
+
+def _active_corners(tiling: Tiling, coverage: np.ndarray) -> list[tuple[int, int]]:
+    """Corners of the target tiles holding at least one covered pixel."""
+    th, tw = tiling.target_size
+    return [(r, c) for r, c in tiling.corners() if coverage[r:r + th, c:c + tw].any()]
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for first in range(0, len(items), size):
+        yield items[first:first + size]
+
+
+def blended_probabilities(
+    net: nn.Module, rate: np.ndarray, lead_times: Sequence[int], tiling: Tiling,
+    batch_tiles: int = 8, progress: bool = False, per_lead: np.ndarray | None = None,
+) -> torch.Tensor:
+    """Bin probabilities (L, K, H, W) over the domain, blended from overlapping tiles.
+
+    Args:
+        net: a MetNet (eval mode) taking (B, T, 2, S, S) inputs.
+        rate: (T, H, W) context rain rate in mm/h, NaN where not observed.
+        lead_times: L lead times in minutes.
+        tiling: the tiling of the (H, W) domain.
+        batch_tiles: tiles per network call; the encoder runs once per tile and all leads
+            are decoded in one batched pass.
+        per_lead: (L, Cl, H, W) per-lead inputs over the domain, for a net that takes them.
+
+    Returns:
+        float32 probabilities, summing to 1 over K at every pixel covered in the last frame
+        (other pixels: whatever the blend gave; mask them).
+    """
+    if batch_tiles < 1:
+        raise ValueError(f"batch_tiles must be >= 1, got {batch_tiles}")
+    device = next(net.parameters()).device
+    x = padded_input(rate, tiling).to(device)
+    planes = pad_planes(per_lead, tiling).to(device) if per_lead is not None else None
+    (th, tw), (sh, sw) = tiling.target_size, tiling.input_size
+    weight = tiling.weights().to(device)
+    num_bins = len(net.bin_edges) - 1
+    total = torch.zeros((len(lead_times), num_bins, *tiling.covered), device=device)
+    weight_sum = torch.zeros(tiling.covered, device=device)
+    corners = _active_corners(tiling, ~np.isnan(rate[-1]))
+    leads = torch.tensor(lead_times, device=device)
+    bar = tqdm(total=len(corners), desc="tiles", unit="tile", leave=False, disable=not progress)
+    with torch.inference_mode():
+        for batch in _batches(corners, batch_tiles):
+            inputs = torch.stack([x[:, :, r:r + sh, c:c + sw] for r, c in batch])
+            extra = (torch.stack([planes[..., r:r + sh, c:c + sw] for r, c in batch])
+                     if planes is not None else None)
+            args = (inputs, leads) if extra is None else (inputs, leads, extra)
+            probs = torch.softmax(net(*args).float(), dim=2)  # (B, L, K, Ht, Wt)
+            for tile_probs, (r, c) in zip(probs, batch, strict=True):
+                total[..., r:r + th, c:c + tw] += tile_probs * weight
+                weight_sum[r:r + th, c:c + tw] += weight
+            bar.update(len(batch))
+    bar.close()
+    height, width = rate.shape[1:]
+    blended = total / weight_sum.clamp_min(WEIGHT_FLOOR**2)
+    return blended[..., :height, :width].cpu()
+
+
+def probabilities_to_logits(probs: torch.Tensor) -> torch.Tensor:
+    """Logits of bin probabilities: their logs, floored at the smallest positive float32."""
+    return torch.log(probs.clamp_min(torch.finfo(torch.float32).tiny))
+
+
+def forecast(rate: np.ndarray, lead_times: Sequence[int], *, step_minutes: float,
+             net: nn.Module, calibration: Calibration | None = None, batch_tiles: int = 8,
+             stride: tuple[int, int] | None = None, progress: bool = False,
+             **_: object) -> RainRateDistribution:
+    """The network's rain-rate distribution over the whole domain of context rates.
+
+    Args:
+        rate: (T, H, W) context rain rate in mm/h, oldest first, ``step_minutes`` apart,
+            NaN where not observed; at least :func:`frames_needed` frames (the network
+            reads its last ``context_frames``).
+        lead_times: L lead times in minutes, each one the network was trained for.
+        step_minutes: time between context frames.
+        net: a MetNet in eval mode whose input channels are [rain, rain_mask].
+        calibration: a checkpoint's calibration: each lead's temperature tempers the
+            blended distribution (None: raw).
+        batch_tiles: tiles per network call.
+        stride: tile stride (rows, cols) in pixels; default half the target size.
+        progress: show a progress bar over tiles.
+
+    Returns:
+        The distribution with batch shape (L, H, W) (bins along dim 1 of its logits);
+        pixels not covered in the last frame hold meaningless values: mask them.
+    """
+    frames = frames_needed(net)
+    if rate.shape[0] < frames:
+        raise ValueError(f"the network needs {frames} past frames, got {rate.shape[0]}")
+    per_lead = None
+    if net.config.get("lead_channels"):
+        per_lead = lead_planes(rate[-MOTION_FRAMES:], [m / step_minutes for m in lead_times],
+                               motion_velocity(net))
+    tiling = make_tiling(net, rate.shape[1:], stride)
+    context = rate[-int(net.config["context_frames"]):]
+    probs = blended_probabilities(net, context, lead_times, tiling, batch_tiles, progress,
+                                  per_lead)
+    logits = probabilities_to_logits(probs)
+    if calibration is not None:
+        logits = calibration.scale_logits(logits, lead_times, dim=1)
+    return RainRateDistribution(logits, net.bin_edges, dim=1)
