@@ -1,4 +1,5 @@
-# Two entry points for a fresh machine: `make demo` and `make test`.
+# Two entry points for a fresh machine: `make demo` and `make test` (the fast tests;
+# `make test-all` runs every test, as CI does).
 # Both build the virtual environment in .venv first, with the CPU build of torch
 # installed before anything else so that no multi-GB CUDA build is pulled in.
 # GPU users: make TORCH_SPEC="torch" (or the CUDA wheel matching their driver).
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint stores clean
+.PHONY: venv demo test test-all lint stores clean
 
 venv: $(STAMP)
 
@@ -34,6 +35,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -m "not slow"
+
+test-all: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

@@ -6,12 +6,15 @@ cross-entropy loss), and their peak memory; then time and peak memory of axial,
 criss-cross and full global attention against the image side. Every measurement runs in a
 fresh process, so the CPU peak (``ru_maxrss``) belongs to that measurement alone.
 
-Reference setting (configs/model/small.yaml): batch 1, 6 frames x 1 channel x 256x256 px,
-packed 4x and downsampled 4x to a 16x16 latent of 64 channels, 12 leads, the central
-64x64 px predicted. Packing off: ``--set pack_factor=1`` (64x64 latent).
+Reference setting (:data:`REFERENCE`, the figures of BENCHMARKS.md): batch 1, 6 frames x
+1 channel x 256x256 px, packed 4x and downsampled 4x to a 16x16 latent of 64 channels,
+12 leads, the central 64x64 px predicted. Packing off: ``--set pack_factor=1`` (64x64
+latent). ``--config`` takes a network piece of ``configs/model/`` (its ``init_args``
+replace the reference network's; the input shape stays the reference's unless ``--set``).
 
     python pipelines/benchmark_model.py
     python pipelines/benchmark_model.py --set pack_factor=1 --skip-attention
+    python pipelines/benchmark_model.py --config configs/model/paper.yaml --set input_size=1024
 """
 
 from __future__ import annotations
@@ -33,13 +36,20 @@ import yaml
 from metnet.distribution import masked_cross_entropy
 from metnet.models import AxialAttention, CrissCrossAttention, FullAttention, MetNet
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "model" / "small.yaml"
+#: The network and input shape of the benchmark's figures in BENCHMARKS.md.
+REFERENCE: dict[str, Any] = dict(
+    input_channels=1, context_frames=6, input_size=256, target_size=64, pack_factor=4,
+    downsampler_channels=[32, 64], lstm_hidden=64, lstm_layers=1, attention="axial",
+    num_blocks=4, conditioned_from=2, heads=4, mlp_ratio=2.0, lead_embedding_dim=32,
+    conditioning="film", max_lead_minutes=120, lead_step_minutes=5,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="model YAML")
+    p.add_argument("--config", type=Path, help="network YAML of configs/model/ (default: the "
+                   "reference network)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides")
     p.add_argument("--device", default=default_device)
     p.add_argument("--batch", type=int, default=1)
@@ -62,8 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def model_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Model init args from the YAML file with ``--set KEY=VALUE`` overrides (YAML values)."""
-    cfg = yaml.safe_load(args.config.read_text())
+    """Model init args: the reference, the ``--config`` network's init args, then
+    ``--set KEY=VALUE`` overrides (YAML values)."""
+    cfg = dict(REFERENCE)
+    if args.config is not None:
+        cfg |= yaml.safe_load(args.config.read_text())["init_args"]
     for item in args.set:
         key, value = item.split("=", 1)
         cfg[key] = yaml.safe_load(value)

@@ -3,6 +3,11 @@ checkpoint, the real-data folder, ingested stores."""
 
 from __future__ import annotations
 
+import io
+import os
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import lightning as L
@@ -10,6 +15,7 @@ import pytest
 import torch
 
 from metnet.checkpoint import Checkpoint
+from metnet.cli import main
 from metnet.io.store import write_store
 from metnet.io.synthetic import synthesize
 from metnet.models import MetNet
@@ -22,6 +28,30 @@ TINY = dict(input_channels=2, context_frames=3, input_size=32, target_size=16, p
             heads=2, max_lead_minutes=30, lead_step_minutes=5)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def run_metnet(*args: object, cwd: Path) -> subprocess.CompletedProcess:
+    """``metnet ARGS`` run in this process from ``cwd``: its exit status and what it printed
+    to stdout and stderr (Python's ``logging`` handlers still write to the real stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exit_:  # LightningCLI exits on a usage error
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def metnet_process(*args: object, cwd: Path) -> subprocess.CompletedProcess:
+    """``metnet ARGS`` in a fresh Python process (for what is about the process: DDP
+    launches, kills, exit codes and tracebacks)."""
+    return subprocess.run([sys.executable, "-m", "metnet.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
 
 
 def shared_data_or_skip(*parts: str) -> Path:

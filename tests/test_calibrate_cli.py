@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_metnet
 
 from metnet.calibration import Calibration
 from metnet.checkpoint import Checkpoint
@@ -20,11 +19,6 @@ from metnet.io.synthetic import synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 LEADS = [5, 15, 30]
-
-
-def metnet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "metnet.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
 
 
 def data_overrides(store: Path) -> list[str]:
@@ -71,7 +65,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def trained(stores: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("run")
-    result = metnet("fit", *tiny_overrides(stores["same"]), cwd=workdir)
+    result = run_metnet("fit", *tiny_overrides(stores["same"]), cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir / "outputs/checkpoints/best.ckpt"
 
@@ -89,7 +83,7 @@ def _calibrate(ckpt: Path, store: Path, tmp_path: Path, name: str) -> str:
     canonical JSON (so that NaN scores compare equal)."""
     copy = tmp_path / f"{name}.ckpt"
     copy.write_bytes(ckpt.read_bytes())
-    result = metnet("calibrate", "--ckpt_path", str(copy), *data_overrides(store), cwd=tmp_path)
+    result = run_metnet("calibrate", "--ckpt_path", str(copy), *data_overrides(store), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "probability_threshold" in result.stdout
     return _canonical(Checkpoint.load(copy).calibration)
@@ -99,6 +93,7 @@ def _canonical(calibration: Calibration) -> str:
     return json.dumps(calibration.to_dict(), sort_keys=True)
 
 
+@pytest.mark.slow
 def test_calibrate_reads_the_validation_split_only(trained: Path, stores: dict[str, Path],
                                                     tmp_path: Path) -> None:
     same = _calibrate(trained, stores["same"], tmp_path, "same")
@@ -110,7 +105,7 @@ def test_calibrate_reads_the_validation_split_only(trained: Path, stores: dict[s
 def test_calibrate_refuses_data_that_do_not_fit_the_checkpoint(trained: Path,
                                                                stores: dict[str, Path],
                                                                tmp_path: Path) -> None:
-    result = metnet("calibrate", "--ckpt_path", str(trained), *data_overrides(stores["same"]),
+    result = run_metnet("calibrate", "--ckpt_path", str(trained), *data_overrides(stores["same"]),
                     "--data.motion_inputs", "false", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("metnet calibrate: error:")
@@ -149,7 +144,7 @@ def test_forecast_applies_the_checkpoint_temperature(trained: Path, stores: dict
     ckpt.write_bytes(trained.read_bytes())
     Checkpoint.load(ckpt).save_calibration(calibration)
     out = tmp_path / "fc.nc"
-    result = metnet("forecast", "--ckpt_path", str(ckpt), "--store", str(stores["same"]),
+    result = run_metnet("forecast", "--ckpt_path", str(ckpt), "--store", str(stores["same"]),
                     "--init_time", str(init)[:16], "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     import xarray as xr
@@ -162,7 +157,7 @@ def test_forecast_applies_the_checkpoint_temperature(trained: Path, stores: dict
 def test_test_scores_the_calibrated_model_and_extrapolation(trained: Path,
                                                             stores: dict[str, Path]) -> None:
     workdir = trained.parents[2]
-    result = metnet("test", *tiny_overrides(stores["same"]), "--ckpt_path", str(trained),
+    result = run_metnet("test", *tiny_overrides(stores["same"]), "--ckpt_path", str(trained),
                     cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     for key in ("test/model/csi_1", "test/model_calibrated/csi_1",
@@ -177,7 +172,7 @@ def test_forecast_refuses_a_store_on_another_time_grid(trained: Path, stores: di
     checkpoint["datamodule_hyper_parameters"]["context_step_minutes"] = 15
     ckpt = tmp_path / "15min.ckpt"
     torch.save(checkpoint, ckpt)
-    result = metnet("forecast", "--ckpt_path", str(ckpt), "--store", str(stores["same"]),
+    result = run_metnet("forecast", "--ckpt_path", str(ckpt), "--store", str(stores["same"]),
                     "--init_time", "2024-06-01T15:00", "--out", str(tmp_path / "f.nc"),
                     cwd=tmp_path)
     assert result.returncode == 1 and not (tmp_path / "f.nc").exists()

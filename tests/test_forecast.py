@@ -228,3 +228,17 @@ def test_cli_forecasts_a_period_to_zarr_with_maps(store, checkpoint, tmp_path, c
                         "threshold": 1}
     assert len(list((tmp_path / "maps").glob("forecast_*.png"))) == 3
     assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["forecast", "evaluate"])
+def test_cli_reads_the_checkpoint_once(command, store, checkpoint, tmp_path, monkeypatch):
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    when = (["--init_time", "2024-06-01T12:25"] if command == "forecast"
+            else ["--start", "2024-06-01T12:25", "--end", "2024-06-01T12:25",
+                  "--steps_members", "0"])
+    out = tmp_path / ("f.nc" if command == "forecast" else "scores")
+    assert main([command, "--ckpt_path", str(checkpoint), "--store", str(store), *when,
+                 "--lead_times", "[5]", "--out", str(out)]) == 0
+    assert [str(p) for p in loads] == [str(checkpoint)]

@@ -68,6 +68,7 @@ def test_notebook_runs(path: Path, kernel_specs: KernelSpecManager, tmp_path: Pa
     execute(path, kernel_specs)
 
 
+@pytest.mark.slow
 def test_radar_notebook_runs_without_the_real_samples(kernel_specs: KernelSpecManager,
                                                      tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch):

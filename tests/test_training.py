@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import metnet_process, run_metnet
 from pysteps.verification.detcatscores import det_cat_fct
 
 from metnet.checkpoint import (
@@ -73,12 +74,6 @@ def synthetic_store(tmp_path_factory):
     return path
 
 
-def metnet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "metnet.cli", *args], cwd=cwd,
-                            capture_output=True, text=True, timeout=600)
-    return result
-
-
 def tiny_overrides(store: Path) -> list[str]:
     return [
         "--config", str(REPO / "configs/synthetic.yaml"),
@@ -96,7 +91,7 @@ def tiny_overrides(store: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(synthetic_store, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    result = metnet("fit", *tiny_overrides(synthetic_store), cwd=workdir)
+    result = run_metnet("fit", *tiny_overrides(synthetic_store), cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
@@ -111,7 +106,7 @@ def test_fit_writes_best_and_last_checkpoints_and_csv_logs(trained):
 
 
 def test_test_reports_model_and_persistence_scores(trained, synthetic_store):
-    result = metnet("test", *tiny_overrides(synthetic_store), "--ckpt_path",
+    result = run_metnet("test", *tiny_overrides(synthetic_store), "--ckpt_path",
                     "outputs/checkpoints/best.ckpt", cwd=trained)
     assert result.returncode == 0, result.stderr[-3000:]
     for key in ("test/model/csi_1", "test/persistence/csi_1", "test/model/crps",
@@ -170,7 +165,7 @@ def test_checkpoint_records_its_format_and_network_class(trained, tmp_path):
 
 
 def test_bf16_mixed_precision_trains_on_cpu(synthetic_store, tmp_path):
-    result = metnet("fit", *tiny_overrides(synthetic_store), "--trainer.precision",
+    result = run_metnet("fit", *tiny_overrides(synthetic_store), "--trainer.precision",
                     "bf16-mixed", "--trainer.limit_train_batches", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     net = Checkpoint.load(tmp_path / "outputs/checkpoints/last.ckpt").net
@@ -178,9 +173,10 @@ def test_bf16_mixed_precision_trains_on_cpu(synthetic_store, tmp_path):
 
 
 def _validate_scores(args: list[str], cwd: Path, devices: int) -> dict[str, float]:
-    result = metnet("validate", *args, "--trainer.accelerator", "cpu", "--trainer.devices",
-                    str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
-                    "--trainer.limit_val_batches", "1.0", cwd=cwd)
+    result = metnet_process("validate", *args, "--trainer.accelerator", "cpu",
+                            "--trainer.devices", str(devices), "--trainer.strategy",
+                            "ddp" if devices > 1 else "auto", "--trainer.limit_val_batches",
+                            "1.0", cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = next((cwd / "outputs/csv").glob(f"version_{_last_version(cwd)}/metrics.csv"))
     lines = metrics.read_text().splitlines()
@@ -192,8 +188,10 @@ def _last_version(cwd: Path) -> int:
     return max(int(p.name.split("_")[1]) for p in (cwd / "outputs/csv").glob("version_*"))
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_fits_and_reduces_scores_across_ranks(trained, synthetic_store):
-    result = metnet("fit", *tiny_overrides(synthetic_store), "--trainer.accelerator", "cpu",
+    result = metnet_process("fit", *tiny_overrides(synthetic_store), "--trainer.accelerator",
+                            "cpu",
                     "--trainer.devices", "2", "--trainer.strategy", "ddp",
                     "--trainer.limit_train_batches", "2", cwd=trained)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -213,13 +211,14 @@ def _global_step(checkpoint: Path) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_exactly_where_it_stopped(synthetic_store, tmp_path):
     args = [*tiny_overrides(synthetic_store), "--trainer.limit_train_batches", "12",
             "--trainer.limit_val_batches", "1", "--checkpoint_every_n_steps", "4"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     reference.mkdir()
     killed.mkdir()
-    assert metnet("fit", *args, cwd=reference).returncode == 0
+    assert metnet_process("fit", *args, cwd=reference).returncode == 0
     last = killed / "outputs/checkpoints/last.ckpt"
     process = subprocess.Popen([sys.executable, "-m", "metnet.cli", "fit", *args], cwd=killed,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -228,7 +227,7 @@ def test_run_killed_mid_epoch_resumes_exactly_where_it_stopped(synthetic_store, 
     process.kill()
     process.wait()
     killed_at = _global_step(last)
-    result = metnet("fit", *args, "--ckpt_path", "last", cwd=killed)
+    result = metnet_process("fit", *args, "--ckpt_path", "last", cwd=killed)
     assert result.returncode == 0, result.stderr[-3000:]
     expected = torch.load(reference / "outputs/checkpoints/last.ckpt", weights_only=True)
     resumed = torch.load(last, weights_only=True)
@@ -240,7 +239,7 @@ def test_run_killed_mid_epoch_resumes_exactly_where_it_stopped(synthetic_store, 
 
 
 def test_checkpoint_of_another_network_is_refused_in_one_line(trained, synthetic_store):
-    result = metnet("test", *tiny_overrides(synthetic_store), "--ckpt_path",
+    result = run_metnet("test", *tiny_overrides(synthetic_store), "--ckpt_path",
                     "outputs/checkpoints/best.ckpt", "--model.net.init_args.lstm_hidden", "24",
                     cwd=trained)
     assert result.returncode == 1
@@ -250,7 +249,7 @@ def test_checkpoint_of_another_network_is_refused_in_one_line(trained, synthetic
 
 
 def test_bad_data_configuration_is_one_line(tmp_path):
-    result = metnet("fit", "--config", str(REPO / "configs/synthetic.yaml"), "--data.stores",
+    result = run_metnet("fit", "--config", str(REPO / "configs/synthetic.yaml"), "--data.stores",
                     f"[{tmp_path / 'absent.zarr'}]", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("metnet fit: error: ")

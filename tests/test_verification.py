@@ -13,10 +13,12 @@ from pysteps.utils import transformation
 from pysteps.verification import det_cat_fct, probscores, spatialscores
 
 from metnet import verification
+from metnet.calibration import CalibrationStatistics
 from metnet.cli import main
 from metnet.distribution import RainRateDistribution
 from metnet.forecast import complete_init_times, forecast_dataset
 from metnet.io.store import open_store
+from metnet.metrics import ContingencyScores
 from metnet.nowcasts import get_method
 from metnet.nowcasts import steps as steps_method
 from metnet.nowcasts.extrapolation import motion_field
@@ -412,3 +414,39 @@ def test_calibrated_scores_follow_from_the_tempered_distribution(net, store):
                 float(value), rel=1e-4)
         assert score(table, "model_calibrated", "brier", lead, 1.0) != pytest.approx(
             score(table, "model", "brier", lead, 1.0), rel=1e-3)
+
+
+# -- one definition of a rain event ----------------------------------------------------
+
+
+def test_a_rate_exactly_on_a_threshold_is_no_event_in_test_evaluate_and_calibrate():
+    """Radar products are quantised, so rates fall exactly on thresholds. `metnet test`
+    (ContingencyScores), `metnet evaluate` (ScoreAccumulator) and the calibration count an
+    event where the rate is above the threshold, as pysteps does, and so agree."""
+    thresholds = [0.1, 1.0, 4.0, 8.0]
+    levels = np.array([0.0, 0.1, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    obs, fc = (levels[rng.integers(0, len(levels), size=(2, 12, 12))] for _ in range(2))
+    assert all((obs == t).any() and (fc == t).any() for t in thresholds)
+    valid = np.ones_like(obs, dtype=bool)
+
+    accumulator = verification.ScoreAccumulator(2, thresholds, {1.0: 1}, 1.0)
+    accumulator.add(verification.point_forecast(fc, obs, thresholds, 1.0), obs, valid)
+    evaluated = pd.DataFrame(accumulator.rows("persistence", [5, 10]))
+    contingency = ContingencyScores(2, thresholds)
+    contingency.update(torch.stack([torch.from_numpy(fc) > t for t in thresholds], dim=1)[None],
+                       torch.from_numpy(obs)[None])
+    tested = contingency.compute()
+    for j, lead in enumerate([5, 10]):
+        for i, t in enumerate(thresholds):
+            expected = det_cat_fct(fc[j], obs[j], t, ["CSI", "POD", "FAR"])
+            for name, value in expected.items():
+                assert score(evaluated, "persistence", name.lower(), lead, t) == pytest.approx(
+                    value, nan_ok=True)
+                assert float(tested[name.lower()][j, i]) == pytest.approx(value, nan_ok=True)
+
+    stats = CalibrationStatistics([0.0, 0.1, 1.0, 4.0, 8.0, 100.0], [5, 10], thresholds)
+    stats.update(torch.zeros(1, 2, 5, 12, 12), torch.from_numpy(obs)[None], torch.tensor([5, 10]))
+    events = stats.hist_events[0].sum(-1)  # (L, N) observed events
+    expected = np.array([[(obs[j] > t).sum() for t in thresholds] for j in range(2)])
+    np.testing.assert_array_equal(events.numpy(), expected)

@@ -1,0 +1,73 @@
+"""The nowcast methods registry: one call shape for every method (as pysteps'
+``test_interfaces.py`` checks for its own), and what each method returns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metnet import nowcasts
+from metnet.distribution import RainRateDistribution
+from metnet.forecast import read_context
+from metnet.io.store import open_store
+from metnet.nowcasts.model import frames_needed
+
+LEADS = [5, 15, 30]
+MEMBERS = 3
+
+
+@pytest.fixture(scope="module")
+def context(tiny_store) -> np.ndarray:
+    """(T, H, W) mm/h: the 4 frames ending 2024-06-01T12:25 of the tiny store."""
+    return read_context(open_store(tiny_store), np.datetime64("2024-06-01T12:25", "ns"), 4)
+
+
+def options(net) -> dict:
+    """One set of options for every method (each takes what it needs)."""
+    return {"step_minutes": 5, "km_per_pixel": 1.0, "members": MEMBERS, "seed": 0, "net": net}
+
+
+def test_the_registry_holds_the_baselines_and_the_model():
+    assert set(nowcasts.KINDS) == {"persistence", "extrapolation", "steps", "model"}
+    with pytest.raises(ValueError, match="unknown nowcast method 'optical_flow'; known: "):
+        nowcasts.get_method("optical_flow")
+
+
+@pytest.mark.parametrize("name", list(nowcasts.KINDS))
+def test_every_method_takes_rain_rate_and_lead_minutes(name, context, tiny_net):
+    """Past rain rate (T, H, W) mm/h and lead times in minutes in; (L, H, W), (M, L, H, W)
+    or a distribution of batch shape (L, H, W) out, by the method's kind; finite wherever
+    the last frame is observed."""
+    assert context.shape[0] >= frames_needed(tiny_net)
+    out = nowcasts.get_method(name)(context, LEADS, **options(tiny_net))
+    kind, field = nowcasts.KINDS[name], (len(LEADS), *context.shape[1:])
+    observed = np.isfinite(context[-1])
+    if kind == "distribution":
+        assert isinstance(out, RainRateDistribution) and out.batch_shape == field
+        values = out.mean().numpy()
+    else:
+        assert isinstance(out, np.ndarray)
+        assert out.shape == ((MEMBERS, *field) if kind == "ensemble" else field)
+        values = out.reshape(-1, *field)
+        assert np.isnan(values[..., ~observed]).all()  # nothing outside the coverage
+    assert np.isfinite(values[..., observed]).all() and (values[..., observed] >= 0).all()
+
+
+def test_persistence_repeats_the_last_frame_for_numpy_and_torch(context):
+    persistence = nowcasts.get_method("persistence")
+    np.testing.assert_array_equal(persistence(context, LEADS), np.stack([context[-1]] * 3))
+    torch.testing.assert_close(persistence(torch.from_numpy(context), LEADS),
+                               torch.from_numpy(np.stack([context[-1]] * 3)), equal_nan=True)
+
+
+def test_extrapolation_of_a_still_field_is_the_field(context):
+    still = np.repeat(context[-1:], 3, axis=0)
+    out = nowcasts.get_method("extrapolation")(still, LEADS, step_minutes=5,
+                                               velocity=np.zeros((2, *still.shape[1:])))
+    np.testing.assert_allclose(out, np.stack([still[-1]] * 3), atol=1e-5)
+
+
+def test_steps_refuses_leads_off_its_step(context):
+    with pytest.raises(ValueError, match="positive multiples of the 5-minute step"):
+        nowcasts.get_method("steps")(context, [7], step_minutes=5, km_per_pixel=1.0)
