@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from tqdm.auto import tqdm
 
-from metnet.distribution import check_edges, rain_to_bin
+from metnet.distribution import check_edges, fraction_below, rain_to_bin
 
 #: Candidate temperatures; 1.0 (the uncalibrated network) must be among them.
 DEFAULT_TEMPERATURES: tuple[float, ...] = (
@@ -355,8 +355,7 @@ def _fraction_above(edges: Tensor, thresholds: Sequence[float]) -> Tensor:
     density, so that ``probs @ result`` is P(R > t) as in
     :meth:`~metnet.distribution.RainRateDistribution.exceedance`."""
     t = torch.tensor(thresholds, dtype=edges.dtype)
-    below = (t[None, :] - edges[:-1, None]) / (edges[1:] - edges[:-1])[:, None]
-    return 1.0 - below.clamp(0.0, 1.0)
+    return 1.0 - fraction_below(t[:, None], edges).T
 
 
 def fit_calibration(

@@ -45,6 +45,10 @@ NETWORKS: dict[str, type[nn.Module]] = {"metnet.models.MetNet": MetNet}
 RADAR_CHANNELS = 2
 #: Data settings that add context channels forecasts do not build yet.
 EXTRA_INPUTS = ("satellite_stores", "static_channels", "time_channels")
+#: Network settings of earlier releases that the network no longer has, with the value that
+#: meant "off": a checkpoint with that value loads; with another it is refused.
+RETIRED = {"extrapolation_skip": (False, "the extrapolation skip, replaced by the "
+                                         "extrapolation prior (prior: true)")}
 
 
 class CheckpointError(ValueError):
@@ -112,8 +116,17 @@ class Checkpoint:
 
     @property
     def net_config(self) -> dict[str, Any]:
-        """The network's constructor arguments."""
-        return dict(self.contents[NET_CONFIG_KEY])
+        """The network's constructor arguments (settings retired since, when off, dropped).
+
+        Raises:
+            CheckpointError: a retired setting that was on.
+        """
+        config = dict(self.contents[NET_CONFIG_KEY])
+        for key, (off, what) in RETIRED.items():
+            if config.pop(key, off) != off:
+                raise CheckpointError(f"{self.path}: the model was trained with {what}, which "
+                                      "this metnet no longer has; retrain it")
+        return config
 
     @property
     def hparams(self) -> dict[str, Any]:

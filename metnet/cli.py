@@ -15,7 +15,9 @@ and a non-zero exit status. The spellings of earlier releases (``--ckpt``, ``--d
 
 from __future__ import annotations
 
+import logging
 import sys
+from argparse import ArgumentError
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -343,7 +345,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         rest, notes = modernise(command, argv[1:])
         for note in notes:
             print(f"metnet {command}: {note}", file=sys.stderr)
-        return _run(command, lambda: _lightning(command, rest), LIGHTNING_ERRORS)
+        quiet_lightning()
+        try:
+            return _run(command, lambda: _lightning(command, rest), LIGHTNING_ERRORS)
+        except ArgumentError as err:  # a mistyped option or configuration key
+            print(f"metnet {command}: error: {_one_line(err)} (see `metnet {command} --help`)",
+                  file=sys.stderr)
+            return 2
     if command in COMMANDS:
         rest, notes = modernise(command, argv[1:])
         for note in notes:
@@ -357,6 +365,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{where}: error: {_one_line(err)} (see `{where} --help`)", file=sys.stderr)
         return 2
     return _run(command, lambda: COMMANDS[command][2](args[command]))
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's notices (accelerators found, seeds set, product tips) off the
+    terminal; its warnings still show."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
+                 "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _lightning(command: str, argv: list[str]) -> int:

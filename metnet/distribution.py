@@ -5,6 +5,12 @@ Within a bin the density is taken as uniform, so the CDF is piecewise linear bet
 edges; all quantities below (CDF, exceedance, mean, quantiles, CRPS, samples) follow
 exactly from that piecewise-uniform density. The last edge is finite: a rain rate above it
 is counted in the last bin (:func:`rain_to_bin`).
+
+A **dry bin** is a first bin of zero width (``e_0 == e_1``, e.g. ``0, 0, 0.1, ...``): a point
+mass at exactly ``e_0`` = 0 mm/h, "no rain". Most radar pixels are dry, and a forecast of
+"no rain" spread uniformly over [0, 0.1) mm/h scores a CRPS of up to 0.033 mm/h against a
+dry observation where a point mass scores 0; with it, a histogram of an ensemble over the
+bins scores the ensemble's own CRPS to within the bin widths.
 """
 
 from __future__ import annotations
@@ -35,9 +41,15 @@ def uniform_bins(num_bins: int = 512, width: float = 0.2) -> list[float]:
     return [round(i * width, 10) for i in range(num_bins + 1)]
 
 
-def compact_bins() -> list[float]:
-    """Edges (mm/h) of the compact 24-bin set :data:`COMPACT_EDGES` (0 to 100 mm/h)."""
-    return list(COMPACT_EDGES)
+def compact_bins(dry: bool = False) -> list[float]:
+    """Edges (mm/h) of the compact 24-bin set :data:`COMPACT_EDGES` (0 to 100 mm/h), with
+    ``dry`` a dry bin (a point mass at 0 mm/h) in front: 25 bins."""
+    return [0.0, *COMPACT_EDGES] if dry else list(COMPACT_EDGES)
+
+
+def has_dry_bin(edges: Sequence[float] | Tensor) -> bool:
+    """Whether the first bin is a dry bin (zero width: a point mass at the first edge)."""
+    return float(edges[0]) == float(edges[1])
 
 
 def as_edges(edges: Sequence[float] | Tensor, like: Tensor | None = None) -> Tensor:
@@ -48,24 +60,38 @@ def as_edges(edges: Sequence[float] | Tensor, like: Tensor | None = None) -> Ten
 
 
 def check_edges(edges: Sequence[float]) -> None:
-    """Raise ``ValueError`` unless ``edges`` are finite and strictly increasing."""
+    """Raise ``ValueError`` unless ``edges`` are finite and strictly increasing (but for a
+    dry bin: the first two may be equal, if a third follows)."""
     values = [float(e) for e in edges]
     if len(values) < 2:
         raise ValueError("bin edges need at least 2 values")
     if not all(math.isfinite(v) for v in values):
         raise ValueError("bin edges must be finite (the last edge too)")
-    if any(b <= a for a, b in zip(values[:-1], values[1:], strict=True)):
-        raise ValueError("bin edges must be strictly increasing")
+    rest = values[1:] if len(values) > 2 and values[0] == values[1] else values
+    if any(b <= a for a, b in zip(rest[:-1], rest[1:], strict=True)):
+        raise ValueError("bin edges must be strictly increasing (a dry bin aside)")
 
 
 def rain_to_bin(rate: Tensor, edges: Sequence[float] | Tensor) -> Tensor:
     """Bin index (long, same shape as ``rate``) of rain rates in mm/h.
 
     Bin k holds ``e_k <= r < e_{k+1}``; rates at or above the last edge go to the last bin
-    and rates below the first edge to bin 0. NaN maps to the last bin: mask it yourself.
+    and rates below the first edge to bin 0. With a dry bin, bin 0 holds rates at or below
+    the first edge and bin 1 those above it up to ``e_2``. NaN maps to the last bin: mask it
+    yourself.
     """
     e = as_edges(edges, like=rate)
-    return torch.bucketize(rate.contiguous(), e[1:-1].contiguous(), right=True)
+    bins = torch.bucketize(rate.contiguous(), e[1:-1].contiguous(), right=True)
+    return torch.where(rate <= e[0], 0, bins) if has_dry_bin(e) else bins
+
+
+def fraction_below(r: Tensor, edges: Tensor) -> Tensor:
+    """Fraction (0..1) of each of the K bins of ``edges`` (K+1,) at or below rates ``r``
+    (..., 1) or (..., K) mm/h, under the piecewise-uniform density: (..., K). A zero-width
+    (dry) bin counts whole from its edge on."""
+    widths = edges[1:] - edges[:-1]
+    inside = (r - edges[:-1]) / widths.clamp_min(torch.finfo(edges.dtype).tiny)
+    return torch.where(widths > 0, inside, torch.where(r >= edges[:-1], 1.0, 0.0)).clamp(0, 1)
 
 
 def masked_cross_entropy(
@@ -123,7 +149,7 @@ class RainRateDistribution:
                 f"{self._logits.shape[-1]} bins need {self._logits.shape[-1] + 1} edges, "
                 f"got {self.edges.numel()}"
             )
-        self.widths = self.edges[1:] - self.edges[:-1]  # (K,)
+        self.widths = self.edges[1:] - self.edges[:-1]  # (K,); 0 for a dry bin
         self._probs = torch.softmax(self._logits, dim=-1)  # (*batch, K)
 
     @property
@@ -142,9 +168,10 @@ class RainRateDistribution:
         return self._probs.movedim(-1, self.dim)
 
     def _fraction_below(self, r: Tensor) -> Tensor:
-        """(*batch, K): fraction of each bin lying below ``r`` (0..1)."""
+        """(*batch, K): fraction of each bin at or below ``r`` (0..1); a dry bin's point
+        mass is at or below any ``r >= e_0``."""
         r = torch.as_tensor(r, dtype=self.edges.dtype, device=self.edges.device)
-        return ((r.unsqueeze(-1) - self.edges[:-1]) / self.widths).clamp(0.0, 1.0)
+        return fraction_below(r.unsqueeze(-1), self.edges)
 
     def cdf(self, r: Tensor | float) -> Tensor:
         """P(R <= r) for ``r`` in mm/h, broadcastable to the batch shape."""

@@ -9,6 +9,8 @@ can be overridden on the command line (``--model.*``, ``--data.*``,
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ from lightning.pytorch.callbacks import (
     Callback,
     LearningRateMonitor,
     ModelCheckpoint,
+    ProgressBar,
     RichProgressBar,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -36,11 +39,17 @@ class MetNetCLI(LightningCLI):
     """LightningCLI with metnet's argument links, callbacks and loggers.
 
     Logs and checkpoints go under ``--trainer.default_root_dir`` (default ``outputs``):
-    ``csv/`` (and ``tensorboard/`` when installed) and ``checkpoints/`` (``best.ckpt`` by
-    validation loss, ``last.ckpt`` every ``--checkpoint_every_n_steps``, default 25). The
-    checkpoint folder is fixed so that ``--ckpt_path last`` finds the previous run's. When a
-    fit ends, ``best.ckpt`` gets its post-hoc calibration fitted on the validation split
+    ``csv/`` (and ``tensorboard/`` when installed), and each fit's checkpoints in a folder
+    of its own, ``runs/version_N/`` (``best.ckpt`` by validation loss, ``last.ckpt`` every
+    ``--checkpoint_every_n_steps``, default 25), which ``checkpoints`` points to: so
+    ``checkpoints/best.ckpt`` is always the latest run's, earlier runs are kept, and
+    ``--ckpt_path last`` resumes the latest run (:func:`run_folder`). When a fit ends,
+    ``best.ckpt`` gets its post-hoc calibration fitted on the validation split
     (:class:`CalibrateBest`; ``metnet calibrate`` does the same for any checkpoint).
+
+    Before the trainer starts, the data are set up and a ``--ckpt_path`` file is read
+    safely, so a missing store or a damaged checkpoint fails in one line, with no log
+    folder left behind.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -59,16 +68,95 @@ class MetNetCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        root, every = config.trainer.default_root_dir, config.checkpoint_every_n_steps
+        root, every = Path(config.trainer.default_root_dir), config.checkpoint_every_n_steps
         progress = config.trainer.get("enable_progress_bar") is not False
-        self.trainer_defaults["callbacks"] = default_callbacks(root, every, progress)
+        ckpt_path = config.get("ckpt_path")
+        folder = root / CHECKPOINTS
+        if self.subcommand in (None, "fit"):
+            folder = self.run_folder = plan_run_folder(root, resume=ckpt_path == "last")
+            if self.subcommand is None:  # built for use from Python: ready now
+                open_run_folder(self.run_folder)
+        self.trainer_defaults["callbacks"] = default_callbacks(folder, every, progress)
         if config.trainer.logger in (None, True):
-            config.trainer.logger = default_loggers(root)
+            config.trainer.logger = default_loggers(str(root))
         if config.get("weights_only", False) is None:
             config.weights_only = True  # --ckpt_path files load without running their code
 
+    def _parse_ckpt_path(self) -> None:
+        """Read a ``--ckpt_path`` file safely before LightningCLI takes its hyperparameters,
+        so a damaged or foreign file fails in one line."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            Checkpoint.load(ckpt_path)
+        super()._parse_ckpt_path()
+
+    def _check_run(self) -> None:
+        """Set the data up and read a ``--ckpt_path`` file before the trainer starts."""
+        self.datamodule.setup(self.subcommand)
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path not in (None, "last", "best", "hpc", "registry"):
+            Checkpoint.load(ckpt_path)
+
+    def before_fit(self) -> None:
+        self._check_run()
+        open_run_folder(self.run_folder)
+
+    before_validate = before_test = before_predict = _check_run
+
 
 OUTPUTS = "outputs"
+CHECKPOINTS = "checkpoints"
+RUNS = "runs"
+
+
+def plan_run_folder(root: Path, resume: bool) -> Path:
+    """The checkpoint folder a fit under ``root`` will write (:func:`open_run_folder` makes
+    it and points ``root/checkpoints`` to it).
+
+    A new run gets ``root/runs/version_N`` (the next free N; ``slurm_JOBID`` in a SLURM
+    job, whose ranks all start at once); resuming (``--ckpt_path last``) continues the
+    latest run's, and the processes Lightning launches for the other ranks of a run use the
+    folder their first process made. A ``checkpoints`` folder of an earlier metnet (not a
+    link) is moved to a run folder of its own first, so nothing is overwritten.
+
+    Raises:
+        ValueError: resuming with no ``last.ckpt`` to resume from.
+    """
+    link = root / CHECKPOINTS
+    if resume:
+        if not (link / "last.ckpt").is_file():
+            raise ValueError(f"--ckpt_path last: there is no {link / 'last.ckpt'} to resume "
+                             "from; start a new run without --ckpt_path")
+        return link.resolve()
+    if int(os.environ.get("LOCAL_RANK", 0)) > 0:  # launched by this run's rank 0
+        return link.resolve()
+    runs = root / RUNS
+    if link.is_dir() and not link.is_symlink():
+        runs.mkdir(parents=True, exist_ok=True)
+        link.rename(_next_version(runs))
+    job = os.environ.get("SLURM_JOB_ID")
+    return runs / f"slurm_{job}" if job else _next_version(runs)
+
+
+def open_run_folder(folder: Path) -> None:
+    """Make a run's checkpoint folder (``ROOT/runs/NAME``) and point ``ROOT/checkpoints``
+    to it (a relative link, replaced in one rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    root = folder.parents[1]
+    link = root / CHECKPOINTS
+    if link.is_symlink() and link.resolve() == folder.resolve():
+        return
+    pointer = root / f".{CHECKPOINTS}.{os.getpid()}.tmp"
+    pointer.unlink(missing_ok=True)
+    pointer.symlink_to(folder.relative_to(root), target_is_directory=True)
+    os.replace(pointer, link)
+
+
+def _next_version(runs: Path) -> Path:
+    taken = [int(p.name.split("_")[1]) for p in runs.glob("version_*")
+             if p.name.split("_")[1].isdigit()]
+    return runs / f"version_{max(taken, default=-1) + 1}"
 
 
 class LastCheckpoint(Callback):
@@ -114,15 +202,52 @@ class CalibrateBest(Callback):
         trainer.strategy.barrier()
 
 
-def default_callbacks(root: str, every_n_steps: int, progress_bar: bool = True) -> list:
-    """Best and last checkpoints in ``root/checkpoints``, learning-rate log, rich progress
-    (unless ``--trainer.enable_progress_bar false``)."""
+def default_callbacks(folder: Path, every_n_steps: int, progress_bar: bool = True) -> list:
+    """Best and last checkpoints in ``folder``, learning-rate log, and progress (unless
+    ``--trainer.enable_progress_bar false``): a rich bar in a terminal, a plain line every
+    so many steps otherwise (a log file, a cluster job)."""
+    progress = RichProgressBar() if sys.stdout.isatty() else LineProgress()
     return [
-        ModelCheckpoint(dirpath=f"{root}/checkpoints", monitor="val/loss", filename="best"),
-        LastCheckpoint(f"{root}/checkpoints/last.ckpt", every_n_steps),
+        ModelCheckpoint(dirpath=str(folder), monitor="val/loss", filename="best"),
+        LastCheckpoint(str(folder / "last.ckpt"), every_n_steps),
         LearningRateMonitor(logging_interval="step"),
         CalibrateBest(),
-    ] + ([RichProgressBar()] if progress_bar else [])
+    ] + ([progress] if progress_bar else [])
+
+
+class LineProgress(ProgressBar):
+    """Progress as plain lines on standard output, for logs that are not a terminal: one
+    every ``every`` training steps and one at the end of each epoch and validation."""
+
+    def __init__(self, every: int = 50) -> None:
+        super().__init__()
+        self.every = every
+        self._enabled = True
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _line(self, trainer: Trainer, what: str) -> None:
+        if self._enabled and trainer.is_global_zero:
+            metrics = self.get_metrics(trainer, trainer.lightning_module)
+            shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in metrics.items() if k != "v_num")
+            print(f"epoch {trainer.current_epoch} step {trainer.global_step} {what} {shown}",
+                  flush=True)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if trainer.global_step % self.every == 0:
+            self._line(trainer, "train")
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._line(trainer, "end of epoch")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._line(trainer, "validated")
 
 
 def default_loggers(root: str) -> list[Namespace]:
@@ -139,23 +264,35 @@ def default_loggers(root: str) -> list[Namespace]:
 
 def run_lightning(argv: Sequence[str]) -> int:
     """Run one LightningCLI sub-command; returns the exit status."""
-    MetNetCLI(
-        NowcastModule,
-        NowcastDataModule,
-        args=list(argv),
-        save_config_kwargs={"overwrite": True},
-    )
+    with warnings.catch_warnings():  # "args given while sys.argv has arguments": intended
+        warnings.filterwarnings("ignore", message=".*args parameter is intended")
+        MetNetCLI(
+            NowcastModule,
+            NowcastDataModule,
+            args=list(argv),
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},  # a usage error is one line (metnet.cli)
+        )
     return 0
 
 
 class CalibrationCLI(MetNetCLI):
     """The training configuration (as ``metnet fit`` takes it) plus the checkpoint to
-    calibrate, ``--ckpt_path``: what ``metnet calibrate`` parses."""
+    calibrate, ``--ckpt_path``: what ``metnet calibrate`` parses. Only the datamodule is
+    built: the network is the checkpoint's, and nothing is trained."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_argument("--ckpt_path", type=str, required=True,
                             help="checkpoint of `metnet fit` to calibrate (rewritten in place)")
+
+    def before_instantiate_classes(self) -> None:
+        """No trainer callbacks or loggers: nothing is trained."""
+
+    def instantiate_classes(self) -> None:
+        settings = self.config.data.as_dict()
+        self.datamodule = NowcastDataModule(**{k: v for k, v in settings.items()
+                                               if not k.startswith("__")})  # "__path__"
 
 
 def calibration_cli(argv: Sequence[str]) -> CalibrationCLI:

@@ -8,6 +8,10 @@ domain are scored against the observed rain rate (mm/h):
 * ``model_calibrated`` (with a ``calibration``): the same distribution tempered per lead
   (its logits divided by the lead's temperature, as ``metnet forecast`` writes it),
   deciding "rain above t" where P(R > t) >= the calibration's cut p*(lead, t);
+* ``neighbourhood``: probabilistic extrapolation without training, the ``neighbourhood``
+  method: each pixel's ensemble is the extrapolated field in a square around it that
+  widens with lead time (:mod:`metnet.nowcasts.neighbourhood`), deciding where half of it
+  is above t;
 * ``steps`` (``steps_members`` > 0, default 20): the ``steps`` method, pysteps' STEPS
   ensemble (seed ``steps_seed + k`` at the k-th init time), deciding "rain above t" where
   the fraction of members above t is >= 0.5;
@@ -80,8 +84,9 @@ from metnet.nowcasts.extrapolation import MOTION_FRAMES, motion_field
 from metnet.nowcasts.model import frames_needed
 from metnet.nowcasts.steps import MEMBERS as STEPS_MEMBERS
 
-METHODS = ("model", "model_calibrated", "steps", "persistence", "extrapolation")
-PROBABILISTIC = ("model", "model_calibrated", "steps")
+METHODS = ("model", "model_calibrated", "neighbourhood", "steps", "persistence",
+           "extrapolation")
+PROBABILISTIC = ("model", "model_calibrated", "neighbourhood", "steps")
 CATEGORICAL = ("CSI", "POD", "FAR")
 DECISION_PROBABILITY = 0.5  # the uncalibrated cut on P(R > t)
 RELIABILITY_BINS = 10
@@ -138,12 +143,14 @@ def decisions(exceedance: dict[float, np.ndarray],
             for t, p in exceedance.items()}
 
 
-def model_forecast(dist: RainRateDistribution, obs: np.ndarray, lead_times: Sequence[int],
-                   thresholds: Sequence[float], event_threshold: float,
-                   calibration: DecisionCalibration | None = None) -> MethodForecast:
-    """The model's forecast of one init time, its distribution (batch shape (L, H, W))
-    against ``obs`` (L, H, W) mm/h: tempered by ``calibration`` and decided at its cuts, or
-    decided at 0.5."""
+def distribution_forecast(dist: RainRateDistribution, obs: np.ndarray,
+                          lead_times: Sequence[int], thresholds: Sequence[float],
+                          event_threshold: float,
+                          calibration: DecisionCalibration | None = None) -> MethodForecast:
+    """A distribution's forecast of one init time (batch shape (L, H, W); the model's, or
+    any with its ``exceedance``, ``quantile`` and ``crps``) against ``obs`` (L, H, W) mm/h:
+    tempered by ``calibration`` (the model's only) and decided at its cuts, or decided at
+    0.5."""
     if calibration is not None:
         dist = RainRateDistribution(calibration.scale_logits(dist.logits, lead_times, dim=1),
                                     dist.edges, dim=1)
@@ -348,10 +355,12 @@ def init_forecasts(rate: np.ndarray, obs: np.ndarray, net: nn.Module, setup: Set
                "km_per_pixel": setup.km_per_pixel, "members": setup.steps_members,
                "seed": setup.steps_seed + k, "net": net, "batch_tiles": batch_tiles}
     dist = get_method("model")(rate, leads, **options)
-    forecasts = {"model": model_forecast(dist, obs, leads, thresholds, event)}
+    forecasts = {"model": distribution_forecast(dist, obs, leads, thresholds, event)}
     if setup.calibration is not None:
-        forecasts["model_calibrated"] = model_forecast(dist, obs, leads, thresholds, event,
-                                                       setup.calibration)
+        forecasts["model_calibrated"] = distribution_forecast(dist, obs, leads, thresholds,
+                                                              event, setup.calibration)
+    forecasts["neighbourhood"] = distribution_forecast(
+        get_method("neighbourhood")(rate, leads, **options), obs, leads, thresholds, event)
     if setup.steps_members:
         members = get_method("steps")(rate, leads, **options)
         forecasts["steps"] = ensemble_forecast(members, obs, thresholds, event)

@@ -28,7 +28,8 @@ def last_scores(path: Path, split: str) -> dict[str, float]:
     return {key: float(value) for key, value in rows[-1].items() if value}
 
 
-METHOD_ORDER = ("model", "model_calibrated", "persistence", "extrapolation", "steps")
+METHOD_ORDER = ("model", "model_calibrated", "persistence", "extrapolation", "neighbourhood",
+                "steps")
 
 
 def _ordered(methods: set[str]) -> list[str]:

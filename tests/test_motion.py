@@ -13,10 +13,12 @@ from pysteps import motion, nowcasts
 from pysteps.utils import transformation
 
 from metnet.data import motion as motion_module
+from metnet.data.augment import FLIP_COLS, FLIP_ROWS, TRANSPOSE, transform
 from metnet.data.datamodule import NowcastDataModule
 from metnet.data.frames import StoreFrames
-from metnet.data.motion import MotionCache, lead_planes
+from metnet.data.motion import VELOCITY_SCALE, MotionCache, lead_planes
 from metnet.data.windows import DataConfigError, complete_windows
+from metnet.distribution import RainRateDistribution, masked_cross_entropy, rain_to_bin
 from metnet.io.store import append_frames, make_dataset, open_store, write_store
 from metnet.models import MetNet
 from metnet.transforms import input_to_rate
@@ -241,23 +243,104 @@ def test_forecast_dataset_runs_a_motion_network(translating_store: Path) -> None
     assert values.shape == (1, 1, 3, 64, 64) and np.isfinite(values).all()
 
 
-def test_extrapolation_skip_points_the_logits_at_the_extrapolated_bin() -> None:
+def test_an_untrained_prior_network_forecasts_the_probabilistic_extrapolation() -> None:
+    """With the prior, the untrained network's distribution at a target pixel is the even
+    mixture of the bin histogram of its neighbourhood of the extrapolated field and of that
+    histogram moved along the bins to have its median in the pixel's own bin; training
+    moves it."""
     torch.manual_seed(0)
     net = MetNet(input_channels=2, context_frames=4, input_size=48, target_size=16,
                  pack_factor=1, lstm_hidden=16, downsampler_channels=(8, 16), heads=2,
-                 max_lead_minutes=15, lead_step_minutes=5, lead_channels=2,
-                 extrapolation_skip=True)
-    x = torch.randn(1, 4, 2, 48, 48)
-    rate = torch.full((1, 3, 48, 48), 3.5)  # mm/h: bin [3, 4) of the compact bins
+                 max_lead_minutes=30, lead_step_minutes=5, lead_channels=2, prior=True,
+                 dry_bin=True)
+    gen = torch.Generator().manual_seed(1)
+    rate = torch.rand(1, 3, 48, 48, generator=gen) ** 3 * 20  # mm/h, many near-dry pixels
+    rate[..., :24] = 0.0
     planes = torch.stack([torch.log1p(rate) / 4.0, torch.ones_like(rate)], dim=2)
-    planes[:, :, 1, :24] = 0.0  # no extrapolation in the upper half
-    base = net(x, LEADS, planes)
-    with torch.no_grad():
-        net.head.skip.weight.copy_(100.0 * torch.eye(net.num_bins)[:, :, None, None])
-    boosted = net(x, LEADS, planes)
-    lower = 24 - 16  # first target row (target: context rows 16-31) with extrapolation
-    winner = boosted[0, :, :, lower:, :].argmax(dim=1)
-    assert (winner == net.bin_edges.index(3.0)).all()
-    torch.testing.assert_close(boosted[0, :, :, :lower], base[0, :, :, :lower])
-    with pytest.raises(ValueError, match="needs lead inputs"):
-        MetNet(input_channels=2, extrapolation_skip=True)
+    logits = net(torch.randn(1, 4, 2, 48, 48), LEADS, planes)
+    edges = torch.tensor(net.bin_edges)
+    k = len(edges) - 1
+    for j, lead in enumerate(LEADS):
+        r = int(1 + lead / 10)
+        for y, x in [(0, 0), (7, 7), (15, 9), (3, 12)]:  # target = context rows 16-31
+            window = rate[0, j, 16 + y - r:17 + y + r, 16 + x - r:17 + x + r].reshape(-1)
+            plain = torch.bincount(rain_to_bin(window, edges), minlength=k) / len(window)
+            median = int((plain.cumsum(0) < 0.5).sum())
+            shift = int(rain_to_bin(rate[0, j, 16 + y, 16 + x], edges)) - median
+            centred = torch.zeros(k).index_add_(0, (torch.arange(k) + shift).clamp(0, k - 1),
+                                                plain)
+            got = torch.softmax(logits[0, j, :, y, x].double(), 0)
+            torch.testing.assert_close(got.float(), 0.5 * plain + 0.5 * centred, atol=1e-5,
+                                       rtol=0)
+            exceed = RainRateDistribution(centred.clamp_min(1e-12).log(), edges, dim=0)
+            for t in (0.1, 1.0, 4.0):  # the centred part decides as extrapolation does
+                assert (exceed.exceedance(t) > 0.5) == bool(rate[0, j, 16 + y, 16 + x] > t)
+    target = rate[:, :, 16:32, 16:32] * 1.5
+    masked_cross_entropy(logits, target, edges, dim=2).backward()
+    assert net.head.logits.weight.grad.abs().sum() > 0  # the correction and mixture learn
+    with pytest.raises(ValueError, match="needs per-lead inputs"):
+        MetNet(input_channels=2, prior=True)
+    with pytest.raises(ValueError, match="reaches 7 px beyond the target; the context gives 4"):
+        MetNet(input_channels=2, input_size=24, target_size=16, pack_factor=1,
+               lead_channels=2, prior=True, max_lead_minutes=60, lead_step_minutes=5)
+
+
+def _augmented_pair(store: Path, cache: Path) -> tuple[NowcastDataModule, NowcastDataModule]:
+    """The same training samples, as they are and under random symmetries of the square."""
+    settings = dict(KW, motion_inputs=True, motion_velocity=True, motion_cache_dir=str(cache),
+                    split_fractions=(0.4, 0.3, 0.3), patches_per_window=8)
+    plain = NowcastDataModule([str(store)], **settings)
+    turned = NowcastDataModule([str(store)], **settings, augment=True)
+    for dm in (plain, turned):
+        dm.setup("fit")
+    return plain, turned
+
+
+def test_augmented_samples_are_the_same_samples_turned(translating_store: Path,
+                                                       tmp_path: Path) -> None:
+    plain, turned = _augmented_pair(translating_store, tmp_path)
+    seen = set()
+    for index in range(len(turned.datasets["train"])):
+        key = (1, index)
+        k = turned.datasets["train"].pick(key).symmetry
+        a, b = plain.datasets["train"][key], turned.datasets["train"][key]
+        seen.add(k)
+        assert (a["row"], a["col"]) == (b["row"], b["col"])
+        for name in ("context", "target", "target_mask"):
+            np.testing.assert_array_equal(b[name].numpy(), transform(a[name].numpy(), k))
+        fields = transform(a["lead_inputs"].numpy(), k)
+        np.testing.assert_array_equal(b["lead_inputs"][:, :2].numpy(), fields[:, :2])
+        u, v = fields[:, 2], fields[:, 3]  # vectors turn with the field
+        if k & TRANSPOSE:
+            u, v = v, u
+        np.testing.assert_array_equal(b["lead_inputs"][:, 2].numpy(), -u if k & FLIP_COLS else u)
+        np.testing.assert_array_equal(b["lead_inputs"][:, 3].numpy(), -v if k & FLIP_ROWS else v)
+    assert len(seen) >= 5  # the symmetries are drawn, not fixed
+    for index in range(len(turned.datasets["val"])):  # evaluation samples: never turned
+        np.testing.assert_array_equal(turned.datasets["val"][index]["context"].numpy(),
+                                      plain.datasets["val"][index]["context"].numpy())
+
+
+def test_the_extrapolation_input_of_a_turned_sample_extrapolates_its_turned_context(
+        translating_store: Path, tmp_path: Path) -> None:
+    """Rotating the frames and then extrapolating gives what extrapolating and then rotating
+    gives, within interpolation error: the augmented inputs are physically consistent."""
+    _, turned = _augmented_pair(translating_store, tmp_path)
+    inner = (slice(None), slice(12, 36), slice(12, 36))  # away from the patch's inflow edges
+    checked = set()
+    for index in range(len(turned.datasets["train"])):
+        sample = turned.datasets["train"][(2, index)]
+        k = turned.datasets["train"].pick((2, index)).symmetry
+        context = sample["context"].numpy()
+        rate = np.where(context[:, 1] > 0.5, input_to_rate(sample["context"][:, 0]).numpy(),
+                        np.nan)
+        expected, velocity = _pysteps_directly(rate, [1, 2, 3])
+        got = input_to_rate(sample["lead_inputs"][:, 0]).numpy()
+        error = np.abs(got - expected)[inner]
+        assert error.max() < 0.15 * np.nanmax(expected), (k, error.max())
+        turned_velocity = sample["lead_inputs"][0, 2:].numpy() * VELOCITY_SCALE
+        np.testing.assert_allclose(  # median (u, v) in pixels per step
+            np.median(turned_velocity[:, 12:36, 12:36].reshape(2, -1), axis=1),
+            np.median(velocity[:, 12:36, 12:36].reshape(2, -1), axis=1), atol=0.3)
+        checked.add(k)
+    assert len(checked) >= 5

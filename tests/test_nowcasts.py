@@ -12,6 +12,7 @@ from metnet.distribution import RainRateDistribution
 from metnet.forecast import read_context
 from metnet.io.store import open_store
 from metnet.nowcasts.model import frames_needed
+from metnet.verification import ensemble_crps
 
 LEADS = [5, 15, 30]
 MEMBERS = 3
@@ -29,7 +30,8 @@ def options(net) -> dict:
 
 
 def test_the_registry_holds_the_baselines_and_the_model():
-    assert set(nowcasts.KINDS) == {"persistence", "extrapolation", "steps", "model"}
+    assert set(nowcasts.KINDS) == {"persistence", "extrapolation", "steps", "neighbourhood",
+                                   "model"}
     with pytest.raises(ValueError, match="unknown nowcast method 'optical_flow'; known: "):
         nowcasts.get_method("optical_flow")
 
@@ -44,8 +46,12 @@ def test_every_method_takes_rain_rate_and_lead_minutes(name, context, tiny_net):
     kind, field = nowcasts.KINDS[name], (len(LEADS), *context.shape[1:])
     observed = np.isfinite(context[-1])
     if kind == "distribution":
-        assert isinstance(out, RainRateDistribution) and out.batch_shape == field
+        assert out.batch_shape == field
+        assert isinstance(out, RainRateDistribution) == (name == "model")
         values = out.mean().numpy()
+        for statistic in (out.exceedance(1.0), out.quantile(0.5),
+                          out.crps(torch.zeros(field, dtype=torch.float64))):
+            assert statistic.shape == field and torch.isfinite(statistic[:, observed]).all()
     else:
         assert isinstance(out, np.ndarray)
         assert out.shape == ((MEMBERS, *field) if kind == "ensemble" else field)
@@ -71,3 +77,25 @@ def test_extrapolation_of_a_still_field_is_the_field(context):
 def test_steps_refuses_leads_off_its_step(context):
     with pytest.raises(ValueError, match="positive multiples of the 5-minute step"):
         nowcasts.get_method("steps")(context, [7], step_minutes=5, km_per_pixel=1.0)
+
+
+def test_the_neighbourhood_is_the_exact_empirical_distribution_of_the_square(context):
+    """Against the members written out by hand: the extrapolated field in a square of
+    half-width floor(1 + lead / 10) px (no rain outside the domain), scored as an ensemble."""
+    field = nowcasts.get_method("extrapolation")(context, LEADS, step_minutes=5)
+    dist = nowcasts.get_method("neighbourhood")(context, LEADS, step_minutes=5)
+    rng = np.random.default_rng(0)
+    obs = rng.gamma(0.5, 2.0, size=field.shape)
+    crps, p1 = dist.crps(torch.from_numpy(obs)).numpy(), dist.exceedance(1.0).numpy()
+    median = dist.quantile(0.5).numpy()
+    for j, lead in enumerate(LEADS):
+        r = int(1 + lead / 10)
+        padded = np.pad(np.nan_to_num(field[j]), r)
+        for y, x in [(0, 0), (20, 30), (35, 10), (69, 61)]:
+            if np.isnan(field[j, y, x]):
+                assert np.isnan(crps[j, y, x])
+                continue
+            members = padded[y:y + 2 * r + 1, x:x + 2 * r + 1].ravel()
+            assert crps[j, y, x] == pytest.approx(ensemble_crps(members, obs[j, y, x]))
+            assert p1[j, y, x] == pytest.approx((members > 1).mean())
+            assert median[j, y, x] == np.sort(members)[int(np.ceil(len(members) / 2)) - 1]

@@ -118,9 +118,9 @@ def test_checkpoint_rebuilds_the_network_safely(trained):
     checkpoint = Checkpoint.load(trained / "outputs/checkpoints/best.ckpt")
     net, hparams = checkpoint.net, checkpoint.hparams
     assert hparams["lr"] == pytest.approx(0.002)
-    x = torch.zeros(2, 3, 2, 48, 48)
+    x, planes = torch.zeros(2, 3, 2, 48, 48), torch.zeros(2, 2, 2, 48, 48)  # + motion inputs
     with torch.no_grad():
-        assert net(x, [5, 30]).shape == (2, 2, net.num_bins, 16, 16)
+        assert net(x, [5, 30], planes).shape == (2, 2, net.num_bins, 16, 16)
 
 
 def test_bad_checkpoints_are_refused_with_a_clear_message(trained, tmp_path):
@@ -250,7 +250,96 @@ def test_checkpoint_of_another_network_is_refused_in_one_line(trained, synthetic
 
 def test_bad_data_configuration_is_one_line(tmp_path):
     result = run_metnet("fit", "--config", str(REPO / "configs/synthetic.yaml"), "--data.stores",
-                    f"[{tmp_path / 'absent.zarr'}]", cwd=tmp_path)
+                        f"[{tmp_path / 'absent.zarr'}]", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("metnet fit: error: ")
     assert "absent.zarr" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "outputs").exists()  # no empty log or checkpoint folder
+
+
+# -- runs that never mislead ----------------------------------------------------------------
+
+
+def test_each_fit_has_its_own_folder_and_checkpoints_is_the_latest(synthetic_store, tmp_path):
+    first = run_metnet("fit", *tiny_overrides(synthetic_store), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    best = tmp_path / "outputs/checkpoints/best.ckpt"
+    first_weights = torch.load(best, weights_only=True)["state_dict"]
+    second = run_metnet("fit", *tiny_overrides(synthetic_store), "--model.lr", "0.02",
+                        cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    runs = tmp_path / "outputs/runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]
+    assert best.resolve().parent == (runs / "version_1").resolve()  # the newest run's best
+    assert not list(best.parent.glob("best-v*.ckpt"))
+    kept = torch.load(runs / "version_0/best.ckpt", weights_only=True)["state_dict"]
+    for key, value in first_weights.items():  # the first run's best is kept as it was
+        torch.testing.assert_close(kept[key], value)
+    assert Checkpoint.load(best).hparams["lr"] == pytest.approx(0.02)
+
+
+def test_a_checkpoints_folder_of_an_earlier_release_is_kept_as_a_run(synthetic_store,
+                                                                     tmp_path):
+    old = tmp_path / "outputs/checkpoints"
+    old.mkdir(parents=True)
+    (old / "best.ckpt").write_bytes(b"an earlier run")
+    assert run_metnet("fit", *tiny_overrides(synthetic_store), cwd=tmp_path).returncode == 0
+    runs = tmp_path / "outputs/runs"
+    assert (runs / "version_0/best.ckpt").read_bytes() == b"an earlier run"
+    assert old.is_symlink() and old.resolve() == (runs / "version_1").resolve()
+
+
+def test_resuming_without_a_last_checkpoint_is_refused(synthetic_store, tmp_path):
+    result = run_metnet("fit", *tiny_overrides(synthetic_store), "--ckpt_path", "last",
+                        cwd=tmp_path)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("metnet fit: error: --ckpt_path last: there is no ")
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("command", ["fit", "test"])
+def test_bad_checkpoint_files_are_one_line_in_fit_and_test(command, synthetic_store, tmp_path):
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code in a checkpoint ran",))
+
+    torch.save({"state_dict": {}, "payload": Payload()}, tmp_path / "code.ckpt")
+    for path, reason in ((garbage, "not a readable checkpoint"),
+                         (tmp_path / "code.ckpt", "not a readable checkpoint")):
+        result = run_metnet(command, *tiny_overrides(synthetic_store), "--ckpt_path", path,
+                            cwd=tmp_path)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith(f"metnet {command}: error: {path}: {reason}")
+        assert "weights_only=False" not in result.stderr and "Traceback" not in result.stderr
+        assert "code in a checkpoint ran" not in result.stdout
+
+
+def test_a_mistyped_option_is_named_in_one_line(tmp_path):
+    result = run_metnet("fit", "--config", str(REPO / "configs/synthetic.yaml"),
+                        "--data.batchsize", "4", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "metnet fit: error: unrecognized arguments: --data.batchsize 4 "
+        "(see `metnet fit --help`)"]
+
+
+def test_standard_output_is_quiet_and_progress_is_plain_lines_in_a_log(synthetic_store,
+                                                                      tmp_path):
+    """Run as a cluster job would be: standard output to a file."""
+    log = tmp_path / "fit.log"
+    with log.open("w") as out:
+        subprocess.run([sys.executable, "-m", "metnet.cli", "fit",
+                        *map(str, tiny_overrides(synthetic_store)),
+                        "--trainer.log_every_n_steps", "1"], cwd=tmp_path, stdout=out,
+                       stderr=subprocess.PIPE, check=True, timeout=600)
+    text = log.read_text()
+    assert "Pysteps configuration file found" not in text
+    assert "\x1b[" not in text and "\r" not in text  # no terminal control sequences
+    lines = text.splitlines()
+    assert any(line.startswith("epoch 0 step") and "train/loss" in line for line in lines)
+    assert any("end of epoch" in line for line in lines)

@@ -161,10 +161,10 @@ def test_table_is_tidy(result):
     table = result.scores
     assert list(table.columns) == ["method", "metric", "threshold", "scale_km",
                                    "lead_time_min", "value"]
-    assert list(dict.fromkeys(table.method)) == ["model", "steps", "persistence",
+    assert list(dict.fromkeys(table.method)) == ["model", "neighbourhood", "steps", "persistence",
                                                  "extrapolation"]
     per_lead = 3 * len(THRESHOLDS) + len(SCALES_KM) + 3
-    assert len(table) == len(LEADS) * (4 * per_lead + 2)  # + brier_reliability of 2 methods
+    assert len(table) == len(LEADS) * (5 * per_lead + 3)  # + brier_reliability of 3 methods
     assert not table.duplicated(["method", "metric", "threshold", "scale_km",
                                  "lead_time_min"]).any()
 
@@ -182,7 +182,8 @@ def test_evaluate_on_real_knmi_radar(ingested_store, checkpoint, tmp_path, capsy
     assert sorted(p.name for p in out.iterdir()) == ["reliability.csv", "reliability.png",
                                                      "scores.csv", "skill.png"]
     table = pd.read_csv(out / "scores.csv")
-    assert set(table.method) == {"model", "steps", "persistence", "extrapolation"}
+    assert set(table.method) == {"model", "neighbourhood", "steps", "persistence",
+                                 "extrapolation"}
     assert set(table.lead_time_min) == {10, 30}
     for method in ("persistence", "extrapolation"):
         assert 0 < score(table, method, "csi", 10, 1.0) < 1
@@ -295,7 +296,8 @@ def test_evaluate_runs_a_20_member_steps_ensemble_by_default(net, store, monkeyp
     assert sizes == [20]
     assert "steps" in set(table.method)
     assert set(evaluate(net, store, INITS[:1], [5], (1.0,), (1.0,),
-                        steps_members=0).scores.method) == {"model", "persistence",
+                        steps_members=0).scores.method) == {"model", "neighbourhood",
+                                                             "persistence",
                                                              "extrapolation"}
     with pytest.raises(ValueError, match="steps_members must be >= 0"):
         evaluate(net, store, INITS[:1], [5], (1.0,), (1.0,), steps_members=-1)
@@ -334,11 +336,11 @@ def test_evaluation_files_hold_every_probabilistic_method(result, tmp_path):
     reliability = pd.read_csv(tmp_path / "reliability.csv")
     assert list(reliability.columns) == ["method", "lead_time_min", "bin",
                                          "forecast_probability", "observed_frequency", "count"]
-    assert list(dict.fromkeys(reliability.method)) == ["model", "steps"]
+    assert list(dict.fromkeys(reliability.method)) == ["model", "neighbourhood", "steps"]
     scores = pd.read_csv(tmp_path / "scores.csv")
     rel = scores[scores.metric == "brier_reliability"]
-    assert sorted(set(rel.method)) == ["model", "steps"]
-    assert len(rel) == 2 * len(LEADS) and (rel.threshold == 1.0).all()
+    assert sorted(set(rel.method)) == ["model", "neighbourhood", "steps"]
+    assert len(rel) == 3 * len(LEADS) and (rel.threshold == 1.0).all()
     assert ((rel.value >= 0) & (rel.value <= 1)).all()
 
 
@@ -368,7 +370,8 @@ def calibrated(net, store, calibration: StubCalibration):
 def test_identity_calibration_gives_exactly_the_model_scores(net, store):
     res = calibrated(net, store, StubCalibration(dict.fromkeys(LEADS, 1.0), lambda m, t: 0.5))
     assert list(dict.fromkeys(res.scores.method)) == ["model", "model_calibrated",
-                                                      "persistence", "extrapolation"]
+                                                      "neighbourhood", "persistence",
+                                                      "extrapolation"]
     for table in (res.scores, res.reliability):
         model = table[table.method == "model"].drop(columns="method").reset_index(drop=True)
         tempered = table[table.method == "model_calibrated"].drop(columns="method")

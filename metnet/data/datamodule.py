@@ -88,6 +88,9 @@ class NowcastDataModule(L.LightningDataModule):
         motion_velocity: with ``motion_inputs``, add the motion field (2 channels) as well.
         motion_cache_dir: where the motion caches go (default: ``.metnet-cache`` beside
             each store).
+        augment: show each training sample under one of the eight rotations and reflections
+            of the square, drawn per sample and epoch (:mod:`metnet.data.augment`); motion
+            vectors turn with the field. Validation and test samples are never augmented.
         split_fractions: (train, val, test) shares of each store's frames, in time order.
         split_times: ``[val_start, test_start]`` ISO UTC times; overrides the fractions.
         patches_per_window: training samples per window per epoch.
@@ -120,6 +123,7 @@ class NowcastDataModule(L.LightningDataModule):
         motion_inputs: bool = False,
         motion_velocity: bool = False,
         motion_cache_dir: str | None = None,
+        augment: bool = False,
         split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
         split_times: list[str] | None = None,
         patches_per_window: int = 1,
@@ -153,7 +157,8 @@ class NowcastDataModule(L.LightningDataModule):
         self.satellite_stores = [str(s) for s in satellite_stores or []]
         self.spec = SampleSpec(context_frames, context_size, target_size,
                                tuple(int(t) for t in lead_times), static_channels,
-                               time_channels, rain_weight_eps, len(self.lead_channel_names))
+                               time_channels, rain_weight_eps, len(self.lead_channel_names),
+                               augment)
         self.patch_stride = patch_stride or max(target_size // 4, 1)
         self.datasets: dict[str, NowcastDataset] | None = None
 

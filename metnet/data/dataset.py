@@ -30,10 +30,11 @@ Context channels, per frame (see :func:`channel_names`):
 5. with ``time_channels``: ``sin_tod``, ``cos_tod``, ``sin_doy``, ``cos_doy`` of the frame's
    time of day and day of year (constant planes)
 
-Randomness: a training sample's patch is drawn from a generator seeded by
-``(seed, split, epoch, index)``, never from shared state, so samples do not
-depend on worker count or order; val/test samples ignore the epoch, so they
-are the same set every time.
+Randomness: a training sample's patch (and, with ``augment``, the rotation or reflection
+of the square it is seen under, :mod:`metnet.data.augment`) is drawn from a generator
+seeded by ``(seed, split, epoch, index)``, never from shared state, so samples do not
+depend on worker count or order; val/test samples ignore the epoch and are never
+augmented, so they are the same set every time.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from metnet.data.alignment import SatelliteAlignment
+from metnet.data.augment import SYMMETRIES, transform_inplace
 from metnet.data.frames import StoreFrames
-from metnet.data.motion import MotionCache
+from metnet.data.motion import MotionCache, lead_channel_names
 from metnet.data.patches import PatchWeights
 from metnet.data.windows import SPLITS, Windows
 from metnet.transforms import rate_to_input_
@@ -80,16 +82,19 @@ class SampleSpec:
     time_channels: bool = False
     rain_weight_eps: float = 0.1
     lead_channels: int = 0
+    augment: bool = False
 
 
 @dataclass(frozen=True)
 class Pick:
-    """One sample's place: store number, window number in that store, patch corner (pixels)."""
+    """One sample's place: store number, window number in that store, patch corner (pixels)
+    and the symmetry of the square it is seen under (:mod:`metnet.data.augment`; 0: as is)."""
 
     store: int
     window: int
     row: int
     col: int
+    symmetry: int = 0
 
 
 @dataclass
@@ -147,7 +152,8 @@ class NowcastDataset(Dataset):
         store, number = self.locate(index)
         target_frames = self.windows[store].target[number]
         row, col = self.domains[store].patches.draw(target_frames, self.spec.rain_weight_eps, rng)
-        return Pick(store, number, row, col)
+        augmented = self.spec.augment and self.split_code == 0
+        return Pick(store, number, row, col, int(rng.integers(SYMMETRIES)) if augmented else 0)
 
     def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> dict:
         """A whole batch (leading dimension B = len(keys)), written straight into its tensors.
@@ -163,6 +169,8 @@ class NowcastDataset(Dataset):
                                                  strict=True):
             self._fill_context(out_context, pick)
             self._fill_target(out_target, pick)
+            transform_inplace(out_context, pick.symmetry)
+            transform_inplace(out_target, pick.symmetry)
         extra = {"lead_inputs": self._lead_inputs(picks)} if spec.lead_channels else {}
         return {
             "context": context,
@@ -209,10 +217,12 @@ class NowcastDataset(Dataset):
         """(B, L, Cl, S, S) per-lead inputs over each pick's context square."""
         spec, size = self.spec, self.spec.context_size
         out = _empty((len(picks), len(spec.lead_times), spec.lead_channels, size, size))
+        vectors = (2, 3) if spec.lead_channels == len(lead_channel_names(True)) else None
         for out_pick, pick in zip(out.numpy(), picks, strict=True):
             init_frame = self.windows[pick.store].context[pick.window, -1]
             self.domains[pick.store].motion.read(init_frame, slice(pick.row, pick.row + size),
                                                  slice(pick.col, pick.col + size), out_pick)
+            transform_inplace(out_pick, pick.symmetry, vectors)
         return out
 
     def _fill_target(self, out: np.ndarray, pick: Pick) -> None:

@@ -16,6 +16,7 @@ from metnet.models.convlstm import ConvLSTM
 from metnet.models.downsampler import Downsampler
 from metnet.models.head import Head
 from metnet.models.lead_inputs import LeadInputEncoder
+from metnet.models.prior import ExtrapolationPrior
 
 CONDITIONING_KINDS = ("film", "onehot")
 
@@ -53,7 +54,10 @@ class MetNet(nn.Module):
     over the context square (B, L, Cl, H, W), e.g. the field extrapolated to each lead by
     optical flow (:mod:`metnet.data.motion`): a :class:`LeadInputEncoder` term is added to
     the latent before the conditioned blocks, and the central target crop joins the head at
-    full resolution. The encoder still runs once per sample.
+    full resolution. The encoder still runs once per sample. With ``prior`` the head
+    corrects a probabilistic extrapolation of those planes
+    (:class:`~metnet.models.prior.ExtrapolationPrior`) instead of predicting from nothing:
+    untrained, the network forecasts the prior.
 
     Args:
         input_channels: channels C of an input frame (e.g. rain rate and a validity mask).
@@ -74,6 +78,7 @@ class MetNet(nn.Module):
             ``bin_width`` if ``num_bins`` is set, else the compact 24-bin set.
         num_bins: number of uniform bins (with ``bin_width``) when ``bin_edges`` is unset.
         bin_width: uniform bin width in mm/h.
+        dry_bin: put a dry bin (a point mass at 0 mm/h) in front of the default bins.
         lead_embedding_dim: size of the lead-time embedding (film mode).
         conditioning: ``"film"`` or ``"onehot"``.
         max_lead_minutes: longest lead time in minutes.
@@ -82,8 +87,11 @@ class MetNet(nn.Module):
         gradient_checkpointing: recompute attention blocks in the backward pass to save
             activation memory.
         lead_channels: per-lead input channels Cl (0: none).
-        extrapolation_skip: with lead inputs, add the bin of the extrapolated rate to the
-            head's logits through a learned K x K map starting at zero (:class:`Head`).
+        prior: correct the probabilistic extrapolation of the per-lead inputs
+            (:class:`~metnet.models.prior.ExtrapolationPrior`; needs ``lead_channels`` and a
+            context margin of at least its neighbourhood radius at the longest lead).
+        prior_radius: (pixels at lead 0, pixels per minute of lead) of the prior's
+            neighbourhood half-width.
     """
 
     def __init__(
@@ -104,13 +112,15 @@ class MetNet(nn.Module):
         bin_edges: list[float] | None = None,
         num_bins: int | None = None,
         bin_width: float = 0.2,
+        dry_bin: bool = False,
         lead_embedding_dim: int = 32,
         conditioning: str = "film",
         max_lead_minutes: int = 120,
         lead_step_minutes: int = 10,
         gradient_checkpointing: bool = False,
         lead_channels: int = 0,
-        extrapolation_skip: bool = False,
+        prior: bool = False,
+        prior_radius: tuple[float, float] = (1.0, 0.1),
     ) -> None:
         super().__init__()
         # The constructor arguments, plain values only: enough to rebuild the network from a
@@ -136,7 +146,7 @@ class MetNet(nn.Module):
         self.num_leads = max_lead_minutes // lead_step_minutes
         self.gradient_checkpointing = gradient_checkpointing
         self.lead_channels = lead_channels
-        self.bin_edges = self._resolve_bins(bin_edges, num_bins, bin_width)
+        self.bin_edges = self._resolve_bins(bin_edges, num_bins, bin_width, dry_bin)
 
         onehot = conditioning == "onehot"
         widths = _pair(downsampler_channels)
@@ -163,18 +173,26 @@ class MetNet(nn.Module):
         self.conditioned_blocks = nn.ModuleList(block(True) for _ in range(num_blocks - split))
         self.lead_encoder = (LeadInputEncoder(lead_channels, lstm_hidden, factor)
                              if lead_channels else None)
+        extrapolation = (ExtrapolationPrior(self.bin_edges, max_lead_minutes, prior_radius)
+                         if prior else None)
         self.head = Head(lstm_hidden, len(self.bin_edges) - 1, (ht, wt), factor, cond_dim,
-                         lead_channels=lead_channels,
-                         skip_edges=self.bin_edges if extrapolation_skip else None)
+                         lead_channels=lead_channels, prior=extrapolation)
+        context_margin = min((s - t) // 2 for s, t in zip(self.input_size, self.target_size,
+                                                           strict=True))
+        if self.head.margin > context_margin:
+            raise ValueError(f"the prior's neighbourhood reaches {self.head.margin} px beyond "
+                             f"the target; the context gives {context_margin}")
 
     @staticmethod
     def _resolve_bins(
-        bin_edges: Sequence[float] | None, num_bins: int | None, bin_width: float
+        bin_edges: Sequence[float] | None, num_bins: int | None, bin_width: float,
+        dry_bin: bool,
     ) -> tuple[float, ...]:
-        if bin_edges is not None and num_bins is not None:
-            raise ValueError("give bin_edges or num_bins, not both")
+        if bin_edges is not None and (num_bins is not None or dry_bin):
+            raise ValueError("give bin_edges, or num_bins and dry_bin, not both")
         if bin_edges is None:
             bin_edges = uniform_bins(num_bins, bin_width) if num_bins else compact_bins()
+            bin_edges = [0.0, *bin_edges] if dry_bin else bin_edges
         check_edges(bin_edges)
         return tuple(float(e) for e in bin_edges)
 
@@ -184,13 +202,15 @@ class MetNet(nn.Module):
         return len(self.bin_edges) - 1
 
     def forward(self, x: Tensor, lead_times: Tensor | Sequence[float],
-                lead_inputs: Tensor | None = None) -> Tensor:
+                lead_inputs: Tensor | None = None, histograms: Tensor | None = None) -> Tensor:
         """Bin logits for every lead time.
 
         Args:
             x: (B, T, C, H, W) transformed input frames (NaN already replaced).
             lead_times: (L,) or (B, L) lead times in minutes (int or float).
             lead_inputs: (B, L, Cl, H, W) per-lead inputs, exactly when ``lead_channels``.
+            histograms: with a prior, its histograms (B, L, 2, K, Ht, Wt) when already
+                computed (a forecast computes them once for the whole domain).
 
         Returns:
             (B, L, K, Ht, Wt) logits over the K rain-rate bins for the central target patch.
@@ -199,7 +219,7 @@ class MetNet(nn.Module):
         if self.conditioning == "onehot":
             self._lead_inputs(lead_inputs, *leads.shape)  # refuses any: onehot takes none
             return self._forward_onehot(x, leads)
-        return self.decode(self.encode(x), leads, lead_inputs)
+        return self.decode(self.encode(x), leads, lead_inputs, histograms)
 
     def encode(self, x: Tensor) -> Tensor:
         """Lead-independent latent (B, C_hidden, h, w) of input (B, T, C, H, W) (film mode).
@@ -210,7 +230,7 @@ class MetNet(nn.Module):
         return self._encode(x).permute(0, 3, 1, 2)
 
     def decode(self, latent: Tensor, lead_times: Tensor | Sequence[float],
-               lead_inputs: Tensor | None = None) -> Tensor:
+               lead_inputs: Tensor | None = None, histograms: Tensor | None = None) -> Tensor:
         """Logits (B, L, K, Ht, Wt) from a latent (B, C_hidden, h, w) of :meth:`encode`.
 
         The latent is expanded to (B * L, h, w, C), the per-lead inputs (B, L, Cl, H, W), if
@@ -227,7 +247,9 @@ class MetNet(nn.Module):
             z = z + self.lead_encoder(per_lead.to(z.dtype))
         cond = self.lead_embedding(leads.flatten())
         z = self._run_blocks(self.conditioned_blocks, z, cond)
-        return self.head(z, cond, self._target_crop(per_lead)).unflatten(0, (b, num))
+        around_target = self._target_crop(per_lead, self.head.margin)
+        flat = histograms.flatten(0, 1) if histograms is not None else None
+        return self.head(z, cond, around_target, leads.flatten(), flat).unflatten(0, (b, num))
 
     def _lead_inputs(self, lead_inputs: Tensor | None, b: int, num: int) -> Tensor | None:
         """Checked per-lead inputs flattened to (B L, Cl, H, W), or None."""
@@ -243,13 +265,14 @@ class MetNet(nn.Module):
             raise ValueError(f"expected lead_inputs {expected}, got {tuple(lead_inputs.shape)}")
         return lead_inputs.flatten(0, 1)
 
-    def _target_crop(self, planes: Tensor | None) -> Tensor | None:
-        """The central target square (N, Cl, Ht, Wt) of planes (N, Cl, H, W)."""
+    def _target_crop(self, planes: Tensor | None, margin: int = 0) -> Tensor | None:
+        """The central target square and ``margin`` pixels around it, (N, Cl, Ht + 2 margin,
+        Wt + 2 margin), of planes (N, Cl, H, W)."""
         if planes is None:
             return None
         (h, w), (ht, wt) = self.input_size, self.target_size
-        top, left = (h - ht) // 2, (w - wt) // 2
-        return planes[..., top:top + ht, left:left + wt]
+        top, left = (h - ht) // 2 - margin, (w - wt) // 2 - margin
+        return planes[..., top:top + ht + 2 * margin, left:left + wt + 2 * margin]
 
     def _forward_onehot(self, x: Tensor, leads: Tensor) -> Tensor:
         """The paper's form: one-hot lead planes as input channels, whole network per lead."""

@@ -6,8 +6,9 @@ Every method is called as ``method(rate, lead_times, *, step_minutes, **options)
   where not observed;
 * ``lead_times``: L lead times in minutes;
 * it returns, by its :data:`KINDS` entry: ``deterministic`` (L, H, W) mm/h, ``ensemble``
-  (M, L, H, W) mm/h, or ``distribution`` a
-  :class:`~metnet.distribution.RainRateDistribution` with batch shape (L, H, W).
+  (M, L, H, W) mm/h, or ``distribution`` an object with batch shape (L, H, W) and
+  ``exceedance(t)``, ``quantile(q)``, ``mean()`` and ``crps(obs)`` (torch tensors), a
+  :class:`~metnet.distribution.RainRateDistribution` for the model.
 
 =================  ============  ==========================================================
 name               kind          options
@@ -15,6 +16,7 @@ name               kind          options
 ``persistence``    deterministic (none)
 ``extrapolation``  deterministic ``velocity`` (2, H, W) pixels per step (default: LK motion)
 ``steps``          ensemble      ``km_per_pixel``, ``members``, ``seed``, ``velocity``
+``neighbourhood``  distribution  ``velocity``, ``radius`` (the extrapolated neighbourhood)
 ``model``          distribution  ``net``, ``calibration``, ``batch_tiles``, ``stride``
 =================  ============  ==========================================================
 
@@ -34,6 +36,7 @@ KINDS: dict[str, Kind] = {
     "persistence": "deterministic",
     "extrapolation": "deterministic",
     "steps": "ensemble",
+    "neighbourhood": "distribution",
     "model": "distribution",
 }
 

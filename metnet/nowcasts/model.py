@@ -178,6 +178,7 @@ def blended_probabilities(
     device = next(net.parameters()).device
     x = padded_input(rate, tiling).to(device)
     planes = pad_planes(per_lead, tiling).to(device) if per_lead is not None else None
+    histograms = prior_histograms(net, planes, lead_times, tiling)
     (th, tw), (sh, sw) = tiling.target_size, tiling.input_size
     weight = tiling.weights().to(device)
     num_bins = len(net.bin_edges) - 1
@@ -192,6 +193,8 @@ def blended_probabilities(
             extra = (torch.stack([planes[..., r:r + sh, c:c + sw] for r, c in batch])
                      if planes is not None else None)
             args = (inputs, leads) if extra is None else (inputs, leads, extra)
+            if histograms is not None:
+                args += (torch.stack([histograms[..., r:r + th, c:c + tw] for r, c in batch]),)
             probs = torch.softmax(net(*args).float(), dim=2)  # (B, L, K, Ht, Wt)
             for tile_probs, (r, c) in zip(probs, batch, strict=True):
                 total[..., r:r + th, c:c + tw] += tile_probs * weight
@@ -201,6 +204,22 @@ def blended_probabilities(
     height, width = rate.shape[1:]
     blended = total / weight_sum.clamp_min(WEIGHT_FLOOR**2)
     return blended[..., :height, :width].cpu()
+
+
+def prior_histograms(net: nn.Module, planes: torch.Tensor | None, lead_times: Sequence[int],
+                     tiling: Tiling) -> torch.Tensor | None:
+    """The histograms (L, 2, K, *tiling.covered) of a network's extrapolation prior
+    (:class:`~metnet.models.prior.ExtrapolationPrior`) over the whole covered domain, from
+    its padded per-lead planes (L, Cl, *tiling.padded): computed once, not once per tile.
+    None for a network without a prior."""
+    prior = getattr(getattr(net, "head", None), "prior", None)
+    if prior is None or planes is None:
+        return None
+    (top, left), (height, width), r = tiling.margin, tiling.covered, prior.margin
+    region = planes[..., top - r:top + height + r, left - r:left + width + r]
+    leads = torch.tensor(lead_times, device=planes.device)
+    return torch.cat([prior.histograms(region[j:j + 1], leads[j:j + 1])
+                      for j in range(len(lead_times))])
 
 
 def probabilities_to_logits(probs: torch.Tensor) -> torch.Tensor:
