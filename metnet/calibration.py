@@ -6,7 +6,9 @@ distribution over the rain-rate bins, so every derived quantity (mean, quantiles
 exceedance probabilities, CRPS) stays mutually consistent; only the sharpness changes.
 The network grows less certain with lead time and is typically over- or under-confident
 by a different amount at each lead, hence one T per lead, chosen from a grid as the one
-with the lowest mean cross-entropy (the training loss, a proper score).
+with the lowest mean of the network's training loss (a proper score: the cross-entropy,
+or the CRPS for a network trained on it; a temperature chosen by the log score broadens
+distributions that the CRPS would keep sharp).
 
 Why CSI-maximising cuts: a categorical forecast "rate > t" needs a cut p* on P(R > t).
 0.5 is the natural default, but for rare, hard-to-place events CSI is usually higher with
@@ -39,7 +41,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from tqdm.auto import tqdm
 
-from metnet.distribution import check_edges, fraction_below, rain_to_bin
+from metnet.distribution import RainRateDistribution, check_edges, fraction_below, rain_to_bin
 
 #: Candidate temperatures; 1.0 (the uncalibrated network) must be among them.
 DEFAULT_TEMPERATURES: tuple[float, ...] = (
@@ -51,7 +53,10 @@ DEFAULT_TEMPERATURES: tuple[float, ...] = (
 REPORT_KEYS: tuple[str, ...] = (
     "csi_raw", "csi_calibrated", "reliability_raw", "reliability_calibrated",
     "brier_raw", "brier_calibrated", "cross_entropy_raw", "cross_entropy_calibrated",
+    "crps_raw", "crps_calibrated",
 )  # fmt: skip
+#: What the temperature of each lead minimises, by the network's training loss.
+CRITERIA = ("cross_entropy", "crps")
 
 _FIELDS = ("lead_times", "thresholds", "temperature", "probability_threshold", "report")
 
@@ -193,10 +198,11 @@ class CalibrationStatistics(Metric):
         temperatures: M candidate temperatures; must include 1.0.
         probability_bins: P equal bins of [0, 1] for the exceedance histograms; even, so
             that 0.5 is a bin edge (a candidate cut).
+        criterion: what the temperature minimises (:data:`CRITERIA`).
 
-    States (float64, summed across ranks): ``ce_sum`` (M, L) and ``count`` (L,) for the
-    mean cross-entropy; per (M, L, N, P) histogram bin ``hist_count`` (pixels),
-    ``hist_events`` (observed events) and ``hist_prob`` (sum of P(R > t)); and
+    States (float64, summed across ranks): ``ce_sum`` and ``crps_sum`` (M, L) and ``count``
+    (L,) for the mean cross-entropy and CRPS; per (M, L, N, P) histogram bin ``hist_count``
+    (pixels), ``hist_events`` (observed events) and ``hist_prob`` (sum of P(R > t)); and
     ``brier_sum`` (M, L, N), the exact sum of squared probability errors.
     """
 
@@ -205,8 +211,11 @@ class CalibrationStatistics(Metric):
     def __init__(self, bin_edges: Sequence[float], lead_times: Sequence[int],
                  thresholds: Sequence[float] = (0.1, 1.0, 4.0, 8.0),
                  temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
-                 probability_bins: int = 100) -> None:
+                 probability_bins: int = 100, criterion: str = "cross_entropy") -> None:
         super().__init__()
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+        self.criterion = criterion
         check_edges(bin_edges)
         _check_arguments(lead_times, thresholds, temperatures, probability_bins)
         self.lead_values = [int(m) for m in lead_times]
@@ -223,7 +232,8 @@ class CalibrationStatistics(Metric):
         self.register_buffer("cuts", torch.arange(probability_bins + 1, dtype=torch.float64)
                              / probability_bins, persistent=False)
         m, n, k = len(temperatures), len(lead_times), len(thresholds)
-        shapes = {"ce_sum": (m, n), "count": (n,), "hist_count": (m, n, k, probability_bins),
+        shapes = {"ce_sum": (m, n), "crps_sum": (m, n), "count": (n,),
+                  "hist_count": (m, n, k, probability_bins),
                   "hist_events": (m, n, k, probability_bins),
                   "hist_prob": (m, n, k, probability_bins), "brier_sum": (m, n, k)}
         for name, shape in shapes.items():
@@ -256,6 +266,9 @@ class CalibrationStatistics(Metric):
             log_p = torch.log_softmax(x / temperature, dim=-1)  # (V, K)
             ce = -log_p.gather(-1, bins).squeeze(-1)
             self.ce_sum[i] += torch.bincount(lead, ce.double(), minlength=len(self.lead_values))
+            crps = RainRateDistribution(log_p, self.edges, dim=-1).crps(rate)
+            self.crps_sum[i] += torch.bincount(lead, crps.double(),
+                                               minlength=len(self.lead_values))
             exceed = (log_p.exp() @ self.above).double().clamp(0.0, 1.0)  # (V, N)
             self._add_histograms(i, lead, exceed, events)
 
@@ -285,14 +298,15 @@ class CalibrationStatistics(Metric):
         self.brier_sum[i] += torch.bincount(cell.flatten(), squared, size // p).reshape(shape[:2])
 
     def compute(self) -> Calibration:
-        """The temperature with the lowest mean cross-entropy per lead, then at that
+        """The temperature with the lowest mean criterion per lead, then at that
         temperature the CSI-maximising cut per (lead, threshold), with the report of the
         raw (T = 1, p = 0.5) and calibrated scores. A lead without data keeps T = 1; a
         (lead, threshold) without observed events keeps p* = 0.5."""
         lead_range = torch.arange(len(self.lead_values), device=self.count.device)
         raw = torch.full_like(lead_range, self.temperature_values.index(1.0))
-        mean_ce = self.ce_sum / self.count  # (M, L)
-        chosen = torch.where(self.count > 0, mean_ce.nan_to_num(math.inf).argmin(0), raw)
+        mean_ce, mean_crps = self.ce_sum / self.count, self.crps_sum / self.count  # (M, L)
+        criterion = mean_ce if self.criterion == "cross_entropy" else mean_crps
+        chosen = torch.where(self.count > 0, criterion.nan_to_num(math.inf).argmin(0), raw)
         half = self.probability_bins // 2
         cut = self._best_cut(chosen, lead_range, default=half)  # (L, N)
         report = {}
@@ -300,6 +314,7 @@ class CalibrationStatistics(Metric):
                                 ("calibrated", chosen, cut)):
             scores = self._scores(temp, lead_range, j)
             scores["cross_entropy"] = mean_ce[temp, lead_range][:, None].expand_as(cut)
+            scores["crps"] = mean_crps[temp, lead_range][:, None].expand_as(cut)
             report.update({f"{k}_{suffix}": v.tolist() for k, v in scores.items()})
         temperatures = torch.tensor(self.temperature_values)
         return Calibration(self.lead_values, self.threshold_values,
@@ -364,6 +379,7 @@ def fit_calibration(
     lead_times: Sequence[int],
     thresholds: Sequence[float] = (0.1, 1.0, 4.0, 8.0),
     progress: bool = False,
+    criterion: str = "cross_entropy",
 ) -> Calibration:
     """Fit a :class:`Calibration` of ``net`` in one pass over VALIDATION batches.
 
@@ -374,9 +390,11 @@ def fit_calibration(
         lead_times: the lead times (minutes) to calibrate.
         thresholds: rain-rate thresholds (mm/h) of the probability cuts.
         progress: progress bar over batches.
+        criterion: what each lead's temperature minimises: the network's training loss.
     """
     device = next(net.parameters()).device
-    stats = CalibrationStatistics(net.bin_edges, lead_times, thresholds).to(device)
+    stats = CalibrationStatistics(net.bin_edges, lead_times, thresholds,
+                                  criterion=criterion).to(device)
     seen = False
     with torch.no_grad():
         for batch in tqdm(batches, desc="calibrate", unit="batch", disable=not progress):

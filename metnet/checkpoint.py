@@ -139,6 +139,11 @@ class Checkpoint:
         return dict(self.contents.get(DATA_KEY) or {})
 
     @property
+    def loss(self) -> str:
+        """The loss the model was trained with (``cross_entropy`` before it was a choice)."""
+        return str(self.hparams.get("loss", "cross_entropy"))
+
+    @property
     def thresholds(self) -> tuple[float, ...]:
         """The rain-rate thresholds (mm/h) the model was scored at during training."""
         return tuple(self.hparams.get("thresholds", (0.1, 1.0, 4.0, 8.0)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from argparse import ArgumentError
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -149,10 +150,12 @@ def _calibrate(argv: Sequence[str]) -> None:
     checkpoint.check(dm)
     dm.setup("validate")
     calibration = fit_calibration(checkpoint.net, dm.dataloader("val", num_replicas=1, rank=0),
-                                  dm.spec.lead_times, checkpoint.thresholds, progress=True)
+                                  dm.spec.lead_times, checkpoint.thresholds, progress=True,
+                                  criterion=checkpoint.loss)
     checkpoint.save_calibration(calibration)
     columns = ["lead_time_min", "threshold", "temperature", "probability_threshold",
-               "csi_raw", "csi_calibrated", "reliability_raw", "reliability_calibrated"]
+               "csi_raw", "csi_calibrated", "reliability_raw", "reliability_calibrated",
+               "crps_raw", "crps_calibrated"]
     print(calibration.table()[columns].to_string(index=False,
                                                  float_format=lambda v: f"{v:.3f}"))
     print(f"stored the calibration in {checkpoint.path}")
@@ -373,6 +376,8 @@ def quiet_lightning() -> None:
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
                  "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # a deprecation inside Lightning itself, printed on every run; nothing a user can change
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def _lightning(command: str, argv: list[str]) -> int:

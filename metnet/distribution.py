@@ -114,6 +114,17 @@ def masked_cross_entropy(
     return pixel_cross_entropy(logits, target_mm_h, edges, dim).sum() / valid.sum().clamp_min(1)
 
 
+def masked_crps(
+    logits: Tensor, target_mm_h: Tensor, edges: Sequence[float] | Tensor, dim: int = -3
+) -> Tensor:
+    """Mean exact CRPS (mm/h) of the distributions over the valid (non-NaN) target pixels;
+    arguments as for :func:`masked_cross_entropy`. Differentiable in the logits; with no
+    valid pixel the loss is 0 (still attached to the graph)."""
+    valid = ~torch.isnan(target_mm_h)
+    crps = RainRateDistribution(logits, edges, dim).crps(target_mm_h.nan_to_num(0.0))
+    return torch.where(valid, crps, 0.0).sum() / valid.sum().clamp_min(1)
+
+
 def pixel_cross_entropy(
     logits: Tensor, target_mm_h: Tensor, edges: Sequence[float] | Tensor, dim: int = -3
 ) -> Tensor:

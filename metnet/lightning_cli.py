@@ -196,7 +196,7 @@ class CalibrateBest(Callback):
         datamodule = trainer.datamodule
         calibration = fit_calibration(checkpoint.net.to(pl_module.device),
                                       datamodule.dataloader("val"), datamodule.spec.lead_times,
-                                      checkpoint.thresholds)
+                                      checkpoint.thresholds, criterion=checkpoint.loss)
         if trainer.is_global_zero:
             checkpoint.save_calibration(calibration)
         trainer.strategy.barrier()

@@ -1,13 +1,14 @@
 """``NowcastModule``: trains a :class:`~metnet.models.MetNet` with Lightning.
 
-It composes the network, the masked cross-entropy loss, AdamW with linear
+It composes the network, its loss (the masked cross-entropy over the rain-rate bins, as in
+MetNet, or the exact CRPS of the distribution), AdamW with linear
 warm-up and cosine decay, and the verification scores. On validation and
 test it scores the model and Eulerian persistence (the last context frame)
 on the same batches, per lead time and pooled over leads, and, when the
 batches carry motion inputs (``lead_inputs``), Lagrangian extrapolation too
 (the extrapolated field the network is given):
 
-* ``{split}/loss``: cross-entropy of the model (the monitored quantity);
+* ``{split}/loss``: the training loss of the model (the monitored quantity);
 * ``{split}/{method}/{score}_{threshold}`` and ``.../lead_{minutes}``: CSI,
   POD, FAR at each threshold (an observed event is R > t, as in pysteps; the model's
   event is P(R > t) >= 0.5);
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -36,6 +37,7 @@ from metnet.checkpoint import CALIBRATION_KEY, Checkpoint, record
 from metnet.distribution import (
     RainRateDistribution,
     masked_cross_entropy,
+    masked_crps,
     pixel_cross_entropy,
 )
 from metnet.metrics import ContingencyScores, LeadMean
@@ -44,6 +46,8 @@ from metnet.nowcasts import get_method
 from metnet.transforms import input_to_rate
 
 METHODS = ("model", "model_calibrated", "persistence", "extrapolation")
+#: The training losses, by name: mean over the observed target pixels.
+LOSSES = {"cross_entropy": masked_cross_entropy, "crps": masked_crps}
 
 
 class NowcastModule(L.LightningModule):
@@ -58,6 +62,10 @@ class NowcastModule(L.LightningModule):
         brier_threshold: threshold (mm/h) of the Brier score.
         rain_channel: index of the transformed rain channel in the context (persistence).
         mask_channel: index of the coverage-mask channel in the context.
+        loss: ``cross_entropy`` (the log score of the observed bin, MetNet's) or ``crps``
+            (the distribution's exact CRPS in mm/h; both are proper scores, and CRPS does
+            not reward spreading probability over unlikely bins the way the log score
+            punishes missing them).
     """
 
     def __init__(
@@ -70,8 +78,11 @@ class NowcastModule(L.LightningModule):
         brier_threshold: float = 1.0,
         rain_channel: int = 0,
         mask_channel: int = 1,
+        loss: Literal["cross_entropy", "crps"] = "cross_entropy",
     ) -> None:
         super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.register_buffer("bin_edges", torch.tensor(net.bin_edges, dtype=torch.float32),
@@ -95,7 +106,7 @@ class NowcastModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         logits = self.logits(batch)
-        loss = masked_cross_entropy(logits, batch["target"], self.bin_edges, dim=2)
+        loss = LOSSES[self.hparams.loss](logits, batch["target"], self.bin_edges, dim=2)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
 
@@ -118,7 +129,7 @@ class NowcastModule(L.LightningModule):
         logits = self.logits(batch).float()
         valid = ~torch.isnan(target)
         ce = pixel_cross_entropy(logits, target, self.bin_edges, dim=2)
-        loss = ce.sum() / valid.sum().clamp_min(1)  # = masked_cross_entropy, from ce
+        loss = LOSSES[self.hparams.loss](logits, target, self.bin_edges, dim=2)
         self.log(f"{split}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(target))
         scores = self._split_scores(split, target.shape[1])
         scores["model_ce"].update(ce, valid)

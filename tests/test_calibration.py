@@ -75,6 +75,24 @@ def test_cross_entropy_matches_pixel_cross_entropy(synthetic):
         torch.testing.assert_close(stats.ce_sum[i], expected.double(), rtol=1e-5, atol=0)
 
 
+def test_crps_matches_the_distribution_and_can_choose_the_temperature(synthetic):
+    logits, target = synthetic
+    temperatures = (0.6, 1.0, 2.0)
+    stats = fit(logits, target, temperatures=temperatures, criterion="crps")
+    means = []
+    for i, temperature in enumerate(temperatures):
+        crps = RainRateDistribution(logits / temperature, EDGES, dim=2).crps(target)
+        expected = crps.sum((0, 2, 3)).double()
+        torch.testing.assert_close(stats.crps_sum[i], expected, rtol=1e-5, atol=0)
+        means.append(expected / stats.count)
+    cal = stats.compute()
+    best = torch.stack(means).argmin(0)  # (L,) by the CRPS of each lead
+    assert cal.temperature == [temperatures[int(i)] for i in best]
+    assert np.all(np.array(cal.report["crps_calibrated"]) <= np.array(cal.report["crps_raw"]))
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        CalibrationStatistics(EDGES, LEADS, THRESHOLDS, criterion="brier")
+
+
 def two_bin_logits(prob: np.ndarray) -> torch.Tensor:
     """(1, 1, 2, 1, P) logits over bins [0, 1) and [1, 2) mm/h with P(R > 1) = ``prob``."""
     p = torch.tensor(prob, dtype=torch.float64)

@@ -254,6 +254,7 @@ BAD_CONFIGS = [
     ({"target_size": 80}, "target_size=80 must be between 1 and context_size=64"),
     ({"cache": "disk"}, "cache='disk'"),
     ({"context_step_minutes": 7}, "context_step_minutes=7 is not a multiple of step_minutes=5"),
+    ({"train_fraction": 0}, "train_fraction=0 must be in"),
 ]
 
 
@@ -313,3 +314,14 @@ def test_dataloader_without_the_sampler_takes_plain_indices(synthetic_store):
     assert batch["context"].shape[0] == 2
     with pytest.raises(IndexError):
         dm.datasets["test"][len(dm.datasets["test"])]
+
+
+def test_a_train_fraction_keeps_the_earliest_training_windows_and_the_rest(synthetic_store):
+    whole, quarter = _dm(synthetic_store), _dm(synthetic_store, train_fraction=0.25)
+    inits = {name: dm.datasets["train"].windows[0].init_time for name, dm in
+             (("whole", whole), ("quarter", quarter))}
+    assert len(inits["quarter"]) == int(np.ceil(0.25 * len(inits["whole"])))
+    np.testing.assert_array_equal(inits["quarter"], inits["whole"][:len(inits["quarter"])])
+    for split in ("val", "test"):
+        np.testing.assert_array_equal(quarter.datasets[split].windows[0].init_time,
+                                      whole.datasets[split].windows[0].init_time)

@@ -242,3 +242,23 @@ def test_cli_reads_the_checkpoint_once(command, store, checkpoint, tmp_path, mon
     assert main([command, "--ckpt_path", str(checkpoint), "--store", str(store), *when,
                  "--lead_times", "[5]", "--out", str(out)]) == 0
     assert [str(p) for p in loads] == [str(checkpoint)]
+
+
+def test_prior_histograms_of_the_whole_domain_equal_those_of_each_tile(store, monkeypatch):
+    """A forecast computes the extrapolation prior once for the domain; each tile's crop of
+    it is what the network would compute from the tile's own inputs."""
+    from metnet.data.motion import lead_planes
+    from metnet.nowcasts import model
+
+    torch.manual_seed(0)
+    net = MetNet(**{**TINY, "lead_channels": 2, "prior": True, "dry_bin": True}).eval()
+    with torch.no_grad():
+        net.head.logits.weight.normal_(0.0, 0.1)  # a trained-like correction and mixture
+    rate = clean_rate(open_store(store)["precip_rate"].values[:4].copy())
+    leads = [5, 15, 30]
+    per_lead = lead_planes(rate[-3:], [m / 5 for m in leads], velocity=False)
+    tiling = make_tiling(net, rate.shape[1:])
+    once = model.blended_probabilities(net, rate[-3:], leads, tiling, per_lead=per_lead)
+    monkeypatch.setattr(model, "prior_histograms", lambda *args: None)
+    per_tile = model.blended_probabilities(net, rate[-3:], leads, tiling, per_lead=per_lead)
+    torch.testing.assert_close(once, per_tile, atol=1e-6, rtol=0)

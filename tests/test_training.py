@@ -343,3 +343,27 @@ def test_standard_output_is_quiet_and_progress_is_plain_lines_in_a_log(synthetic
     lines = text.splitlines()
     assert any(line.startswith("epoch 0 step") and "train/loss" in line for line in lines)
     assert any("end of epoch" in line for line in lines)
+
+
+def test_the_crps_loss_is_the_mean_exact_crps_and_trains():
+    from metnet.distribution import RainRateDistribution
+    from metnet.models import MetNet
+    from metnet.training import NowcastModule
+
+    torch.manual_seed(0)
+    net = MetNet(input_channels=2, context_frames=3, input_size=32, target_size=16,
+                 pack_factor=2, downsampler_channels=(8, 16), lstm_hidden=16, num_blocks=2,
+                 conditioned_from=1, heads=2, max_lead_minutes=30, lead_step_minutes=5,
+                 dry_bin=True)
+    module = NowcastModule(net, loss="crps")
+    batch = {"context": torch.rand(2, 3, 2, 32, 32), "lead_times": torch.tensor([[5, 30]] * 2),
+             "target": 3 * torch.rand(2, 2, 16, 16)}
+    batch["target"][0, 0, :4] = torch.nan
+    loss = module.training_step(batch, 0)
+    crps = RainRateDistribution(module.logits(batch), net.bin_edges, dim=2).crps(
+        batch["target"].nan_to_num(0.0))
+    torch.testing.assert_close(loss, crps[~torch.isnan(batch["target"])].mean())
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        NowcastModule(net, loss="brier")

@@ -93,6 +93,8 @@ class NowcastDataModule(L.LightningDataModule):
             vectors turn with the field. Validation and test samples are never augmented.
         split_fractions: (train, val, test) shares of each store's frames, in time order.
         split_times: ``[val_start, test_start]`` ISO UTC times; overrides the fractions.
+        train_fraction: train on the earliest share (0, 1] of each store's training windows
+            only, validation and test unchanged (for learning curves).
         patches_per_window: training samples per window per epoch.
         eval_patches_per_window: fixed val/test samples per window.
         patch_stride: lattice of candidate patch corners, pixels (default ``target_size // 4``).
@@ -126,6 +128,7 @@ class NowcastDataModule(L.LightningDataModule):
         augment: bool = False,
         split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
         split_times: list[str] | None = None,
+        train_fraction: float = 1.0,
         patches_per_window: int = 1,
         eval_patches_per_window: int = 1,
         patch_stride: int | None = None,
@@ -144,6 +147,8 @@ class NowcastDataModule(L.LightningDataModule):
             lead_times = list(range(step_minutes, 61, step_minutes))
         _check_config(stores, context_frames, context_size, target_size, step_minutes,
                       patches_per_window, eval_patches_per_window, batch_size, cache)
+        if not 0 < train_fraction <= 1:
+            raise DataConfigError(f"train_fraction={train_fraction} must be in (0, 1]")
         if motion_inputs and context_frames < MOTION_FRAMES:
             raise DataConfigError(f"motion_inputs needs context_frames >= {MOTION_FRAMES} "
                                   f"(the motion is estimated from them), got {context_frames}")
@@ -265,6 +270,9 @@ class NowcastDataModule(L.LightningDataModule):
                                             memory=hp.cache == "memory")
             bounds = split_bounds(times, hp.split_fractions, hp.split_times)
             for split, selected in split_windows(windows, times, bounds).items():
+                if split == "train" and hp.train_fraction < 1:
+                    first = np.arange(len(selected)) < np.ceil(hp.train_fraction * len(selected))
+                    selected = selected.select(first)
                 per_split[split].append(selected)
         return {
             split: NowcastDataset(
