@@ -25,7 +25,7 @@ from typing import Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from metnet.io.sources import SOURCES
+from metnet.io.sources import PRESETS
 
 USAGE_ERRORS = (ValueError, RuntimeError, OSError)
 #: What LightningCLI commands report in one line (a RuntimeError there is a bug: traceback).
@@ -64,14 +64,22 @@ def _synth(a: Namespace) -> None:
 
 def _ingest(a: Namespace) -> None:
     from metnet.io.ingest import ingest
+    from metnet.io.sources import parse_importer_args, resolve_source
 
-    report = ingest(a.src_dir, a.source, a.out, start=a.start, end=a.end, window=a.window,
-                    coarsen=a.coarsen, strict=a.strict,
-                    warn=lambda line: print(f"warning: {line}", file=sys.stderr))
+    args = parse_importer_args(a.importer_arg)
+    if a.variable is not None:
+        args["variable"] = a.variable
+    importer = "xarray" if a.format == "xarray" else a.importer
+    source = resolve_source(a.source, a.source_file, importer, a.pattern, a.step_minutes, args)
+
+    def message(kind: str) -> Callable[[str], None]:
+        return lambda line: print(f"{kind}: {line}", file=sys.stderr)
+
+    report = ingest(a.src_dir, source, a.out, start=a.start, end=a.end, window=a.window,
+                    coarsen=a.coarsen, strict=a.strict, warn=message("warning"),
+                    note=message("note"))
     print(f"{report.store}: {report.written} frames written, "
           f"{report.already_present} already present, {len(report.skipped)} files skipped")
-    for path, reason in report.skipped:
-        print(f"  skipped {path}: {reason}", file=sys.stderr)
 
 
 def _forecast(a: Namespace) -> None:
@@ -190,18 +198,44 @@ def _synth_parser() -> ArgumentParser:
 
 
 def _ingest_parser() -> ArgumentParser:
-    sources = "; ".join(f"{s.name}: {s.description}" for s in SOURCES.values())
-    p = _command(f"Turn a raw radar/satellite archive into a rain-rate store. Sources: "
-                 f"{sources}.")
+    from metnet.io.sources import importer_names
+
+    presets = "; ".join(f"{name}: {settings['description']}"
+                        for name, settings in PRESETS.items())
+    p = _command(
+        "Turn a raw radar/satellite archive into a rain-rate store. Name the source by a "
+        "preset (--source), a YAML source file kept beside the archive (--source_file, keys "
+        "importer, pattern, step_minutes, importer_args, description), or on the command "
+        "line (--importer and --pattern); options given override the preset's or the "
+        "file's. ODIM HDF5 and CF (xarray) files give their own valid times, any file name "
+        f"works; other formats need the time codes in --pattern. Presets: {presets}. "
+        f"Importers: {', '.join(importer_names())}.")
     p.add_argument("src_dir", type=str, help="folder searched recursively for the source's "
                    "files")
-    p.add_argument("--source", type=str, required=True, help="source name (see above)")
+    p.add_argument("--source", type=str | None, default=None, help="a preset (see above)")
+    p.add_argument("--source_file", type=str | None, default=None,
+                   help="a YAML source file (see above)")
+    p.add_argument("--importer", type=str | None, default=None,
+                   help="a pysteps importer (see above), e.g. odim_hdf5")
+    p.add_argument("--format", type=Literal["pysteps", "xarray"], default="pysteps",
+                   help="xarray: a CF netCDF/zarr dataset read by xarray (with --variable)")
+    p.add_argument("--variable", type=str | None, default=None,
+                   help="with --format xarray: the rain rate, amount or reflectivity variable")
+    p.add_argument("--pattern", type=str | None, default=None,
+                   help="file-name pattern: strftime codes (%%Y %%m %%d %%j %%H %%M %%S), ? one "
+                   "character, * any run; e.g. 'composite_rate_%%Y%%m%%d%%H%%M.h5'")
+    p.add_argument("--step_minutes", type=int | None, default=None,
+                   help="time between frames (default: the source's, else the store's, else "
+                   "the most common spacing of the files' times)")
+    p.add_argument("--importer_arg", type=str, default=[], action="append",
+                   help="KEY=VALUE keyword argument of the importer, repeatable, e.g. qty=RATE "
+                   "(xarray: accumulation_minutes=N, zr_a=A, zr_b=B)")
     p.add_argument("--out", type=str, required=True, help="store to create or extend "
                    "(STORE.zarr)")
     p.add_argument("--start", type=str | None, default=None, help="first time to ingest, ISO "
-                   "(naive = UTC)")
+                   "(naive = UTC, or with an offset)")
     p.add_argument("--end", type=str | None, default=None, help="last time to ingest, ISO "
-                   "(naive = UTC)")
+                   "(naive = UTC, or with an offset)")
     p.add_argument("--window", type=str | None, default=None, help="crop before coarsening: "
                    "rows=R0:R1,cols=C0:C1 (pixels) or x=X0:X1,y=Y0:Y1 (projection units)")
     p.add_argument("--coarsen", type=int, default=1, help="NaN-aware K x K block mean")

@@ -23,7 +23,7 @@ FOLDERS = {
 def measure(data: Path, source: str) -> str:
     src = data / FOLDERS[source]
     files = discover(src, get_source(source))
-    megabytes = sum(path.stat().st_size for _, path in files) / 1e6
+    megabytes = sum(path.stat().st_size for path in {f.path for f in files}) / 1e6
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"{source}.zarr"
         start = time.perf_counter()

@@ -143,9 +143,11 @@ def test_time_off_the_step_is_skipped(fmi_copy, tmp_path):
     first = sorted(fmi_copy.iterdir())[0]
     off = fmi_copy / first.name.replace("201609281445", "201609281447")
     shutil.copy(first, off)
-    report = ingest(fmi_copy, "fmi", tmp_path / "s.zarr", progress=False)
+    warnings = []
+    report = ingest(fmi_copy, "fmi", tmp_path / "s.zarr", progress=False, warn=warnings.append)
     assert report.written == 8
-    assert report.skipped == [(off, "time 14:47:00 is off the 5-minute step")]
+    assert report.skipped == [(off, "time 2016-09-28 14:47:00 falls between the 5-minute steps")]
+    assert len(warnings) == 1 and str(off) in warnings[0]
 
 
 def test_grid_that_differs_from_the_store_is_refused(fmi_copy, tmp_path):

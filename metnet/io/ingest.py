@@ -1,12 +1,14 @@
 """Ingest raw radar/satellite archives into a rain-rate store.
 
-Files are discovered by the source's naming pattern, read by pysteps'
-importers, converted to mm/h, optionally cropped (``window``) and
-block-averaged (``coarsen``), and written in time order in batches.
+Frames are discovered by the source's pattern (:mod:`metnet.io.sources`), read by pysteps'
+importers or xarray, converted to mm/h, optionally cropped (``window``) and block-averaged
+(``coarsen``), and written in time order in batches. The step is the source's, else the
+store's, else the most common spacing of the frames' times.
 
-Faults: an unreadable file, or one whose grid differs from the store's, is
-skipped and reported (or stops the run with ``strict``); a time off the step
-grid likewise. A new store is built at a hidden ``.NAME.partial`` path and
+Faults: an unreadable file, or one whose grid differs from the store's, is skipped with a
+warning naming it (or stops the run with ``strict``); frames between steps and repeated
+times likewise, one warning per kind naming every file; a spacing that changes within the
+archive is warned about. A new store is built at a hidden ``.NAME.partial`` path and
 renamed into place when complete, so a killed run leaves either no store or,
 when appending to an existing store, the store with every committed batch; a
 second run resumes where the first stopped.
@@ -16,8 +18,8 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import pyproj
 from tqdm.auto import tqdm
 
 from metnet.atomic import atomic_write
-from metnet.io.sources import Source, discover, get_source
+from metnet.io.sources import Frame, Source, SourceError, discover, get_source
 from metnet.io.store import (
     TIME_CHUNK,
     StoreError,
@@ -75,6 +77,7 @@ class IngestReport:
 
     store: Path
     written: int = 0
+    step_minutes: int | None = None
     already_present: int = 0
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
@@ -126,7 +129,7 @@ def _coordinate_slice(centres: np.ndarray, bounds: tuple[float, float] | None) -
 
 def ingest(
     src_dir: str | Path,
-    source: str,
+    source: str | Source,
     out: str | Path,
     start: str | datetime | None = None,
     end: str | datetime | None = None,
@@ -135,24 +138,27 @@ def ingest(
     strict: bool = False,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> IngestReport:
-    """Ingest the files of ``source`` under ``src_dir`` into the store ``out``.
+    """Ingest the frames of ``source`` under ``src_dir`` into the store ``out``.
 
     Args:
         src_dir: folder searched recursively for the source's file-name pattern.
-        source: a registered source name (see :data:`metnet.io.sources.SOURCES`).
+        source: a preset name (see :data:`metnet.io.sources.PRESETS`) or a :class:`Source`.
         out: the store path; created, or extended with the times it lacks.
-        start, end: inclusive UTC time bounds.
+        start, end: inclusive time bounds, ISO (naive = UTC, or with an offset).
         window: a crop applied before ``coarsen`` (see :meth:`Window.parse`).
         coarsen: block size of a NaN-aware block mean (1: none).
         strict: stop at the first bad file instead of skipping it.
         progress: show a progress bar.
-        warn: called with one line per skipped file (default: nothing).
+        warn: called with each warning: one per unreadable file, one per kind of time
+            problem naming its files (default: nothing).
+        note: called with facts worth a line, such as an inferred step (default: nothing).
 
     Raises:
         IngestError: one line naming the file or folder and the problem.
     """
-    spec = get_source(source)
+    spec = get_source(source) if isinstance(source, str) else source
     src_dir, out = Path(src_dir), Path(out)
     if coarsen < 1:
         raise IngestError(f"--coarsen must be >= 1, got {coarsen}")
@@ -160,79 +166,172 @@ def ingest(
         window = Window.parse(window)
     report = IngestReport(store=out)
     warn = warn or (lambda _: None)
-    files = _candidate_files(src_dir, spec, start, end)
-    files = _drop_off_step(files, spec, report, strict, warn)
+    frames = _candidate_frames(src_dir, spec, start, end, report, strict, warn, progress)
+    spec = _with_step(spec, frames, out, report, note or (lambda _: None))
+    frames = _on_the_step(frames, spec, _phase_times(out, frames), report, strict, warn)
+    _warn_spacing_changes(frames, spec, warn)
 
     if out.exists():
-        _extend(out, files, spec, window, coarsen, strict, report, warn, progress)
+        _extend(out, frames, spec, window, coarsen, strict, report, warn, progress)
         return report
     # A new store is built at a fixed hidden path, so a killed run's frames are resumed.
     with atomic_write(out, staging=_partial_path(out)) as target:
-        _extend(target, files, spec, window, coarsen, strict, report, warn, progress)
+        _extend(target, frames, spec, window, coarsen, strict, report, warn, progress)
     if not out.exists():
-        raise IngestError(f"{src_dir}: no readable {source} file; nothing written to {out}")
+        raise IngestError(f"{src_dir}: no readable {spec.name} file; nothing written to {out}")
     return report
 
 
 def _extend(
-    target: Path, files: list[tuple[datetime, Path]], spec: Source, window: Window | None,
+    target: Path, frames: list[Frame], spec: Source, window: Window | None,
     coarsen: int, strict: bool, report: IngestReport, warn: Callable[[str], None],
     progress: bool,
 ) -> None:
-    """Write the files' frames that ``target`` (a store, or nothing yet) lacks."""
+    """Write the frames that ``target`` (a store, or nothing yet) lacks."""
     existing = _existing_times(target)
-    todo = [(t, p) for t, p in files if pd.Timestamp(t) not in existing]
-    report.already_present = len(files) - len(todo)
-    if len(existing) and todo and pd.Timestamp(todo[0][0]) < existing[-1]:
+    todo = [f for f in frames if pd.Timestamp(f.time) not in existing]
+    report.already_present = len(frames) - len(todo)
+    if len(existing) and todo and pd.Timestamp(todo[0].time) < existing[-1]:
         raise IngestError(
-            f"{report.store}: frames from {todo[0][0]:%Y-%m-%d %H:%M} are older than the "
+            f"{report.store}: frames from {todo[0].time:%Y-%m-%d %H:%M} are older than the "
             f"store's last frame ({existing[-1]:%Y-%m-%d %H:%M}); ingest them into a new store"
         )
     reference = _store_grid(target) if len(existing) else None
     _write_batches(todo, spec, target, reference, window, coarsen, strict, report, warn, progress)
 
 
-def _candidate_files(
-    src_dir: Path, spec: Source, start: Any, end: Any
-) -> list[tuple[datetime, Path]]:
+def _candidate_frames(
+    src_dir: Path, spec: Source, start: Any, end: Any, report: IngestReport, strict: bool,
+    warn: Callable[[str], None], progress: bool,
+) -> list[Frame]:
     if not src_dir.is_dir():
         raise IngestError(f"{src_dir}: no such folder")
-    files = discover(src_dir, spec)
-    if not files:
-        raise IngestError(f"{src_dir}: no file matches the {spec.name} pattern {spec.pattern!r}")
-    lo = pd.Timestamp(utc_time(start)) if start is not None else None
-    hi = pd.Timestamp(utc_time(end)) if end is not None else None
-    files = [(t, p) for t, p in files if (lo is None or t >= lo) and (hi is None or t <= hi)]
-    if not files:
-        raise IngestError(f"{src_dir}: no {spec.name} file between {start} and {end}")
-    return files
+    frames = discover(src_dir, spec, skip=lambda path, reason: _skip(
+        report, path, reason, strict, warn), progress=progress)
+    if not frames:
+        raise IngestError(f"{src_dir}: no file matches the {spec.name} pattern "
+                          f"{spec.pattern!r}" + (" with a readable time" if report.skipped
+                                                 else ""))
+    try:
+        lo = pd.Timestamp(utc_time(start)) if start is not None else None
+        hi = pd.Timestamp(utc_time(end)) if end is not None else None
+    except ValueError as err:
+        raise IngestError(f"--start/--end: {err}") from None
+    frames = [f for f in frames if (lo is None or f.time >= lo) and (hi is None or f.time <= hi)]
+    if not frames:
+        raise IngestError(f"{src_dir}: no {spec.name} frame between {start} and {end}")
+    return frames
 
 
-def _drop_off_step(
-    files: list[tuple[datetime, Path]],
-    spec: Source,
-    report: IngestReport,
-    strict: bool,
-    warn: Callable[[str], None],
-) -> list[tuple[datetime, Path]]:
-    """Keep files on the source's step grid (minutes since midnight a multiple of the step)."""
-    kept, seen = [], set()
-    for when, path in files:
-        minutes = when.hour * 60 + when.minute
-        if when.second or minutes % spec.step_minutes:
-            _skip(
-                report,
-                path,
-                f"time {when:%H:%M:%S} is off the {spec.step_minutes}-minute step",
-                strict,
-                warn,
-            )
-        elif when in seen:
-            _skip(report, path, f"a second file for {when:%Y-%m-%d %H:%M}", strict, warn)
+def _with_step(spec: Source, frames: list[Frame], out: Path, report: IngestReport,
+               note: Callable[[str], None]) -> Source:
+    """The source with its step: given, else the store's, else the files' most common
+    spacing."""
+    stored = _store_step(out)
+    if spec.step_minutes is not None:
+        if stored is not None and stored != spec.step_minutes:
+            raise IngestError(f"{out}: the store's step is {stored} min, the source's "
+                              f"{spec.step_minutes} min; ingest into a new store")
+        step = spec.step_minutes
+    elif stored is not None:
+        step = stored
+    else:
+        step = infer_step([f.time for f in frames])
+        if step is None:
+            raise IngestError(f"{spec.name}: one frame time only, so no step to infer; give "
+                              "--step_minutes")
+        note(f"step {step} min: the most common spacing of the {len(frames)} frames' times")
+    report.step_minutes = step
+    return replace(spec, step_minutes=step)
+
+
+def infer_step(times: Sequence[datetime]) -> int | None:
+    """The most common spacing of distinct times, in whole minutes (``None`` with fewer
+    than two times)."""
+    minutes = np.round(np.diff(_seconds(sorted(set(times)))) / 60).astype(int)
+    minutes = minutes[minutes > 0]
+    if not len(minutes):
+        return None
+    values, counts = np.unique(minutes, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def _seconds(times: Sequence) -> np.ndarray:
+    """Times as whole seconds since 1970 (int64)."""
+    return np.asarray(times, dtype="datetime64[s]").astype(np.int64)
+
+
+def _phase_times(out: Path, frames: list[Frame]) -> Sequence[datetime]:
+    """The times that fix the step grid's phase: the store's, else the files'."""
+    existing = _existing_times(out)
+    return list(existing) if len(existing) else [f.time for f in frames]
+
+
+def _on_the_step(
+    frames: list[Frame], spec: Source, phase_times: Sequence[datetime], report: IngestReport,
+    strict: bool, warn: Callable[[str], None],
+) -> list[Frame]:
+    """The frames on the step grid, one per time: the grid's phase is the most common offset
+    of ``phase_times`` from whole steps (midnight, for round archives). Frames between steps
+    and repeated times are skipped with one warning per kind naming every file."""
+    step_s = spec.step_minutes * 60
+    offsets = list(_seconds(phase_times) % step_s)
+    phase = max(set(offsets), key=offsets.count)
+    between, repeated, kept, seen = [], [], [], {}
+    for frame, offset in zip(frames, _seconds([f.time for f in frames]) % step_s, strict=True):
+        if offset != phase:
+            between.append(frame)
+        elif frame.time in seen:
+            repeated.append((frame, seen[frame.time]))
         else:
-            seen.add(when)
-            kept.append((when, path))
+            seen[frame.time] = frame
+            kept.append(frame)
+    if between:
+        reason = f"falls between the {spec.step_minutes}-minute steps"
+        _skip_group(report, [(f.path, f"time {f.time:%Y-%m-%d %H:%M:%S} {reason}")
+                             for f in between], strict, warn,
+                    f"{len(between)} frame(s) fall between the {spec.step_minutes}-minute "
+                    "steps of the store and are skipped")
+    if repeated:
+        _skip_group(report, [(f.path, f"a second frame for {f.time:%Y-%m-%d %H:%M}, after "
+                              f"{first.path}") for f, first in repeated], strict, warn,
+                    f"{len(repeated)} frame(s) repeat a time already given by another file "
+                    "and are skipped (the first file of each time is kept)")
     return kept
+
+
+def _warn_spacing_changes(frames: list[Frame], spec: Source, warn: Callable[[str], None],
+                          min_run: int = 6) -> None:
+    """One warning when the files' spacing changes within the archive (runs of at least
+    ``min_run`` equal spacings, gaps aside)."""
+    if len(frames) < 2:
+        return
+    times = pd.DatetimeIndex([f.time for f in frames])
+    minutes = np.round(np.diff(_seconds(times)) / 60).astype(int)
+    runs: list[tuple[int, int, int]] = []  # spacing, first index, last index
+    start = 0
+    for i in range(1, len(minutes) + 1):
+        if i == len(minutes) or minutes[i] != minutes[start]:
+            if i - start >= min_run and (not runs or runs[-1][0] != minutes[start]):
+                runs.append((int(minutes[start]), start, i))
+            elif i - start >= min_run:
+                runs[-1] = (runs[-1][0], runs[-1][1], i)
+            start = i
+    if len({spacing for spacing, _, _ in runs}) > 1:
+        parts = ", ".join(f"every {m} min from {times[a]:%Y-%m-%d %H:%M} to "
+                          f"{times[b]:%Y-%m-%d %H:%M}" for m, a, b in runs)
+        warn(f"the files' spacing changes within the archive: {parts}; the store keeps a "
+             f"{spec.step_minutes}-minute step, and steps without a frame are recorded as "
+             "missing")
+
+
+def _skip_group(report: IngestReport, items: list[tuple[Path, str]], strict: bool,
+                warn: Callable[[str], None], summary: str) -> None:
+    if strict:
+        path, reason = items[0]
+        raise IngestError(f"{path}: {reason}")
+    report.skipped.extend(items)
+    warn(summary + ":" + "".join(f"\n  {path}: {reason}" for path, reason in items))
 
 
 def _skip(
@@ -261,13 +360,23 @@ def _existing_times(path: Path) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(ds["time"].values)
 
 
+def _store_step(path: Path) -> int | None:
+    """The step of an existing store (``None`` when there is none yet)."""
+    if not path.exists():
+        return None
+    try:
+        return int(open_store(path).attrs["step_minutes"])
+    except StoreError as err:
+        raise IngestError(str(err)) from err
+
+
 def _store_grid(path: Path) -> Grid:
     ds = open_store(path)
     return Grid(ds["x"].values, ds["y"].values, ds.attrs["crs"], ds["x"].attrs.get("units", "m"))
 
 
 def _write_batches(
-    todo: list[tuple[datetime, Path]],
+    todo: list[Frame],
     spec: Source,
     target: Path,
     reference: Grid | None,
@@ -280,9 +389,13 @@ def _write_batches(
 ) -> None:
     batch: list[tuple[datetime, Path, np.ndarray]] = []
     bar = tqdm(todo, desc=f"ingest {spec.name}", unit="frame", disable=not progress)
-    for when, path in bar:
+    for frame in bar:
+        when, path = frame.time, frame.path
         try:
-            rate, metadata = spec.read(path)
+            rate, metadata = spec.read(frame)
+        except SourceError as err:
+            _skip(report, path, str(err).removeprefix(f"{path}: "), strict, warn)
+            continue
         except Exception as err:  # importers raise anything from OSError to KeyError
             _skip(report, path, f"unreadable ({type(err).__name__}: {err})", strict, warn)
             continue
