@@ -136,7 +136,8 @@ def test_strict_stops_at_a_bad_file_and_leaves_no_store(fmi_copy, tmp_path):
     bad.write_bytes(b"not a pgm")
     with pytest.raises(IngestError, match=bad.name):
         ingest(fmi_copy, "fmi", tmp_path / "s.zarr", strict=True, progress=False)
-    assert list(tmp_path.glob("*s.zarr*")) == []
+    # Nothing but the writer lock file (kept: removing a flock file races with a new writer).
+    assert [p.name for p in tmp_path.glob("*s.zarr*")] == [".s.zarr.lock"]
 
 
 def test_time_off_the_step_is_skipped(fmi_copy, tmp_path):
@@ -156,8 +157,9 @@ def test_grid_that_differs_from_the_store_is_refused(fmi_copy, tmp_path):
            progress=False)
     with pytest.raises(IngestError, match="grid or projection differs"):
         ingest(fmi_copy, "fmi", out, strict=True, progress=False)
-    report = ingest(fmi_copy, "fmi", out, progress=False)
-    assert report.written == 0 and len(report.skipped) == 4
+    with pytest.raises(IngestError, match=r"none of the 4 frames was written \(4 x grid or "
+                       r"projection differs .*\); the store holds fmi frames on a 100 x 100 px"):
+        ingest(fmi_copy, "fmi", out, progress=False)
     assert open_store(out).sizes["time"] == 4
 
 
@@ -232,3 +234,51 @@ def test_sigkill_while_extending_a_store_keeps_every_committed_frame(shared_data
         ds.time.values, pd.date_range("2010-08-26T00:00", periods=n, freq="5min").values)
     ingest(src, "knmi", out, progress=False)
     assert open_store(out).sizes["time"] == 92
+
+
+def test_a_second_writer_is_refused_naming_the_first(fmi_copy, tmp_path):
+    from metnet.io.ingest import writer_lock
+
+    out = tmp_path / "s.zarr"
+    with writer_lock(out), pytest.raises(IngestError, match=r"s.zarr: another ingest is "
+                                         r"writing this store \(pid \d+ on .*, since "):
+        ingest(fmi_copy, "fmi", out, progress=False)
+    assert not out.exists()
+    assert ingest(fmi_copy, "fmi", out, progress=False).written == 8
+
+
+def test_frames_in_a_recorded_gap_are_skipped_and_later_frames_appended(fmi_copy, tmp_path):
+    out = tmp_path / "s.zarr"
+    gap = sorted(fmi_copy.iterdir())[2]
+    held = gap.rename(tmp_path / gap.name)
+    ingest(fmi_copy, "fmi", out, end="2016-09-28T15:00", progress=False)
+    held.rename(gap)
+    warnings = []
+    report = ingest(fmi_copy, "fmi", out, progress=False, warn=warnings.append)
+    assert report.written == 4 and [p for p, _ in report.skipped] == [gap]
+    assert len(warnings) == 1 and "recorded gaps" in warnings[0] and str(gap) in warnings[0]
+    assert open_store(out).sizes["time"] == 7
+
+
+@pytest.mark.parametrize(("window", "coarsen", "message"), [
+    ("rows=-10:-1,cols=0:10", 1, r"rows=-10:-1 is not a range within 0:1226 \(the grid has "
+                                 r"1226 rows x 760 columns"),
+    ("rows=0:10,cols=700:900", 1, r"cols=700:900 is not a range within 0:760"),
+    ("x=0:1,y=0:1", 1, r"selects no pixel of the grid \(the grid has 1226 rows"),
+    (None, 2000, r"--coarsen 2000 is larger than the grid \(1226 rows x 760 columns\)"),
+])
+def test_windows_and_coarsening_outside_the_grid_are_refused(fmi_copy, tmp_path, window,
+                                                             coarsen, message):
+    with pytest.raises(IngestError, match=message):
+        ingest(fmi_copy, "fmi", tmp_path / "s.zarr", window=window, coarsen=coarsen,
+               progress=False)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_time_bounds_with_offsets_are_converted_to_utc(fmi_copy, tmp_path):
+    report = ingest(fmi_copy, "fmi", tmp_path / "s.zarr", start="2016-09-28T16:55+02:00",
+                    end="2016-09-28T15:05Z", window="rows=0:10,cols=0:10", progress=False)
+    np.testing.assert_array_equal(open_store(tmp_path / "s.zarr").time.values,
+                                  pd.date_range("2016-09-28T14:55", "2016-09-28T15:05",
+                                                freq="5min").values)
+    assert report.written == 3

@@ -16,17 +16,21 @@ second run resumes where the first stopped.
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyproj
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from metnet.atomic import atomic_write
@@ -111,11 +115,22 @@ class Window:
         return cls(**parts)
 
     def slices(self, x: np.ndarray, y: np.ndarray) -> tuple[slice, slice]:
-        """Row and column slices of the window on a grid with centres ``y`` (rows), ``x``."""
+        """Row and column slices of the window on a grid with centres ``y`` (rows), ``x``.
+
+        Raises:
+            IngestError: for a pixel range that is empty or leaves the grid, or coordinates
+                that select no pixel, giving the grid's size.
+        """
+        size = f"the grid has {len(y)} rows x {len(x)} columns"
+        for name, bounds, n in (("rows", self.rows, len(y)), ("cols", self.cols, len(x))):
+            if bounds is not None and not 0 <= bounds[0] < bounds[1] <= n:
+                raise IngestError(f"--window {name}={bounds[0]}:{bounds[1]} is not a range "
+                                  f"within 0:{n} ({size}; pixel ranges count from 0)")
         rows = slice(*self.rows) if self.rows else _coordinate_slice(y, self.y)
         cols = slice(*self.cols) if self.cols else _coordinate_slice(x, self.x)
         if len(y[rows]) == 0 or len(x[cols]) == 0:
-            raise IngestError(f"--window {self} selects no pixel of the grid")
+            raise IngestError(f"--window {self} selects no pixel of the grid ({size}, x from "
+                              f"{x.min():g} to {x.max():g}, y from {y.min():g} to {y.max():g})")
         return rows, cols
 
 
@@ -166,20 +181,60 @@ def ingest(
         window = Window.parse(window)
     report = IngestReport(store=out)
     warn = warn or (lambda _: None)
-    frames = _candidate_frames(src_dir, spec, start, end, report, strict, warn, progress)
-    spec = _with_step(spec, frames, out, report, note or (lambda _: None))
-    frames = _on_the_step(frames, spec, _phase_times(out, frames), report, strict, warn)
-    _warn_spacing_changes(frames, spec, warn)
-
-    if out.exists():
-        _extend(out, frames, spec, window, coarsen, strict, report, warn, progress)
-        return report
-    # A new store is built at a fixed hidden path, so a killed run's frames are resumed.
-    with atomic_write(out, staging=_partial_path(out)) as target:
-        _extend(target, frames, spec, window, coarsen, strict, report, warn, progress)
+    with writer_lock(out):
+        frames = _candidate_frames(src_dir, spec, start, end, report, strict, warn, progress)
+        spec = _with_step(spec, frames, out, report, note or (lambda _: None))
+        frames = _on_the_step(frames, spec, _phase_times(out, frames), report, strict, warn)
+        _warn_spacing_changes(frames, spec, warn)
+        if out.exists():
+            _extend(out, frames, spec, window, coarsen, strict, report, warn, progress)
+            if report.skipped and not report.written and len(frames) > report.already_present:
+                raise IngestError(_nothing_written(out, report))
+            return report
+        # A new store is built at a fixed hidden path, so a killed run's frames are resumed.
+        with atomic_write(out, staging=_partial_path(out)) as target:
+            _extend(target, frames, spec, window, coarsen, strict, report, warn, progress)
     if not out.exists():
         raise IngestError(f"{src_dir}: no readable {spec.name} file; nothing written to {out}")
     return report
+
+
+@contextmanager
+def writer_lock(out: Path) -> Iterator[None]:
+    """Hold the store's writer lock (a lock file beside it, released by the system if the
+    process dies) for the block.
+
+    Raises:
+        IngestError: naming the process that holds it.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out.with_name(f".{out.name}.lock"))
+    holder = out.with_name(f".{out.name}.lock.holder")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        who = holder.read_text().strip() if holder.exists() else "another process"
+        raise IngestError(f"{out}: another ingest is writing this store ({who}); wait for "
+                          "it to finish or stop it") from None
+    try:
+        holder.write_text(f"pid {os.getpid()} on {socket.gethostname()}, since "
+                          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
+def _nothing_written(out: Path, report: IngestReport) -> str:
+    """Why an extend wrote nothing: the reasons of the skipped files, against the store."""
+    reasons = pd.Series([reason for _, reason in report.skipped]).str.replace(
+        r"^time .*? (falls|a second)", r"time \1", regex=True).value_counts()
+    ds = open_store(out)
+    held = (f"the store holds {ds.attrs.get('source')} frames on a {ds.sizes['y']} x "
+            f"{ds.sizes['x']} px grid of {ds.attrs.get('pixel_size_x'):g} "
+            f"{ds['x'].attrs.get('units', 'm')} ({ds.attrs.get('crs')})")
+    listed = "; ".join(f"{n} x {reason}" for reason, n in reasons.items())
+    return f"{out}: none of the {len(report.skipped)} frames was written ({listed}); {held}"
 
 
 def _extend(
@@ -191,11 +246,15 @@ def _extend(
     existing = _existing_times(target)
     todo = [f for f in frames if pd.Timestamp(f.time) not in existing]
     report.already_present = len(frames) - len(todo)
-    if len(existing) and todo and pd.Timestamp(todo[0].time) < existing[-1]:
-        raise IngestError(
-            f"{report.store}: frames from {todo[0].time:%Y-%m-%d %H:%M} are older than the "
-            f"store's last frame ({existing[-1]:%Y-%m-%d %H:%M}); ingest them into a new store"
-        )
+    older = [f for f in todo if len(existing) and pd.Timestamp(f.time) < existing[-1]]
+    if older:
+        _skip_group(report, [(f.path, f"time {f.time:%Y-%m-%d %H:%M} is before the store's "
+                              f"last frame ({existing[-1]:%Y-%m-%d %H:%M}), in a recorded gap")
+                             for f in older], strict, warn,
+                    f"{len(older)} frame(s) fall in the store's recorded gaps, before its last "
+                    "frame, and are skipped (frames are only appended; to include them, "
+                    "ingest the whole period into a new store)")
+        todo = todo[len(older):]
     reference = _store_grid(target) if len(existing) else None
     _write_batches(todo, spec, target, reference, window, coarsen, strict, report, warn, progress)
 
@@ -451,6 +510,9 @@ def _regrid(
     if window is not None:
         rows, cols = window.slices(x, y)
         rate, x, y = rate[rows, cols], x[cols], y[rows]
+    if coarsen > min(rate.shape):
+        raise IngestError(f"--coarsen {coarsen} is larger than the grid "
+                          f"({rate.shape[0]} rows x {rate.shape[1]} columns)")
     if coarsen > 1:
         rate, x, y = (
             block_mean(rate, coarsen),
