@@ -70,14 +70,15 @@ def _ingest(a: Namespace) -> None:
     if a.variable is not None:
         args["variable"] = a.variable
     importer = "xarray" if a.format == "xarray" else a.importer
-    source = resolve_source(a.source, a.source_file, importer, a.pattern, a.step_minutes, args)
+    source = resolve_source(a.source, a.source_file, importer, a.pattern, a.step_minutes, args,
+                            a.license, a.identifier)
 
     def message(kind: str) -> Callable[[str], None]:
         return lambda line: print(f"{kind}: {line}", file=sys.stderr)
 
     report = ingest(a.src_dir, source, a.out, start=a.start, end=a.end, window=a.window,
                     coarsen=a.coarsen, strict=a.strict, warn=message("warning"),
-                    note=message("note"))
+                    note=message("note"), creator=a.creator)
     print(f"{report.store}: {report.written} frames written, "
           f"{report.already_present} already present, {len(report.skipped)} files skipped")
 
@@ -239,6 +240,14 @@ def _ingest_parser() -> ArgumentParser:
     p.add_argument("--window", type=str | None, default=None, help="crop before coarsening: "
                    "rows=R0:R1,cols=C0:C1 (pixels) or x=X0:X1,y=Y0:Y1 (projection units)")
     p.add_argument("--coarsen", type=int, default=1, help="NaN-aware K x K block mean")
+    p.add_argument("--license", type=str | None, default=None,
+                   help="SPDX identifier of the data's licence, e.g. CC-BY-4.0 (the store's "
+                   "license attribute; default: the source file's)")
+    p.add_argument("--identifier", type=str | None, default=None,
+                   help="the store's MLCast identifier <country_code>-<entity>-<variable>, "
+                   "e.g. nl-knmi-rainfall (mlcast_dataset_identifier)")
+    p.add_argument("--creator", type=str | None, default=None,
+                   help="'Name <email>' of who makes the store (mlcast_created_by)")
     _flag(p, "--strict", "fail on the first bad file instead of skipping it")
     return p
 

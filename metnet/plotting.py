@@ -69,7 +69,7 @@ def _draw_map(ax: plt.Axes, field: xr.DataArray, title: str, **style) -> matplot
 def plot_frames(
     precip: xr.DataArray, path: str | Path, indices: Sequence[int] | None = None, ncols: int = 4
 ) -> Path:
-    """Save a panel of rain-rate frames of a store's ``precip_rate`` (time, y, x) as PNG."""
+    """Save a panel of rain-rate frames of a store's ``rain_rate`` (time, y, x) as PNG."""
     indices = list(indices) if indices is not None else list(range(min(4, precip.sizes["time"])))
     nrows = int(np.ceil(len(indices) / ncols))
     fig, axes = plt.subplots(

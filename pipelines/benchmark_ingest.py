@@ -30,7 +30,7 @@ def measure(data: Path, source: str) -> str:
         report = ingest(src, source, out, progress=False)
         seconds = time.perf_counter() - start
         ds = open_store(out)
-        shape = "x".join(str(n) for n in ds.precip_rate.shape[1:])
+        shape = "x".join(str(n) for n in ds.rain_rate.shape[1:])
         store_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
     return (
         f"{source:8s} {report.written:4d} frames {shape:>10s}  {seconds:6.1f} s  "

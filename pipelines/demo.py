@@ -97,7 +97,7 @@ def main() -> None:
     out = Path(args.out)
     store = out / "synthetic.zarr"
     make_store(store, args.seed)
-    frames = plot_frames(open_store(store)["precip_rate"], out / "synthetic_frames.png",
+    frames = plot_frames(open_store(store)["rain_rate"], out / "synthetic_frames.png",
                          indices=[0, 6, 12, 18])
     cli, scores = train_and_test(store, args.epochs)
     print_scores(scores, list(cli.datamodule.spec.lead_times))

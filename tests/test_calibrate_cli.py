@@ -47,7 +47,7 @@ def _store_copy(source, path: Path, scale_from: int | None = None,
     """A copy of a synthetic dataset with frames [scale_from, scale_to) times 5."""
     ds = source.copy(deep=True)
     if scale_from is not None:
-        ds["precip_rate"][scale_from:scale_to] = ds["precip_rate"][scale_from:scale_to] * 5.0
+        ds["rain_rate"][scale_from:scale_to] = ds["rain_rate"][scale_from:scale_to] * 5.0
     return write_store(ds, path)
 
 

@@ -31,8 +31,8 @@ def test_synth_writes_a_valid_deterministic_store(tmp_path):
                      "--height", "64", "--width", "48", "--seed", "7")
         assert result.returncode == 0, result.stderr
     a, b = open_store(tmp_path / "a.zarr"), open_store(tmp_path / "b.zarr")
-    assert a.precip_rate.shape == (6, 64, 48)
-    np.testing.assert_array_equal(a.precip_rate.values, b.precip_rate.values)
+    assert a.rain_rate.shape == (6, 64, 48)
+    np.testing.assert_array_equal(a.rain_rate.values, b.rain_rate.values)
 
 
 def test_errors_are_one_line_without_traceback(tmp_path):

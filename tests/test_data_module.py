@@ -62,7 +62,7 @@ def test_sample_keys_shapes_and_dtypes(synthetic_store):
 
 def test_context_and_target_are_the_store_values_with_masks(synthetic_store):
     dm = _dm(synthetic_store)
-    rain = open_store(synthetic_store)["precip_rate"].values
+    rain = open_store(synthetic_store)["rain_rate"].values
     unobserved = 0
     for index in range(len(dm.datasets["val"])):
         sample = dm.datasets["val"][index]
@@ -81,7 +81,7 @@ def test_context_and_target_are_the_store_values_with_masks(synthetic_store):
 
 def test_context_step_wider_than_the_lead_step(synthetic_store):
     dm = _dm(synthetic_store, context_step_minutes=15, lead_times=[5, 10])
-    rain = open_store(synthetic_store)["precip_rate"].values
+    rain = open_store(synthetic_store)["rain_rate"].values
     sample = dm.datasets["val"][0]
     init = _frame_index(synthetic_store, sample["init_time"])
     r, c = sample["row"], sample["col"]

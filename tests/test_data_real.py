@@ -71,7 +71,7 @@ def test_six_minute_bom_needs_a_six_minute_step_and_matching_pixels(ingested_sto
 
 def test_opera_outliers_are_masked_not_kept(ingested_store):
     opera = ingested_store("opera", "radar/OPERA", "2018-08-24T18:00", "2018-08-24T19:00")
-    raw = open_store(opera)["precip_rate"].values
+    raw = open_store(opera)["rain_rate"].values
     assert (raw > 200).sum() > 0
     frames = StoreFrames(opera).read(np.arange(len(raw)), slice(None), slice(None))
     assert np.nanmax(frames) <= 200
@@ -95,7 +95,7 @@ def test_saf_satellite_on_the_fmi_grid(ingested_store, fmi, tmp_path):
     assert mask.float().mean() > 0.5  # Finland is inside the SAF Europe view
     sat = open_store(saf)
     init = np.datetime64(sample["init_time"], "ns")
-    frame = sat["precip_rate"].sel(time=init, method="pad").values
+    frame = sat["rain_rate"].sel(time=init, method="pad").values
     to_geos = pyproj.Transformer.from_crs(grid.attrs["crs"], sat.attrs["crs"], always_xy=True)
     rng = np.random.default_rng(0)
     for r, c in rng.integers(0, 256, size=(20, 2)):

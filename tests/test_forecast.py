@@ -48,7 +48,7 @@ def forecast(net, store) -> xr.Dataset:
 
 
 def last_frame(store: Path, init: np.datetime64) -> np.ndarray:
-    return clean_rate(open_store(store)["precip_rate"].sel(time=init).values.copy())
+    return clean_rate(open_store(store)["rain_rate"].sel(time=init).values.copy())
 
 
 # -- content ---------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def test_prior_histograms_of_the_whole_domain_equal_those_of_each_tile(store, mo
     net = MetNet(**{**TINY, "lead_channels": 2, "prior": True, "dry_bin": True}).eval()
     with torch.no_grad():
         net.head.logits.weight.normal_(0.0, 0.1)  # a trained-like correction and mixture
-    rate = clean_rate(open_store(store)["precip_rate"].values[:4].copy())
+    rate = clean_rate(open_store(store)["rain_rate"].values[:4].copy())
     leads = [5, 15, 30]
     per_lead = lead_planes(rate[-3:], [m / 5 for m in leads], velocity=False)
     tiling = make_tiling(net, rate.shape[1:])

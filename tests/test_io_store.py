@@ -6,8 +6,14 @@ import pytest
 import xarray as xr
 import zarr
 
-from metnet.io import store as store_module
-from metnet.io.store import StoreError, append_frames, make_dataset, open_store, write_store
+from metnet.io.store import (
+    StoreError,
+    append_frames,
+    gaps,
+    make_dataset,
+    open_store,
+    write_store,
+)
 
 
 def _frames(start: str, n: int, step: int = 5, value: float = 1.0) -> xr.Dataset:
@@ -25,8 +31,9 @@ def test_append_adds_frames_and_records_gaps(tmp_path):
     ds = open_store(path)
     assert ds.sizes["time"] == 5
     assert pd.Timestamp(ds.time.values[3]) == pd.Timestamp("2020-01-01T00:30")
-    np.testing.assert_array_equal(ds.precip_rate.values[3:, 1, 1], [2.0, 2.0])
-    assert ds.attrs["time_gaps"] == [["2020-01-01T00:15:00", "2020-01-01T00:25:00"]]
+    np.testing.assert_array_equal(ds.rain_rate.values[3:, 1, 1], [2.0, 2.0])
+    np.testing.assert_array_equal(
+        ds.missing_times.values, pd.date_range("2020-01-01T00:15", periods=3, freq="5min"))
     # plain xarray sees the same thing
     assert xr.open_zarr(path).sizes["time"] == 5
 
@@ -58,8 +65,8 @@ def test_write_store_refuses_existing_path_and_leaves_no_temporary(tmp_path):
     ("mutate", "message"),
     [
         (lambda ds: ds.assign_attrs(step_minutes=7), "off the 7-minute step"),
-        (lambda ds: ds.drop_vars("precip_rate"), "missing variable"),
-        (lambda ds: ds.assign(precip_rate=ds.precip_rate.astype("float64")), "float32"),
+        (lambda ds: ds.drop_vars("rain_rate"), "missing variable"),
+        (lambda ds: ds.assign(rain_rate=ds.rain_rate.astype("float64")), "float32"),
         (lambda ds: ds.isel(time=[1, 0]), "not strictly increasing"),
         (lambda ds: ds.assign_attrs(crs="not a crs"), "invalid crs"),
     ],
@@ -80,10 +87,42 @@ def test_open_store_names_missing_and_unreadable_paths(tmp_path):
         open_store(tmp_path / "junk.zarr")
 
 
-def test_chunks_suit_reads_of_a_few_frames_and_a_few_hundred_pixels(tmp_path):
+def test_one_zstd_chunk_per_frame(tmp_path):
     rain = np.zeros((10, 600, 700), dtype=np.float32)
     ds = make_dataset(rain, pd.date_range("2020", periods=10, freq="5min"), np.arange(700.0),
                       -np.arange(600.0), crs="EPSG:3035", source="t", step_minutes=5)
     path = write_store(ds, tmp_path / "big.zarr")
-    array = zarr.open_group(path, mode="r")["precip_rate"]
-    assert array.chunks == (store_module.TIME_CHUNK, 256, 256)
+    array = zarr.open_group(path, mode="r")["rain_rate"]
+    assert array.chunks == (1, 600, 700)
+    assert [type(c).__name__ for c in array.compressors] == ["ZstdCodec"]
+
+
+def _version_1(ds: xr.Dataset) -> xr.Dataset:
+    """A store as metnet wrote them before format version 2."""
+    old = ds.drop_vars(["crs", "missing_times", "lat", "lon"]).rename(rain_rate="precip_rate")
+    old.precip_rate.attrs.update(units="mm/h", standard_name="rainfall_rate")
+    old.attrs = {k: v for k, v in ds.attrs.items()
+                 if k not in ("metnet_store_version", "consistent_timestep_start")}
+    old.attrs["time_gaps"] = []
+    return old
+
+
+def test_version_1_stores_are_read_and_appended_to(tmp_path):
+    path = tmp_path / "old.zarr"
+    _version_1(_frames("2020-01-01T00:00", 3)).to_zarr(
+        path, zarr_format=3, consolidated=True,
+        encoding={"time": {"units": "minutes since 1970-01-01 00:00:00", "dtype": "int64"}})
+    append_frames(path, _frames("2020-01-01T00:25", 2, value=2.0))
+    ds = open_store(path)
+    assert ds.sizes["time"] == 5 and ds.attrs["time_gaps"] == [
+        ["2020-01-01T00:15:00", "2020-01-01T00:20:00"]]
+    np.testing.assert_array_equal(ds.rain_rate.values[3:, 1, 1], [2.0, 2.0])
+    np.testing.assert_array_equal(gaps(ds), pd.date_range("2020-01-01T00:15", periods=2,
+                                                          freq="5min"))
+
+
+def test_a_store_of_a_newer_format_is_refused(tmp_path):
+    ds = _frames("2020-01-01", 2).assign_attrs(metnet_store_version=3)
+    ds.to_zarr(tmp_path / "new.zarr", zarr_format=3, consolidated=True)
+    with pytest.raises(StoreError, match="format version 3 is newer than this metnet reads"):
+        open_store(tmp_path / "new.zarr")

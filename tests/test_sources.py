@@ -43,7 +43,8 @@ def test_every_preset_is_a_source_file_and_every_importer_is_known() -> None:
     assert {"odim_hdf5", "mch_hdf5", "fmi_geotiff", "xarray"} <= set(importer_names())
     for name, settings in PRESETS.items():
         source = get_source(name)
-        assert source.settings() == {"name": name, "importer_args": {}, **settings}
+        assert source.settings() == {"name": name, "importer_args": {}, "license": None,
+                                     "identifier": None, **settings}
 
 
 def test_odim_files_under_any_name_are_timed_by_their_metadata(
@@ -58,10 +59,11 @@ def test_odim_files_under_any_name_are_timed_by_their_metadata(
                     end="2018-08-24T18:45", window=OPERA_WINDOW, progress=False)
     renamed, named = open_store(tmp_path / "renamed.zarr"), open_store(tmp_path / "preset.zarr")
     assert report.written == preset.written == 4 and not report.skipped
-    assert report.step_minutes == 15 and notes == [
-        "step 15 min: the most common spacing of the 4 frames' times"]
+    assert report.step_minutes == 15 and notes[0] == (
+        "step 15 min: the most common spacing of the 4 frames' times")
+    assert "no license given" in notes[1]
     np.testing.assert_array_equal(renamed.time.values, named.time.values)
-    np.testing.assert_array_equal(renamed.precip_rate.values, named.precip_rate.values)
+    np.testing.assert_array_equal(renamed.rain_rate.values, named.rain_rate.values)
 
 
 def test_the_same_time_in_two_files_is_one_warning_naming_both(
@@ -106,7 +108,7 @@ def test_step_is_inferred_and_a_change_of_spacing_is_warned_about(
         "the files' spacing changes within the archive: every 5 min from 2016-09-28 14:45 to "
         "2016-09-28 15:30, every 10 min from 2016-09-28 15:30 to 2016-09-28 16:30; the store "
         "keeps a 5-minute step, and steps without a frame are recorded as missing"]
-    assert len(store.attrs["time_gaps"]) == 6
+    assert len(store.missing_times) == 6
 
 
 def test_infer_step_takes_the_most_common_spacing() -> None:
@@ -128,8 +130,8 @@ def test_source_file_settings_and_overrides(shared_data: Path, tmp_path: Path) -
     preset = ingest(shared_data / "radar/KNMI", "knmi", tmp_path / "knmi.zarr",
                     start="2010-08-26T03:00", end="2010-08-26T03:10", progress=False)
     assert report.written == preset.written == 3
-    np.testing.assert_array_equal(open_store(tmp_path / "nl.zarr").precip_rate.values,
-                                  open_store(tmp_path / "knmi.zarr").precip_rate.values)
+    np.testing.assert_array_equal(open_store(tmp_path / "nl.zarr").rain_rate.values,
+                                  open_store(tmp_path / "knmi.zarr").rain_rate.values)
 
 
 @pytest.mark.parametrize(("settings", "message"), [
@@ -172,7 +174,7 @@ def test_bom_netcdf_read_by_xarray_equals_the_pysteps_importer(
     cf, bom = open_store(tmp_path / "cf.zarr"), open_store(tmp_path / "bom.zarr")
     assert cf.attrs["step_minutes"] == 6 and cf.sizes["time"] == 6
     np.testing.assert_array_equal(cf.time.values, bom.time.values)
-    np.testing.assert_allclose(cf.precip_rate.values, bom.precip_rate.values, equal_nan=True)
+    np.testing.assert_allclose(cf.rain_rate.values, bom.rain_rate.values, equal_nan=True)
     np.testing.assert_allclose(cf.x.values - bom.x.values, -250.0)
     # The file's grid mapping gives GRS80, pysteps' PROJ string WGS84: the same to 1 mm here.
     corner = [(float(cf.x[0]), float(cf.y[0]))]
@@ -208,7 +210,7 @@ def test_cf_reflectivity_files_of_many_frames(tmp_path: Path) -> None:
     store = open_store(tmp_path / "s.zarr")
     assert report.written == 5 and store.attrs["step_minutes"] == 10
     expected = (10 ** (first.values[1] / 10) / 300) ** (1 / 1.5)
-    np.testing.assert_allclose(store.precip_rate.values[1], expected, rtol=1e-5,
+    np.testing.assert_allclose(store.rain_rate.values[1], expected, rtol=1e-5,
                                equal_nan=True)
     np.testing.assert_allclose(store.x.values[:2], [4000500.0, 4001500.0])
     projection = pyproj.CRS(store.attrs["crs"]).to_dict()

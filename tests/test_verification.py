@@ -73,9 +73,9 @@ def by_hand(store, init: str, seed: int | None = None) -> dict[str, np.ndarray]:
     """Observation, verified pixels and both baselines (L, H, W), and with a ``seed`` the
     STEPS ensemble (M, L, H, W), straight from pysteps."""
     t0 = np.datetime64(init)
-    rate = clean_rate(store.precip_rate.sel(
+    rate = clean_rate(store.rain_rate.sel(
         time=[t0 - np.timedelta64(m, "m") for m in (10, 5, 0)]).values.copy())
-    obs = clean_rate(store.precip_rate.sel(
+    obs = clean_rate(store.rain_rate.sel(
         time=[t0 + np.timedelta64(m, "m") for m in LEADS]).values.copy())
     db, _ = transformation.dB_transform(rate.astype(float), threshold=0.1, zerovalue=-15.0)
     db[~np.isfinite(db)] = -15.0

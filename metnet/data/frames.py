@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import zarr
 
-from metnet.io.store import VARIABLE, open_store
+from metnet.io.store import on_disk_variable, open_store
 from metnet.transforms import clean_rate, rate_to_input_
 
 Cache = Literal["memory", "lazy"]
@@ -130,7 +130,8 @@ class StoreFrames:
 
     def _zarr(self) -> zarr.Array:
         if self._array is None:
-            self._array = zarr.open_group(self.path, mode="r", use_consolidated=True)[VARIABLE]
+            group = zarr.open_group(self.path, mode="r", use_consolidated=True)
+            self._array = group[on_disk_variable(group)]
         return self._array
 
     def __getstate__(self) -> dict:

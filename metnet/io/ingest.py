@@ -36,16 +36,16 @@ from tqdm.auto import tqdm
 from metnet.atomic import atomic_write
 from metnet.io.sources import Frame, Source, SourceError, discover, get_source
 from metnet.io.store import (
-    TIME_CHUNK,
     StoreError,
     append_frames,
     make_dataset,
     open_store,
+    provenance,
     write_store,
 )
 from metnet.times import utc_time
 
-BATCH_FRAMES = 2 * TIME_CHUNK
+BATCH_FRAMES = 8  # frames per commit
 
 
 class IngestError(RuntimeError):
@@ -82,6 +82,7 @@ class IngestReport:
     store: Path
     written: int = 0
     step_minutes: int | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
     already_present: int = 0
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
@@ -154,6 +155,7 @@ def ingest(
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
     note: Callable[[str], None] | None = None,
+    creator: str | None = None,
 ) -> IngestReport:
     """Ingest the frames of ``source`` under ``src_dir`` into the store ``out``.
 
@@ -169,6 +171,7 @@ def ingest(
         warn: called with each warning: one per unreadable file, one per kind of time
             problem naming its files (default: nothing).
         note: called with facts worth a line, such as an inferred step (default: nothing).
+        creator: ``Name <email>`` of who makes the store (its ``mlcast_created_by``).
 
     Raises:
         IngestError: one line naming the file or folder and the problem.
@@ -180,10 +183,10 @@ def ingest(
     if isinstance(window, str):
         window = Window.parse(window)
     report = IngestReport(store=out)
-    warn = warn or (lambda _: None)
+    warn, note = warn or (lambda _: None), note or (lambda _: None)
     with writer_lock(out):
         frames = _candidate_frames(src_dir, spec, start, end, report, strict, warn, progress)
-        spec = _with_step(spec, frames, out, report, note or (lambda _: None))
+        spec = _with_step(spec, frames, out, report, note)
         frames = _on_the_step(frames, spec, _phase_times(out, frames), report, strict, warn)
         _warn_spacing_changes(frames, spec, warn)
         if out.exists():
@@ -191,7 +194,13 @@ def ingest(
             if report.skipped and not report.written and len(frames) > report.already_present:
                 raise IngestError(_nothing_written(out, report))
             return report
+        if spec.license is None:
+            note("no license given: the store gets no license attribute; give the data's "
+                 "SPDX identifier (--license CC-BY-4.0, ...) for a store others may use")
         # A new store is built at a fixed hidden path, so a killed run's frames are resumed.
+        report.provenance = provenance(
+            spec.license, creator, spec.identifier,
+            history=f"ingest of {spec.name} ({spec.importer}) files under {src_dir}")
         with atomic_write(out, staging=_partial_path(out)) as target:
             _extend(target, frames, spec, window, coarsen, strict, report, warn, progress)
     if not out.exists():
@@ -468,11 +477,11 @@ def _write_batches(
             continue
         batch.append((when, path, rate))
         if len(batch) == BATCH_FRAMES:
-            _commit(batch, spec, target, reference, window, coarsen)
+            _commit(batch, spec, target, reference, window, coarsen, report.provenance)
             report.written += len(batch)
             batch = []
     if batch:
-        _commit(batch, spec, target, reference, window, coarsen)
+        _commit(batch, spec, target, reference, window, coarsen, report.provenance)
         report.written += len(batch)
 
 
@@ -483,7 +492,9 @@ def _commit(
     grid: Grid,
     window: Window | None,
     coarsen: int,
+    provenance: dict[str, Any],
 ) -> None:
+    new_store = not target.exists()
     ds = make_dataset(
         np.stack([rate for _, _, rate in batch]),
         [when for when, _, _ in batch],
@@ -494,12 +505,14 @@ def _commit(
         step_minutes=spec.step_minutes,
         xy_units=grid.xy_units,
         source_files=[str(path) for _, path, _ in batch],
+        provenance=provenance,
+        geolocate=new_store,
     )
-    if target.exists():
-        append_frames(target, ds)
-    else:
+    if new_store:
         ds.attrs.update(importer=spec.importer, window=str(window or ""), coarsen=int(coarsen))
         write_store(ds, target)
+    else:
+        append_frames(target, ds)
 
 
 def _regrid(

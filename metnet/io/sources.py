@@ -9,6 +9,8 @@ command line (``--importer odim_hdf5 --pattern '*.h5'``)::
     step_minutes: 5              # optional: inferred from the files' most common spacing
     importer_args: {qty: RATE}   # keyword arguments of the importer
     description: my national composite
+    license: CC-BY-4.0           # SPDX identifier of the data's licence, written to the store
+    identifier: nl-knmi-precipitation   # MLCast <country_code>-<entity>-<physical_variable>
 
 Times come from the file name's strftime codes, except for formats that carry their own
 valid time, which is read from the file whatever its name: ODIM HDF5 (``what/date`` and
@@ -45,7 +47,8 @@ XARRAY = "xarray"
 #: pysteps importers of ODIM HDF5 files, whose valid time is read from the file.
 ODIM_IMPORTERS = ("odim_hdf5", "opera_hdf5", "mch_hdf5", "dwd_hdf5")
 #: The settings a source file (and a preset) may give.
-SETTINGS = ("name", "importer", "pattern", "step_minutes", "importer_args", "description")
+SETTINGS = ("name", "importer", "pattern", "step_minutes", "importer_args", "description",
+            "license", "identifier")
 #: Shortcuts for the archives of pysteps' example data, in the form of a source file.
 PRESETS: dict[str, dict[str, Any]] = {
     "fmi": {
@@ -127,6 +130,8 @@ class Source:
         importer_args: keyword arguments of the importer (for ``xarray``: ``variable``,
             and optionally ``accumulation_minutes``, ``zr_a``, ``zr_b``).
         description: one line for ``metnet ingest --help``.
+        license: SPDX identifier of the data's licence (the store's ``license``).
+        identifier: the store's ``mlcast_dataset_identifier``.
     """
 
     name: str
@@ -135,6 +140,8 @@ class Source:
     step_minutes: int | None = None
     importer_args: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    license: str | None = None
+    identifier: str | None = None
 
     def __post_init__(self) -> None:
         known = importer_names()
@@ -222,7 +229,8 @@ class Source:
         """The source as the settings of a source file."""
         return {"name": self.name, "importer": self.importer, "pattern": self.pattern,
                 "step_minutes": self.step_minutes, "importer_args": dict(self.importer_args),
-                "description": self.description}
+                "description": self.description, "license": self.license,
+                "identifier": self.identifier}
 
 
 def importer_names() -> list[str]:
@@ -288,6 +296,8 @@ def resolve_source(
     pattern: str | None = None,
     step_minutes: int | None = None,
     importer_args: dict[str, Any] | None = None,
+    license: str | None = None,
+    identifier: str | None = None,
 ) -> Source:
     """The source of a preset or a source file, with the given settings overriding theirs.
 
@@ -304,7 +314,8 @@ def resolve_source(
     else:
         settings, origin = {"name": importer or ""}, "the command line"
     for key, value in (("importer", importer), ("pattern", pattern),
-                       ("step_minutes", step_minutes)):
+                       ("step_minutes", step_minutes), ("license", license),
+                       ("identifier", identifier)):
         if value is not None:
             settings[key] = value
     if not isinstance(settings.get("importer_args") or {}, dict):

@@ -1,14 +1,25 @@
-"""The zarr v3 rain-rate store: one CF dataset per source and domain.
+"""The zarr v3 rain-rate store: one CF dataset per source and domain, laid out as the MLCast
+source-data specification for radar precipitation asks (``mlcast.validate_dataset
+source_data radar_precipitation STORE``).
 
-Layout::
+Layout (store format version 2, attribute ``metnet_store_version``)::
 
-    precip_rate (time, y, x) float32, mm/h, NaN outside radar coverage
-    time        UTC instants, one per frame, gaps allowed (never filled)
-    y, x        pixel centres in projection units (``x.attrs["units"]``)
+    rain_rate     (time, y, x) float32, kg m-2 h-1 (= mm/h of water), NaN outside coverage;
+                  standard_name rainfall_flux, grid_mapping crs; one zstd chunk per frame
+    crs           the CF grid mapping (grid_mapping_name, projection parameters, crs_wkt,
+                  spatial_ref)
+    time          UTC instants, one per frame, strictly increasing
+    missing_times the steps of the time grid without a frame (never filled)
+    y, x          pixel centres: projection coordinates in metres, or latitude/longitude in
+                  degrees for lon/lat grids
+    lat, lon      (y, x) pixel-centre latitude and longitude, degrees
 
-Global attributes: ``source``, ``crs`` (PROJ string), ``crs_wkt``,
-``pixel_size_x``/``pixel_size_y`` (projection units), ``step_minutes``,
-``source_files`` (the raw files the frames came from) and ``time_gaps``.
+Global attributes: ``source``, ``crs`` (PROJ string), ``crs_wkt``, ``pixel_size_x``/
+``pixel_size_y`` (projection units), ``step_minutes``, ``source_files`` (the raw files the
+frames came from), ``license`` (SPDX, when given), ``history`` and the ``mlcast_*``
+provenance attributes. Version 1 stores (``precip_rate`` in ``mm/h``, gaps in a
+``time_gaps`` attribute, no grid-mapping variable or lat/lon) are still read, their rain
+rate under the name ``rain_rate``, and appended to.
 
 Writes are crash-safe: a new store is built beside its final path and renamed
 into place, and frames appended to an existing store become visible only when
@@ -20,13 +31,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyproj
 import xarray as xr
 import zarr
+from zarr.codecs import ZstdCodec
 
 from metnet.atomic import atomic_write
 from metnet.times import utc_index
@@ -34,10 +48,17 @@ from metnet.times import utc_index
 # Consolidated metadata is how appends commit atomically (see module docstring).
 warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
 
-VARIABLE = "precip_rate"
-UNITS = "mm/h"
-TIME_CHUNK = 4
-SPACE_CHUNK = 256
+VARIABLE = "rain_rate"
+#: The rain-rate variable of version 1 stores, read under :data:`VARIABLE`.
+LEGACY_VARIABLE = "precip_rate"
+#: The units of rain_rate: a CF rainfall flux numerically equal to mm/h of water.
+UNITS = "kg m-2 h-1"
+#: The units a store's rain rate may carry (version 1 stores say mm/h).
+ACCEPTED_UNITS = (UNITS, "mm/h")
+STORE_VERSION = 2
+#: The MLCast validator release whose specification the stores follow.
+MLCAST_VALIDATOR_VERSION = "0.4.0"
+TIME_UNITS = "minutes since 1970-01-01 00:00:00"
 
 
 class StoreError(ValueError):
@@ -55,6 +76,8 @@ def make_dataset(
     step_minutes: int,
     xy_units: str = "m",
     source_files: Sequence[str] = (),
+    provenance: dict[str, Any] | None = None,
+    geolocate: bool = True,
 ) -> xr.Dataset:
     """Build a store-conformant dataset.
 
@@ -68,25 +91,31 @@ def make_dataset(
         step_minutes: the nominal time step of the archive.
         xy_units: units of ``x``/``y`` (``m`` or ``degrees``).
         source_files: the raw files, one per frame.
+        provenance: extra global attributes (``license``, ``mlcast_created_by``, ...).
+        geolocate: add the 2-D ``lat``/``lon`` coordinates (frames to append need not).
     """
     precip = np.asarray(precip, dtype=np.float32)
     time_index = utc_index(times)
     crs_obj = pyproj.CRS.from_user_input(crs)
+    x, y = np.asarray(x, float), np.asarray(y, float)
     ds = xr.Dataset(
-        {VARIABLE: (("time", "y", "x"), precip)},
-        coords={"time": time_index.values, "y": np.asarray(y, float), "x": np.asarray(x, float)},
+        {VARIABLE: (("time", "y", "x"), precip), "crs": ((), np.int32(0), grid_mapping(crs_obj))},
+        coords={"time": time_index.values, "y": y, "x": x,
+                "missing_times": ("missing_times", missing_times(time_index, step_minutes).values,
+                                  {"long_name": "times of the step grid without a frame"}),
+                **(lat_lon(x, y, crs_obj) if geolocate else {})},
     )
     ds[VARIABLE].attrs = {
         "units": UNITS,
-        "long_name": "surface precipitation rate",
-        "standard_name": "rainfall_rate",
+        "long_name": "surface precipitation rate (1 kg m-2 h-1 = 1 mm/h of water)",
+        "standard_name": "rainfall_flux",
         "grid_mapping": "crs",
     }
-    ds["x"].attrs = {"units": xy_units, "standard_name": "projection_x_coordinate", "axis": "X"}
-    ds["y"].attrs = {"units": xy_units, "standard_name": "projection_y_coordinate", "axis": "Y"}
+    ds["x"].attrs, ds["y"].attrs = _xy_attrs(crs_obj.is_geographic, xy_units)
     ds["time"].attrs = {"standard_name": "time", "axis": "T"}
     ds.attrs = {
         "Conventions": "CF-1.8",
+        "metnet_store_version": STORE_VERSION,
         "source": source,
         "crs": crs if isinstance(crs, str) else crs_obj.to_proj4(),
         "crs_wkt": crs_obj.to_wkt(),
@@ -94,29 +123,96 @@ def make_dataset(
         "pixel_size_y": float(abs(y[1] - y[0])) if len(y) > 1 else float("nan"),
         "step_minutes": int(step_minutes),
         "source_files": [str(f) for f in source_files],
+        **(provenance or {}),
     }
-    ds.attrs["time_gaps"] = time_gaps(time_index, step_minutes)
+    if len(time_index):  # the step is regular from the first frame, missing times included
+        ds.attrs["consistent_timestep_start"] = time_index[0].isoformat()
     return ds
 
 
-def time_gaps(times: Sequence, step_minutes: int) -> list[list[str]]:
-    """Missing stretches of a time axis as ``[first_missing, last_missing]`` ISO pairs."""
+def provenance(license: str | None = None, creator: str | None = None,
+               identifier: str | None = None, history: str = "") -> dict[str, Any]:
+    """The global attributes that say where a store comes from and on what terms: the
+    MLCast metadata that metnet can state truthfully (the ones given, the creation time and
+    the specification version), and a CF ``history`` line."""
+    from metnet import __version__
+
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    attrs: dict[str, Any] = {
+        "history": f"{now} metnet {__version__}: {history}".strip().rstrip(":"),
+        "mlcast_created_on": now,
+        "mlcast_dataset_version": f"{STORE_VERSION}.0.0",
+        "mlcast_dataset_validator_version": MLCAST_VALIDATOR_VERSION,
+    }
+    for key, value in (("license", license), ("mlcast_created_by", creator),
+                       ("mlcast_dataset_identifier", identifier)):
+        if value:
+            attrs[key] = value
+    return attrs
+
+
+def grid_mapping(crs: pyproj.CRS) -> dict[str, Any]:
+    """The CF grid-mapping attributes of ``crs`` (``grid_mapping_name``, its parameters,
+    ``crs_wkt``), with GDAL's ``spatial_ref`` too."""
+    with warnings.catch_warnings():  # to_cf notes what CF cannot say; the WKT says it
+        warnings.simplefilter("ignore")
+        attrs = crs.to_cf()
+    attrs["spatial_ref"] = attrs["crs_wkt"]
+    return attrs
+
+
+def lat_lon(x: np.ndarray, y: np.ndarray, crs: pyproj.CRS) -> dict[str, tuple]:
+    """2-D latitude and longitude of the pixel centres, as coordinates on (y, x)."""
+    xx, yy = np.meshgrid(x, y)
+    to_lonlat = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    lon, lat = to_lonlat.transform(xx, yy)
+    return {
+        "lat": (("y", "x"), lat.astype(np.float32),
+                {"standard_name": "latitude", "units": "degrees_north", "long_name": "latitude"}),
+        "lon": (("y", "x"), lon.astype(np.float32),
+                {"standard_name": "longitude", "units": "degrees_east", "long_name": "longitude"}),
+    }
+
+
+def _xy_attrs(geographic: bool, units: str) -> tuple[dict, dict]:
+    if geographic:
+        return ({"standard_name": "longitude", "units": "degrees_east", "axis": "X"},
+                {"standard_name": "latitude", "units": "degrees_north", "axis": "Y"})
+    return ({"standard_name": "projection_x_coordinate", "units": units, "axis": "X"},
+            {"standard_name": "projection_y_coordinate", "units": units, "axis": "Y"})
+
+
+def missing_times(times: Sequence, step_minutes: int) -> pd.DatetimeIndex:
+    """The steps between the first and last of ``times`` that have no frame."""
     index = utc_index(times)
-    step = pd.Timedelta(minutes=step_minutes)
-    gaps = []
-    for before, after in zip(index[:-1], index[1:], strict=True):
-        if after - before > step:
-            gaps.append([(before + step).isoformat(), (after - step).isoformat()])
-    return gaps
+    if len(index) < 2:
+        return pd.DatetimeIndex([], dtype="datetime64[ns]")
+    grid = pd.date_range(index[0], index[-1], freq=f"{int(step_minutes)}min")
+    return grid.difference(index).astype("datetime64[ns]")
+
+
+def gaps(ds: xr.Dataset) -> pd.DatetimeIndex:
+    """A store's missing times, from ``missing_times`` (version 2) or the ``time_gaps``
+    attribute (version 1)."""
+    if "missing_times" in ds:
+        return pd.DatetimeIndex(ds["missing_times"].values)
+    step = int(ds.attrs["step_minutes"])
+    stretches = [pd.date_range(a, b, freq=f"{step}min")
+                 for a, b in ds.attrs.get("time_gaps", [])]
+    return utc_index([t for stretch in stretches for t in stretch])
 
 
 def _encoding(ds: xr.Dataset) -> dict:
+    """One zstd chunk per frame, as the MLCast specification asks (``BENCHMARKS.md``
+    compares it with a shard per frame of 256 x 256 inner chunks)."""
     _, height, width = ds[VARIABLE].shape
-    chunks = (TIME_CHUNK, min(SPACE_CHUNK, height), min(SPACE_CHUNK, width))
-    return {
-        VARIABLE: {"chunks": chunks},
-        "time": {"units": "minutes since 1970-01-01 00:00:00", "dtype": "int64"},
+    encoding = {
+        VARIABLE: {"chunks": (1, height, width), "compressors": [ZstdCodec(level=3)]},
+        "time": {"units": TIME_UNITS, "dtype": "int64"},
     }
+    if "missing_times" in ds:
+        encoding["missing_times"] = {"units": TIME_UNITS, "dtype": "int64"}
+    return encoding
 
 
 def write_store(ds: xr.Dataset, path: str | Path) -> Path:
@@ -144,7 +240,7 @@ def append_frames(path: str | Path, new: xr.Dataset) -> None:
     group = zarr.open_group(path, mode="r+", use_consolidated=True)
     # Hold the array objects: each group[...] lookup rebuilds one from the stale consolidated
     # metadata, which would silently drop writes beyond the old shape.
-    time_array, precip = group["time"], group[VARIABLE]
+    time_array, precip = group["time"], group[on_disk_variable(group)]
     n_old, n_new = time_array.shape[0], new.sizes["time"]
     if precip.shape[1:] != new[VARIABLE].shape[1:]:
         raise StoreError(
@@ -160,13 +256,36 @@ def append_frames(path: str | Path, new: xr.Dataset) -> None:
     attrs["source_files"] = list(attrs.get("source_files", [])) + list(
         new.attrs.get("source_files", [])
     )
-    attrs["time_gaps"] = time_gaps(all_times, int(attrs["step_minutes"]))
+    missing = missing_times(all_times, int(attrs["step_minutes"]))
+    if "missing_times" in group:
+        missing_array = group["missing_times"]
+        missing_array.resize((len(missing),))
+        missing_array[:] = _encode_times(missing_array, missing.values)
+    else:  # a version 1 store
+        attrs["time_gaps"] = _stretches(missing, int(attrs["step_minutes"]))
     group.attrs.update(attrs)
     zarr.consolidate_metadata(path)
 
 
+def on_disk_variable(group: zarr.Group) -> str:
+    """The name of the rain-rate array in a store's zarr group (version 1 or 2)."""
+    return VARIABLE if VARIABLE in group else LEGACY_VARIABLE
+
+
+def _stretches(missing: pd.DatetimeIndex, step_minutes: int) -> list[list[str]]:
+    """Missing times as ``[first, last]`` ISO pairs of consecutive steps (version 1)."""
+    step = pd.Timedelta(minutes=step_minutes)
+    pairs: list[list[str]] = []
+    for t in missing:
+        if pairs and pd.Timestamp(pairs[-1][1]) + step == t:
+            pairs[-1][1] = t.isoformat()
+        else:
+            pairs.append([t.isoformat(), t.isoformat()])
+    return pairs
+
+
 def _encode_times(time_array: zarr.Array, times: np.ndarray) -> np.ndarray:
-    units = time_array.attrs.get("units", "minutes since 1970-01-01 00:00:00")
+    units = time_array.attrs.get("units", TIME_UNITS)
     if not units.startswith("minutes since 1970-01-01"):
         raise StoreError(f"unexpected time encoding {units!r}")
     minutes = (pd.DatetimeIndex(times) - pd.Timestamp("1970-01-01")) // pd.Timedelta(minutes=1)
@@ -190,6 +309,8 @@ def open_store(path: str | Path) -> xr.Dataset:
         ds = xr.open_zarr(path, consolidated=True)
     except Exception as err:  # zarr/xarray raise many types for a damaged store
         raise StoreError(f"{path}: not a readable zarr store ({err})") from err
+    if LEGACY_VARIABLE in ds and VARIABLE not in ds:
+        ds = ds.rename({LEGACY_VARIABLE: VARIABLE})
     validate(ds, str(path))
     return ds
 
@@ -203,8 +324,13 @@ def validate(ds: xr.Dataset, name: str = "store") -> None:
         raise StoreError(f"{name}: {VARIABLE} has dims {var.dims}, expected ('time', 'y', 'x')")
     if var.dtype != np.float32:
         raise StoreError(f"{name}: {VARIABLE} is {var.dtype}, expected float32")
-    if var.attrs.get("units") != UNITS:
-        raise StoreError(f"{name}: {VARIABLE} units are {var.attrs.get('units')!r}, not {UNITS}")
+    if var.attrs.get("units") not in ACCEPTED_UNITS:
+        raise StoreError(f"{name}: {VARIABLE} units are {var.attrs.get('units')!r}, not "
+                         f"{UNITS} (= mm/h)")
+    version = int(ds.attrs.get("metnet_store_version", 1))
+    if version > STORE_VERSION:
+        raise StoreError(f"{name}: store format version {version} is newer than this metnet "
+                         f"reads ({STORE_VERSION}); upgrade metnet")
     for key in ("source", "crs", "step_minutes", "pixel_size_x", "pixel_size_y"):
         if key not in ds.attrs:
             raise StoreError(f"{name}: missing attribute {key!r}")

@@ -23,7 +23,7 @@ import xarray as xr
 from scipy.ndimage import map_coordinates
 from tqdm.auto import tqdm
 
-from metnet.io.store import make_dataset
+from metnet.io.store import make_dataset, provenance
 
 SYNTHETIC_CRS = "+proj=aeqd +lat_0=52.0 +lon_0=5.0 +x_0=0 +y_0=0 +ellps=WGS84 +units=m +no_defs"
 SPECTRAL_SLOPE = 3.0  # 2-D power spectrum ~ |k|^-3, as fitted to radar rain fields
@@ -55,7 +55,7 @@ def synthesize(
         progress: show a progress bar.
 
     Returns:
-        A store-conformant dataset with ``precip_rate`` (T, height, width) in mm/h.
+        A store-conformant dataset with ``rain_rate`` (T, height, width) in mm/h.
     """
     if frames < 1 or height < 8 or width < 8 or step_minutes < 1:
         raise ValueError("synth needs frames >= 1, height/width >= 8 and step_minutes >= 1")
@@ -75,7 +75,8 @@ def synthesize(
     y = (height / 2 - 0.5 - np.arange(height)) * pixel_size
     times = pd.date_range(start, periods=frames, freq=f"{step_minutes}min")
     return make_dataset(
-        rain, times, x, y, crs=SYNTHETIC_CRS, source="synthetic", step_minutes=step_minutes
+        rain, times, x, y, crs=SYNTHETIC_CRS, source="synthetic", step_minutes=step_minutes,
+        provenance=provenance(license="CC0-1.0", history=f"synthetic radar, seed {seed}"),
     )
 
 
