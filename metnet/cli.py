@@ -83,6 +83,20 @@ def _ingest(a: Namespace) -> None:
           f"{report.already_present} already present, {len(report.skipped)} files skipped")
 
 
+def _check(a: Namespace) -> None:
+    from metnet.io.store import check_store
+
+    damaged = 0
+    for store in _as_list(a.store):
+        bad = check_store(store, progress=True)
+        for when, problem in bad:
+            print(f"{store}: frame {when}: {problem}", file=sys.stderr)
+        damaged += len(bad)
+        print(f"{store}: {'every frame reads' if not bad else f'{len(bad)} damaged frame(s)'}")
+    if damaged:
+        raise RuntimeError(f"{damaged} damaged frame(s): re-ingest them into a new store")
+
+
 def _forecast(a: Namespace) -> None:
     from metnet.checkpoint import Checkpoint
     from metnet.forecast import complete_init_times, forecast_dataset
@@ -252,6 +266,13 @@ def _ingest_parser() -> ArgumentParser:
     return p
 
 
+def _check_parser() -> ArgumentParser:
+    p = _command("Read every frame of one or more stores and name each whose chunk is missing "
+                 "(it would read as no rain data) or cannot be decoded; exit 1 if any.")
+    p.add_argument("store", type=list[str] | str, help="store(s): STORE.zarr or [A,B]")
+    return p
+
+
 def _model_and_store(p: ArgumentParser) -> None:
     """The options naming the model and the data of ``forecast`` and ``evaluate``."""
     p.add_argument("--ckpt_path", type=str, required=True, help="checkpoint of `metnet fit`")
@@ -319,6 +340,7 @@ COMMANDS: dict[str, tuple[str, Callable[[], ArgumentParser], Callable[[Namespace
     "synth": ("write a synthetic radar store (the embedded default)", _synth_parser, _synth),
     "ingest": ("turn a raw radar/satellite archive into a rain-rate store", _ingest_parser,
                _ingest),
+    "check": ("read every frame of a store and name the damaged ones", _check_parser, _check),
     "forecast": ("forecast a store's whole domain with a checkpoint (netCDF or zarr)",
                  _forecast_parser, _forecast),
     "evaluate": ("score a checkpoint against persistence, optical-flow extrapolation and "

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from metnet.checkpoint import store_problems
 from metnet.distribution import RainRateDistribution
 from metnet.io.forecast_file import forecast_dataset_from_fields
-from metnet.io.store import VARIABLE
+from metnet.io.store import VARIABLE, StoreError
 from metnet.nowcasts import get_method
 from metnet.nowcasts.model import frames_needed
 from metnet.times import context_times, iso, utc_time, valid_times
@@ -130,10 +130,25 @@ def resolve_lead_times(net: nn.Module, store_ds: xr.Dataset,
     return [int(t) for t in leads]
 
 
+def read_rate(store_ds: xr.Dataset, times: Sequence) -> np.ndarray:
+    """The stored rain rate (T, H, W) float32 at ``times``.
+
+    Raises:
+        StoreError: naming the store and the times, for a damaged chunk.
+    """
+    try:
+        return store_ds[VARIABLE].sel(time=times).values.astype(np.float32)
+    except Exception as err:  # codecs raise anything from ValueError to RuntimeError
+        name = store_ds.encoding.get("source", "the store")
+        when = ", ".join(np.datetime_as_string(np.asarray(times, "datetime64[m]")))
+        raise StoreError(f"{name}: frames at {when} cannot be read ({err}); "
+                         f"`metnet check {name}` names every damaged frame") from None
+
+
 def read_context(store_ds: xr.Dataset, init_time: np.datetime64, frames: int) -> np.ndarray:
     """Cleaned rain rate (frames, H, W) float32 mm/h (NaN: not observed) ending at init."""
     times = context_times(init_time, frames, store_step(store_ds))
-    rate = store_ds[VARIABLE].sel(time=times).values.astype(np.float32)
+    rate = read_rate(store_ds, times)
     return clean_rate(rate)
 
 
@@ -141,7 +156,7 @@ def read_observations(store_ds: xr.Dataset, init_time: np.datetime64,
                       lead_times: Sequence[int]) -> np.ndarray:
     """Observed rain rate (L, H, W) mm/h at init + each lead (cleaned, NaN: not observed)."""
     times = valid_times(init_time, lead_times)
-    return clean_rate(store_ds[VARIABLE].sel(time=times).values.astype(np.float32))
+    return clean_rate(read_rate(store_ds, times))
 
 
 def decision_cuts(calibration: Calibration | None, lead_times: Sequence[int],

@@ -282,3 +282,31 @@ def test_time_bounds_with_offsets_are_converted_to_utc(fmi_copy, tmp_path):
                                   pd.date_range("2016-09-28T14:55", "2016-09-28T15:05",
                                                 freq="5min").values)
     assert report.written == 3
+
+
+def test_leftovers_of_a_killed_ingest_are_removed_by_the_next(fmi_copy, tmp_path):
+    out = tmp_path / "s.zarr"
+    leftovers = [tmp_path / ".s.1a2b3c4d.tmp.zarr", tmp_path / "..s.zarr.5e6f7a8b.tmp.partial"]
+    for path in leftovers:
+        (path / "rain_rate").mkdir(parents=True)
+    (tmp_path / ".other.1a2b3c4d.tmp.zarr").mkdir()  # another store's: not ours to remove
+    ingest(fmi_copy, "fmi", out, window="rows=0:10,cols=0:10", progress=False)
+    assert not any(path.exists() for path in leftovers)
+    assert (tmp_path / ".other.1a2b3c4d.tmp.zarr").exists()
+
+
+def test_a_full_disk_is_named_by_the_store(fmi_copy, tmp_path, monkeypatch):
+    import metnet.io.ingest as ingest_module
+
+    out = tmp_path / "s.zarr"
+    ingest(fmi_copy, "fmi", out, end="2016-09-28T15:00", window="rows=0:10,cols=0:10",
+           progress=False)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ingest_module, "append_frames", full)
+    with pytest.raises(IngestError, match=r"s.zarr: cannot write \(No space left on device\); "
+                       r"the 0 frames committed before are kept"):
+        ingest(fmi_copy, "fmi", out, window="rows=0:10,cols=0:10", progress=False)
+    assert open_store(out).sizes["time"] == 4

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import zarr
 
-from metnet.io.store import on_disk_variable, open_store
+from metnet.io.store import StoreError, on_disk_variable, open_store
 from metnet.transforms import clean_rate, rate_to_input_
 
 Cache = Literal["memory", "lazy"]
@@ -94,7 +94,12 @@ class StoreFrames:
         """
         if self._data is not None:
             return self._data[frames, rows, cols]
-        raw = self._zarr().get_orthogonal_selection((self.index[frames], rows, cols))
+        try:
+            raw = self._zarr().get_orthogonal_selection((self.index[frames], rows, cols))
+        except Exception as err:  # codecs raise anything from ValueError to RuntimeError
+            when = ", ".join(np.datetime_as_string(self.times[frames], unit="m"))
+            raise StoreError(f"{self.path}: frames at {when} cannot be read ({err}); "
+                             f"`metnet check {self.path}` names every damaged frame") from None
         return clean_rate(np.asarray(raw, dtype=np.float32), self.max_rate)
 
     def read_input(self, frames: np.ndarray, rows: slice, cols: slice, out: np.ndarray) -> None:

@@ -33,7 +33,7 @@ import pyproj
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from metnet.atomic import atomic_write
+from metnet.atomic import atomic_write, remove
 from metnet.io.sources import Frame, Source, SourceError, discover, get_source
 from metnet.io.store import (
     StoreError,
@@ -185,6 +185,7 @@ def ingest(
     report = IngestReport(store=out)
     warn, note = warn or (lambda _: None), note or (lambda _: None)
     with writer_lock(out):
+        _remove_leftovers(out)
         frames = _candidate_frames(src_dir, spec, start, end, report, strict, warn, progress)
         spec = _with_step(spec, frames, out, report, note)
         frames = _on_the_step(frames, spec, _phase_times(out, frames), report, strict, warn)
@@ -232,6 +233,16 @@ def writer_lock(out: Path) -> Iterator[None]:
     finally:
         holder.unlink(missing_ok=True)
         lock.release()
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove the temporary folders a killed or failed ingest into ``out`` left (hidden
+    ``.NAME.<random>.tmp.zarr`` beside the store, or beside its ``.NAME.partial``); only
+    called under the writer lock, so none belongs to a running ingest."""
+    patterns = (f".{out.stem}.*.tmp{out.suffix}", f".{_partial_path(out).stem}.*.tmp.partial")
+    for pattern in patterns:
+        for path in out.parent.glob(pattern):
+            remove(path)
 
 
 def _nothing_written(out: Path, report: IngestReport) -> str:
@@ -477,12 +488,25 @@ def _write_batches(
             continue
         batch.append((when, path, rate))
         if len(batch) == BATCH_FRAMES:
-            _commit(batch, spec, target, reference, window, coarsen, report.provenance)
-            report.written += len(batch)
+            _commit_or_explain(batch, spec, target, reference, window, coarsen, report)
             batch = []
     if batch:
-        _commit(batch, spec, target, reference, window, coarsen, report.provenance)
-        report.written += len(batch)
+        _commit_or_explain(batch, spec, target, reference, window, coarsen, report)
+
+
+def _commit_or_explain(
+    batch: list[tuple[datetime, Path, np.ndarray]], spec: Source, target: Path, grid: Grid,
+    window: Window | None, coarsen: int, report: IngestReport,
+) -> None:
+    """Commit a batch; a failed write (a full disk) names the store, not its hidden path."""
+    try:
+        _commit(batch, spec, target, grid, window, coarsen, report.provenance)
+    except OSError as err:
+        kept = ("no store is left" if target != report.store else
+                f"the {report.written} frames committed before are kept, and a rerun resumes")
+        raise IngestError(f"{report.store}: cannot write ({err.strerror or err}); "
+                          f"{kept}") from None
+    report.written += len(batch)
 
 
 def _commit(

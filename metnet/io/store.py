@@ -311,8 +311,38 @@ def open_store(path: str | Path) -> xr.Dataset:
         raise StoreError(f"{path}: not a readable zarr store ({err})") from err
     if LEGACY_VARIABLE in ds and VARIABLE not in ds:
         ds = ds.rename({LEGACY_VARIABLE: VARIABLE})
+    ds.encoding["source"] = str(path)
     validate(ds, str(path))
     return ds
+
+
+def check_store(path: str | Path, progress: bool = False) -> list[tuple[str, str]]:
+    """Read every frame of a store: the ``(time, problem)`` of each frame whose chunk is
+    missing (zarr would read it as NaN) or cannot be decoded; empty when all are sound.
+
+    Raises:
+        StoreError: when the store cannot be opened at all.
+    """
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    times = open_store(path)["time"].values
+    group = zarr.open_group(path, mode="r", use_consolidated=True)
+    array = group[on_disk_variable(group)]
+    bad = []
+    for i in tqdm(range(len(times)), desc=f"check {path.name}", unit="frame",
+                  disable=not progress):
+        when = str(np.datetime_as_string(times[i], unit="m"))
+        key = array.metadata.encode_chunk_key((i, *([0] * (array.ndim - 1))))
+        if not (path / array.path / key).exists():
+            bad.append((when, f"chunk {array.path}/{key} is missing"))
+            continue
+        try:
+            array[i]
+        except Exception as err:  # codecs raise anything from ValueError to RuntimeError
+            bad.append((when, f"chunk {array.path}/{key} cannot be decoded "
+                              f"({type(err).__name__}: {err})"))
+    return bad
 
 
 def validate(ds: xr.Dataset, name: str = "store") -> None:
