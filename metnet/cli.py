@@ -6,7 +6,7 @@ a yes/no option is ``--name`` or ``--name true|false``, and ``--config FILE.yaml
 any option from a file. The same thing has the same name in every command: a checkpoint is
 ``--ckpt_path``, a store ``--store``, the datamodule of a training configuration ``--data``.
 
-``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's (:mod:`metnet.lightning_cli`);
+``fit``, ``validate`` and ``test`` are LightningCLI's (:mod:`metnet.lightning_cli`);
 ``calibrate`` takes their configuration plus ``--ckpt_path``. Each failure the data and
 inference commands anticipate ends in one line on stderr naming the file and the problem,
 and a non-zero exit status. The spellings of earlier releases (``--ckpt``, ``--data STORE``,
@@ -34,7 +34,6 @@ LIGHTNING_COMMANDS = {
     "fit": "train a model (LightningCLI; `metnet fit --help` lists every option)",
     "validate": "score a checkpoint on the validation split, next to the baselines",
     "test": "score a checkpoint on the test split, next to the baselines",
-    "predict": "run a checkpoint over the test split",
 }
 CALIBRATE_HELP = "fit a checkpoint's post-hoc calibration on the validation split"
 #: Spellings of earlier releases, accepted with a deprecation note: old -> new.
@@ -44,6 +43,9 @@ RENAMED = {
     "--step-minutes": "--step_minutes", "--event-threshold": "--event_threshold",
     "--steps-members": "--steps_members", "--steps-seed": "--steps_seed",
 }
+#: Commands of earlier releases that are gone, with what to use instead.
+REMOVED = {"predict": "`metnet predict` is gone (its output was thrown away): `metnet "
+                      "forecast` writes CF forecast files of a whole domain"}
 #: Commands whose ``--data`` was a store (now ``--store``; ``--data`` is the datamodule).
 STORE_WAS_DATA = ("forecast", "evaluate")
 LIST_OPTIONS = ("--init_time", "--lead_times", "--thresholds", "--quantiles", "--scales")
@@ -99,14 +101,14 @@ def _check(a: Namespace) -> None:
 
 def _forecast(a: Namespace) -> None:
     from metnet.checkpoint import Checkpoint
-    from metnet.forecast import complete_init_times, forecast_dataset
-    from metnet.io.forecast_file import check_output_path, write_forecast
+    from metnet.forecast import complete_init_times, iter_forecasts, resolve_lead_times
+    from metnet.io.forecast_file import ForecastOutput
     from metnet.io.store import open_store
     from metnet.nowcasts.model import frames_needed
+    from metnet.times import utc_time
 
     if bool(a.init_time) == bool(a.start) or bool(a.start) != bool(a.end):
         raise ValueError("give either --init_time or both --start and --end")
-    out = check_output_path(a.out)
     checkpoint = Checkpoint.load(a.ckpt_path)
     calibration = None if a.uncalibrated else checkpoint.calibration
     store = open_store(a.store)
@@ -117,19 +119,31 @@ def _forecast(a: Namespace) -> None:
     if not inits:
         raise ValueError(f"no init time from {a.start} to {a.end} has {frames} past "
                          f"frames in {a.store}")
-    leads = a.lead_times or (calibration.lead_times if calibration else None)
-    ds = forecast_dataset(net, store, inits, leads, quantiles=a.quantiles,
-                          thresholds=a.thresholds, bin_probabilities=a.bin_probabilities,
-                          batch_tiles=a.batch_tiles, calibration=calibration,
-                          calibrated_decisions=a.decision == "calibrated", progress=True)
-    write_forecast(ds, out)
-    print(f"wrote {out}: {ds.sizes['init_time']} init times x {ds.sizes['lead_time']} lead "
-          f"times of {ds.sizes['y']}x{ds.sizes['x']} px")
-    if a.plot:
-        from metnet.plotting import plot_forecast
+    leads = resolve_lead_times(
+        net, store, a.lead_times or (calibration.lead_times if calibration else None))
+    output = ForecastOutput(a.out, {
+        "checkpoint": Path(a.ckpt_path).resolve(), "store": Path(a.store).resolve(),
+        "lead_times": list(leads), "quantiles": a.quantiles, "thresholds": a.thresholds,
+        "bin_probabilities": a.bin_probabilities, "calibrated": calibration is not None,
+        "decision": a.decision})
+    todo = [t for t in inits if utc_time(t) not in output.done]
+    if len(todo) < len(inits):
+        print(f"{a.out}: {len(inits) - len(todo)} init times already written, "
+              f"{len(todo)} to go", file=sys.stderr)
+    forecasts = iter_forecasts(net, store, todo, leads, quantiles=a.quantiles,
+                               thresholds=a.thresholds, bin_probabilities=a.bin_probabilities,
+                               batch_tiles=a.batch_tiles, calibration=calibration,
+                               calibrated_decisions=a.decision == "calibrated", progress=True)
+    for forecast in forecasts:
+        output.write(forecast)
+        if a.plot:
+            from metnet.plotting import plot_forecast
 
-        for init in ds["init_time"].values:
-            print(f"wrote {plot_forecast(ds, store, init, a.plot)}")
+            init = forecast["init_time"].values[0]
+            print(f"wrote {plot_forecast(forecast, store, init, a.plot)}")
+    out = output.close()
+    print(f"wrote {out}: {len(output.done)} init times x {len(leads)} lead times of "
+          f"{store.sizes['y']}x{store.sizes['x']} px")
 
 
 def _evaluate(a: Namespace) -> None:
@@ -299,8 +313,9 @@ def _forecast_parser() -> ArgumentParser:
     p.add_argument("--start", type=str | None, default=None,
                    help="first init time (with --end: every store time with a full context)")
     p.add_argument("--end", type=str | None, default=None, help="last init time")
-    p.add_argument("--out", type=str, required=True, help="output to create: OUT.nc or "
-                   "OUT.zarr")
+    p.add_argument("--out", type=str, required=True, help="OUT.zarr (init times appended as "
+                   "they complete), OUT.nc (one file, assembled at the end) or a folder (one "
+                   ".nc per init time); an existing output of the same settings is resumed")
     p.add_argument("--plot", type=str | None, default=None,
                    help="folder for map panels of each init time")
     p.add_argument("--quantiles", type=list[float], default=[0.1, 0.5, 0.9],
@@ -409,6 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metnet`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
+    if command in REMOVED:
+        print(f"metnet {command}: error: {REMOVED[command]}", file=sys.stderr)
+        return 2
     if command in (*LIGHTNING_COMMANDS, "calibrate"):
         rest, notes = modernise(command, argv[1:])
         for note in notes:

@@ -21,7 +21,7 @@ Conventions:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -201,6 +201,27 @@ def forecast_dataset(
     store_ds: xr.Dataset,
     init_times: Sequence,
     lead_times: Sequence[int] | None = None,
+    **options,
+) -> xr.Dataset:
+    """Forecast the whole domain of a store at each init time, in memory.
+
+    Arguments as for :func:`iter_forecasts`.
+
+    Returns:
+        The CF dataset of :mod:`metnet.io.forecast_file` over all init times.
+    """
+    parts = list(iter_forecasts(net, store_ds, init_times, lead_times, **options))
+    fixed = [name for name, var in parts[0].data_vars.items() if "init_time" not in var.dims]
+    return xr.concat([parts[0], *(part.drop_vars(fixed) for part in parts[1:])],
+                     dim="init_time", data_vars="minimal", coords="minimal",
+                     compat="override", join="exact")
+
+
+def iter_forecasts(
+    net: nn.Module,
+    store_ds: xr.Dataset,
+    init_times: Sequence,
+    lead_times: Sequence[int] | None = None,
     *,
     quantiles: Sequence[float] = DEFAULT_QUANTILES,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
@@ -210,8 +231,9 @@ def forecast_dataset(
     calibration: Calibration | None = None,
     calibrated_decisions: bool = True,
     progress: bool = False,
-) -> xr.Dataset:
-    """Forecast the whole domain of a store at each init time.
+) -> Iterator[xr.Dataset]:
+    """Forecast the whole domain of a store at each init time, yielding one CF dataset per
+    init time as it completes (so a long period runs in the memory of one).
 
     Args:
         net: a film- or onehot-conditioned MetNet in eval mode with 2 input channels.
@@ -228,27 +250,27 @@ def forecast_dataset(
         calibrated_decisions: decide with the calibration's cuts (False: at 0.5).
         progress: show progress bars over init times and tiles.
 
-    Returns:
-        The CF dataset of :mod:`metnet.io.forecast_file`; NaN outside the coverage of each
-        init time's last context frame.
+    Yields:
+        The CF dataset of :mod:`metnet.io.forecast_file` of one init time; NaN outside the
+        coverage of the init time's last context frame.
 
     Raises:
         ForecastError: an init time or lead time that does not fit, or a net that does not
-            fit the store.
+            fit the store (before any forecast is made).
     """
     leads = resolve_lead_times(net, store_ds, lead_times)
     frames = frames_needed(net)
     inits = check_init_times(store_ds, init_times, frames)
     cuts = decision_cuts(calibration if calibrated_decisions else None, leads, thresholds)
     model = get_method("model")
-    fields: list[dict[str, np.ndarray]] = []
     for init in tqdm(inits, desc="init times", unit="init", disable=not progress):
         rate = read_context(store_ds, init, frames)
         dist = model(rate, leads, step_minutes=store_step(store_ds), net=net,
                      calibration=calibration, batch_tiles=batch_tiles, stride=stride,
                      progress=progress)
-        fields.append(summaries(dist, ~np.isnan(rate[-1]), quantiles, thresholds, cuts,
-                                bin_probabilities))
-    stacked = {name: np.stack([f[name] for f in fields], axis=-4) for name in fields[0]}
-    return forecast_dataset_from_fields(stacked, store_ds, inits, leads, quantiles,
-                                        thresholds, net.bin_edges, cuts)
+        fields = summaries(dist, ~np.isnan(rate[-1]), quantiles, thresholds, cuts,
+                           bin_probabilities)
+        yield forecast_dataset_from_fields({name: np.expand_dims(value, -4)
+                                            for name, value in fields.items()},
+                                           store_ds, [init], leads, quantiles, thresholds,
+                                           net.bin_edges, cuts)

@@ -1,4 +1,4 @@
-"""``metnet fit|validate|test|predict``: LightningCLI over NowcastModule and NowcastDataModule.
+"""``metnet fit|validate|test``: LightningCLI over NowcastModule and NowcastDataModule.
 
 Every model, data and trainer setting comes from ``--config`` YAML files and
 can be overridden on the command line (``--model.*``, ``--data.*``,
@@ -102,7 +102,14 @@ class MetNetCLI(LightningCLI):
         self._check_run()
         open_run_folder(self.run_folder)
 
-    before_validate = before_test = before_predict = _check_run
+    before_validate = before_test = _check_run
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """LightningCLI's, without ``predict``: ``metnet forecast`` is the one way to
+        forecast."""
+        return {name: keys for name, keys in LightningCLI.subcommands().items()
+                if name != "predict"}
 
 
 OUTPUTS = "outputs"

@@ -116,12 +116,6 @@ class NowcastModule(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        """Mean rain rate (B, L, Ht, Wt) mm/h and exceedance probabilities per threshold."""
-        dist = RainRateDistribution(self.logits(batch).float(), self.bin_edges, dim=2)
-        exceed = torch.stack([dist.exceedance(t) for t in self.hparams.thresholds], dim=2)
-        return {"mean": dist.mean(), "exceedance": exceed, "lead_times": batch["lead_times"]}
-
     # -- evaluation --------------------------------------------------------------------
 
     def _evaluate(self, batch: dict[str, Any], split: str) -> None:

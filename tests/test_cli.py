@@ -10,6 +10,7 @@ import xarray as xr
 
 from metnet.cli import COMMANDS, RENAMED, main, modernise
 from metnet.io.store import open_store
+from tests.conftest import run_metnet
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -20,9 +21,18 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_the_commands():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("fit", "validate", "test", "predict", "synth", "ingest", "forecast",
-                    "evaluate"):
+    for command in ("fit", "validate", "test", "calibrate", "synth", "ingest", "check",
+                    "forecast", "evaluate"):
         assert command in result.stdout
+    assert "predict" not in result.stdout
+
+
+def test_predict_is_gone_and_says_what_replaces_it(tmp_path):
+    result = run_metnet("predict", "--config", "configs/synthetic.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "metnet predict: error: `metnet predict` is gone (its output was thrown away): "
+        "`metnet forecast` writes CF forecast files of a whole domain"]
 
 
 def test_synth_writes_a_valid_deterministic_store(tmp_path):

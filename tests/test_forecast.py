@@ -262,3 +262,59 @@ def test_prior_histograms_of_the_whole_domain_equal_those_of_each_tile(store, mo
     monkeypatch.setattr(model, "prior_histograms", lambda *args: None)
     per_tile = model.blended_probabilities(net, rate[-3:], leads, tiling, per_lead=per_lead)
     torch.testing.assert_close(once, per_tile, atol=1e-6, rtol=0)
+
+
+# -- streaming and resuming ------------------------------------------------------------
+
+PERIOD = ["--start", "2024-06-01T12:40", "--end", "2024-06-01T12:55"]
+SMALL = ["--lead_times", "[5,15]", "--quantiles", "[0.5]", "--thresholds", "[1]"]
+
+
+def _reference(net, store) -> xr.Dataset:
+    return forecast_dataset(net, open_store(store), ["2024-06-01T12:40", "2024-06-01T12:45",
+                                                     "2024-06-01T12:50", "2024-06-01T12:55"],
+                            [5, 15], quantiles=[0.5], thresholds=[1.0])
+
+
+@pytest.mark.parametrize("name", ["out.zarr", "out.nc", "out"])
+def test_a_rerun_resumes_after_the_init_times_written(name, net, store, checkpoint, tmp_path,
+                                                      capsys):
+    """A period written in two runs (the first stopped after two init times) equals one
+    in-memory forecast; the second run forecasts only what the first did not write."""
+    out = tmp_path / name
+    first = ["--start", "2024-06-01T12:40", "--end", "2024-06-01T12:45"]
+    assert _cli("--ckpt_path", checkpoint, "--store", store, *first, "--out",
+                tmp_path / "part" / name if name == "out.nc" else out, *SMALL) == 0
+    if name == "out.nc":  # as if the first run were killed before assembling the file
+        shutil.move(tmp_path / "part" / name, tmp_path / "first.nc")
+        parts = tmp_path / ".out.nc.parts"
+        parts.mkdir()
+        with xr.open_dataset(tmp_path / "first.nc") as ds:
+            for i in range(ds.sizes["init_time"]):
+                write_forecast(ds.isel(init_time=[i]).load(), parts / f"{i}.nc")
+    capsys.readouterr()
+    assert _cli("--ckpt_path", checkpoint, "--store", store, *PERIOD, "--out", out,
+                *SMALL) == 0
+    assert "2 init times already written, 2 to go" in capsys.readouterr().err
+    if name == "out":
+        written = xr.concat([xr.open_dataset(p) for p in sorted(out.glob("*.nc"))],
+                            dim="init_time", data_vars="minimal", coords="minimal",
+                            compat="override")
+    else:
+        written = xr.open_zarr(out) if name.endswith(".zarr") else xr.open_dataset(out)
+    expected = _reference(net, store)
+    np.testing.assert_array_equal(written.init_time.values, expected.init_time.values)
+    for variable in ("precip_rate_mean", "probability_of_exceedance", "rain_forecast"):
+        np.testing.assert_allclose(written[variable].values, expected[variable].values,
+                                   rtol=1e-6, equal_nan=True)
+    assert not (tmp_path / ".out.nc.parts").exists()
+
+
+def test_an_output_of_other_settings_is_not_resumed(store, checkpoint, tmp_path, capsys):
+    out = tmp_path / "out.zarr"
+    assert _cli("--ckpt_path", checkpoint, "--store", store, *PERIOD, "--out", out,
+                *SMALL) == 0
+    capsys.readouterr()
+    assert _cli("--ckpt_path", checkpoint, "--store", store, *PERIOD, "--out", out,
+                "--lead_times", "[5]", "--quantiles", "[0.5]", "--thresholds", "[1]") == 1
+    assert "holds a forecast made with other settings" in capsys.readouterr().err

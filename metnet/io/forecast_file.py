@@ -8,18 +8,23 @@ Dims ``(init_time, lead_time, y, x)``, with the store's x/y and CRS:
   probability reaches ``decision_probability`` (threshold, lead_time), else 0;
 * optionally ``bin_probability`` (bin, ...) with ``bin_edges`` (bin_edge, mm/h).
 
-:func:`write_forecast` writes it atomically (:mod:`metnet.atomic`).
+:func:`write_forecast` writes it atomically (:mod:`metnet.atomic`); :class:`ForecastOutput`
+streams one init time at a time to ``.zarr`` (appended), a folder (one ``.nc`` per init time)
+or one ``.nc`` (assembled from such a folder at the end), and resumes after the init times
+already written.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from metnet.atomic import atomic_write
+from metnet.atomic import atomic_write, remove
 
 TIME_UNITS = "minutes since 1970-01-01 00:00:00"
 SUFFIXES = (".nc", ".zarr")
@@ -111,6 +116,109 @@ def forecast_dataset_from_fields(
         "probability_blending": "bin probabilities of overlapping tiles, sin^2 taper",
     }
     return ds
+
+
+#: The global attribute that records what a forecast output was made with (JSON).
+SETTINGS_ATTR = "metnet_forecast_settings"
+
+
+class ForecastOutput:
+    """A forecast output written one init time at a time, resumable.
+
+    ``OUT.zarr``: init times are appended as they complete (a kill loses only the init time
+    in progress). ``OUT/`` (a path without suffix): one ``OUT/YYYYmmddTHHMM.nc`` per init
+    time, each written atomically. ``OUT.nc``: such a folder kept hidden beside it
+    (``.OUT.nc.parts``), assembled into ``OUT.nc`` by :meth:`close`. An existing output is
+    resumed when it was made with the same ``settings`` (checkpoint, store, lead times,
+    levels); its init times are in :attr:`done`.
+
+    Raises:
+        FileExistsError: an existing output made with other settings.
+        ValueError: a suffix other than ``.nc`` / ``.zarr`` / none.
+    """
+
+    def __init__(self, path: str | Path, settings: dict[str, Any]) -> None:
+        self.path = Path(path)
+        if self.path.suffix not in (*SUFFIXES, ""):
+            raise ValueError(f"{self.path}: the output must end in .nc (netCDF-4), .zarr "
+                             "(zarr v3), or be a folder (one .nc per init time)")
+        self.settings = json.dumps(settings, sort_keys=True, default=str)
+        self.parts = (self.path.with_name(f".{self.path.name}.parts")
+                      if self.path.suffix == ".nc" else self.path)
+        if self.path.suffix == ".nc" and self.path.exists():
+            raise FileExistsError(f"{self.path}: already exists; remove it or choose another "
+                                  "--out")
+        self.done = self._written()
+
+    def _written(self) -> set[np.datetime64]:
+        """The init times an existing output holds (after checking its settings)."""
+        if self.path.suffix == ".zarr":
+            if not self.path.exists():
+                return set()
+            ds = xr.open_zarr(self.path, consolidated=True)
+            self._check(ds.attrs, self.path)
+            return set(ds["init_time"].values.astype("datetime64[ns]"))
+        done = set()
+        for part in sorted(self.parts.glob("*.nc")) if self.parts.is_dir() else []:
+            with xr.open_dataset(part) as ds:
+                self._check(ds.attrs, part)
+                done.update(ds["init_time"].values.astype("datetime64[ns]"))
+        return done
+
+    def _check(self, attrs: dict, where: Path) -> None:
+        if attrs.get(SETTINGS_ATTR) != self.settings:
+            raise FileExistsError(
+                f"{where}: holds a forecast made with other settings (checkpoint, store, lead "
+                "times or levels); remove it or choose another --out")
+
+    def write(self, ds: xr.Dataset) -> None:
+        """Add a forecast of one init time."""
+        ds = ds.assign_attrs({SETTINGS_ATTR: self.settings})
+        init = ds["init_time"].values[0]
+        if self.path.suffix != ".zarr":
+            self.parts.mkdir(parents=True, exist_ok=True)
+            stamp = np.datetime_as_string(init, unit="m").replace(":", "").replace("-", "")
+            write_forecast(ds, self.parts / f"{stamp}.nc")
+        elif not self.path.exists():
+            write_forecast(ds, self.path)
+        else:
+            if self.done and init <= max(self.done):
+                raise ValueError(f"{self.path}: init time {init} is not after the last one "
+                                 "written; write earlier init times to another --out")
+            fixed = [name for name, var in ds.data_vars.items() if "init_time" not in var.dims]
+            ds.drop_vars(fixed).to_zarr(self.path, mode="a", append_dim="init_time",
+                                        consolidated=True)
+        self.done.add(init)
+
+    def close(self) -> Path:
+        """Finish the output (assemble ``OUT.nc`` from its parts) and return its path."""
+        if self.path.suffix == ".nc" and self.parts.is_dir():
+            parts = sorted(self.parts.glob("*.nc"))
+            with atomic_write(self.path) as tmp:
+                _concatenate_netcdf(parts, tmp)
+            remove(self.parts)
+        return self.path
+
+
+def _concatenate_netcdf(parts: list[Path], out: Path) -> None:
+    """Join one-init-time forecast files along ``init_time`` into ``out``, one part in
+    memory at a time."""
+    import netCDF4
+
+    with xr.open_dataset(parts[0]) as first:
+        first.load().to_netcdf(out, engine="netcdf4", format="NETCDF4",
+                               unlimited_dims=["init_time"],
+                               encoding=_encoding(first, zlib=True))
+    with netCDF4.Dataset(out, "a") as dst:
+        for part in parts[1:]:
+            with netCDF4.Dataset(part) as src:
+                n = len(dst.dimensions["init_time"])
+                for name, var in src.variables.items():
+                    if "init_time" not in var.dimensions:
+                        continue
+                    index = [slice(None)] * var.ndim
+                    index[var.dimensions.index("init_time")] = slice(n, n + 1)
+                    dst[name][tuple(index)] = var[:]
 
 
 def check_output_path(path: str | Path) -> Path:
