@@ -255,6 +255,9 @@ BAD_CONFIGS = [
     ({"cache": "disk"}, "cache='disk'"),
     ({"context_step_minutes": 7}, "context_step_minutes=7 is not a multiple of step_minutes=5"),
     ({"train_fraction": 0}, "train_fraction=0 must be in"),
+    ({"splits": {"train": [["2024-06-01T12:00", "2024-06-01T15:00"]],
+                 "test": [["2024-06-01T14:00", "2024-06-01T17:00"]]}},
+     "the train and test ranges overlap"),
 ]
 
 
@@ -325,3 +328,19 @@ def test_a_train_fraction_keeps_the_earliest_training_windows_and_the_rest(synth
     for split in ("val", "test"):
         np.testing.assert_array_equal(quarter.datasets[split].windows[0].init_time,
                                       whole.datasets[split].windows[0].init_time)
+
+
+def test_splits_by_date_ranges(synthetic_store):
+    """60 frames from 12:00: train on the first 2 h, validate on the next hour, test on
+    the last hour; every window's frames lie inside its split's range."""
+    dm = _dm(synthetic_store, splits={
+        "train": [["2024-06-01T12:00", "2024-06-01T14:00"]],
+        "val": [["2024-06-01T14:00", "2024-06-01T15:00"]],
+        "test": [["2024-06-01T15:00Z", "2024-06-01T17:00Z"]]})
+    for split, (lo, hi) in {"train": ("12:00", "14:00"), "val": ("14:00", "15:00"),
+                            "test": ("15:00", "17:00")}.items():
+        windows = dm.datasets[split].windows[0]
+        times = dm.datasets[split].domains[0].frames.times
+        assert len(windows) > 0, split
+        assert times[windows.context[:, 0]].min() >= np.datetime64(f"2024-06-01T{lo}")
+        assert times[windows.target.max(axis=1)].max() < np.datetime64(f"2024-06-01T{hi}")

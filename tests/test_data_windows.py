@@ -11,8 +11,10 @@ from metnet.data.windows import (
     complete_windows,
     grid_frames,
     lead_steps,
+    parse_split_ranges,
     split_bounds,
     split_windows,
+    windows_in_ranges,
 )
 
 
@@ -103,3 +105,41 @@ def test_context_frames_can_be_spaced_wider_than_the_lead_grid():
     assert grid_inits == [6, 8, 9, *range(11, 28)]
     expected = pd.date_range("2024-06-01T12:00", periods=30, freq="5min")[grid_inits]
     np.testing.assert_array_equal(windows.init_time, expected.values)
+
+
+def test_date_range_splits_keep_each_window_inside_one_range():
+    """Splits by date ranges, as multi-year archives are split: a range may leave time out,
+    a split may have several ranges, and a window whose footprint crosses a range's end
+    belongs to none."""
+    times = _times(288, start="2024-06-01T00:00")  # to 23:55
+    windows = complete_windows(times, 5, 4, lead_steps([5, 10, 30], 5))
+    ranges = parse_split_ranges({
+        "train": [["2024-06-01T00:00", "2024-06-01T08:00"],
+                  ["2024-06-01T20:00", "2024-06-02T00:00"]],
+        "val": [["2024-06-01T10:00", "2024-06-01T14:00"]],
+        "test": [["2024-06-01T16:00+02:00", "2024-06-01T18:00+02:00"]]})  # 14:00-16:00 UTC
+    test = windows_in_ranges(windows, times, ranges["test"])
+    assert times[test.context[:, 0]].min() >= np.datetime64("2024-06-01T14:00")
+    assert times[test.target.max(axis=1)].max() < np.datetime64("2024-06-01T16:00")
+    # 24 frames in 2 h; a window spans 3 + 6 steps (15 min of context, 30 min of leads)
+    assert len(test) == 24 - (3 + 6)
+    train = windows_in_ranges(windows, times, ranges["train"])
+    starts = times[train.context[:, 0]]
+    ends = times[train.target.max(axis=1)]
+    in_first = ends < np.datetime64("2024-06-01T08:00")
+    in_second = starts >= np.datetime64("2024-06-01T20:00")
+    assert (in_first | in_second).all() and in_first.any() and in_second.any()
+    assert not ((starts >= np.datetime64("2024-06-01T08:00"))
+                & (starts < np.datetime64("2024-06-01T20:00"))).any()
+
+
+@pytest.mark.parametrize(("splits", "message"), [
+    ({"training": [["2024-01-01", "2024-02-01"]]}, "unknown split.s. training"),
+    ({"train": [["2024-02-01", "2024-01-01"]]}, "ends before it starts"),
+    ({"train": [["2024-01-01"]]}, "is not .start, end. in ISO"),
+    ({"train": [["2024-01-01", "2024-03-01"]], "val": [["2024-02-01", "2024-04-01"]]},
+     "the train and val ranges overlap"),
+])
+def test_bad_date_range_splits_are_refused(splits, message):
+    with pytest.raises(DataConfigError, match=message):
+        parse_split_ranges(splits)

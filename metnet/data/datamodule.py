@@ -47,8 +47,10 @@ from metnet.data.windows import (
     complete_windows,
     grid_frames,
     lead_steps,
+    parse_split_ranges,
     split_bounds,
     split_windows,
+    windows_in_ranges,
 )
 from metnet.io.store import open_store
 
@@ -93,6 +95,11 @@ class NowcastDataModule(L.LightningDataModule):
             vectors turn with the field. Validation and test samples are never augmented.
         split_fractions: (train, val, test) shares of each store's frames, in time order.
         split_times: ``[val_start, test_start]`` ISO UTC times; overrides the fractions.
+        splits: date ranges per split, overriding both, as multi-year archives are split:
+            ``{train: [[2018-01-01, 2022-01-01]], val: [[2022-01-01, 2023-01-01]], test:
+            [[2023-01-01, 2024-01-01]]}`` (each ``[start, end)``, several per split allowed,
+            times in no range unused; a window belongs to a split when its whole footprint
+            lies in one of its ranges).
         train_fraction: train on the earliest share (0, 1] of each store's training windows
             only, validation and test unchanged (for learning curves).
         patches_per_window: training samples per window per epoch.
@@ -128,6 +135,7 @@ class NowcastDataModule(L.LightningDataModule):
         augment: bool = False,
         split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
         split_times: list[str] | None = None,
+        splits: dict[str, list[list[str]]] | None = None,
         train_fraction: float = 1.0,
         patches_per_window: int = 1,
         eval_patches_per_window: int = 1,
@@ -147,6 +155,7 @@ class NowcastDataModule(L.LightningDataModule):
             lead_times = list(range(step_minutes, 61, step_minutes))
         _check_config(stores, context_frames, context_size, target_size, step_minutes,
                       patches_per_window, eval_patches_per_window, batch_size, cache)
+        self.split_ranges = parse_split_ranges(splits) if splits else None
         if not 0 < train_fraction <= 1:
             raise DataConfigError(f"train_fraction={train_fraction} must be in (0, 1]")
         if motion_inputs and context_frames < MOTION_FRAMES:
@@ -200,7 +209,7 @@ class NowcastDataModule(L.LightningDataModule):
                     f"no complete window in the {split} split of {', '.join(self.stores)} "
                     f"(needs {self.spec.context_frames} context frames + "
                     f"{max(self.spec.lead_times)} min of leads inside the split; "
-                    "change split_fractions or split_times)"
+                    "change split_fractions, split_times or splits)"
                 )
 
     def dataloader(self, split: Split, num_replicas: int | None = None,
@@ -268,8 +277,13 @@ class NowcastDataModule(L.LightningDataModule):
                 domain.motion = MotionCache(domain.frames, windows.context, self.context_stride,
                                             self.leads, hp.motion_velocity, hp.motion_cache_dir,
                                             memory=hp.cache == "memory")
-            bounds = split_bounds(times, hp.split_fractions, hp.split_times)
-            for split, selected in split_windows(windows, times, bounds).items():
+            if self.split_ranges is not None:
+                parts = {split: windows_in_ranges(windows, times, self.split_ranges.get(split, []))
+                         for split in SPLITS}
+            else:
+                parts = split_windows(windows, times,
+                                      split_bounds(times, hp.split_fractions, hp.split_times))
+            for split, selected in parts.items():
                 if split == "train" and hp.train_fraction < 1:
                     first = np.arange(len(selected)) < np.ceil(hp.train_fraction * len(selected))
                     selected = selected.select(first)

@@ -168,3 +168,51 @@ def split_windows(
         name: windows.select((first >= lo) & (last < hi))
         for name, lo, hi in zip(SPLITS, edges[:-1], edges[1:], strict=True)
     }
+
+
+def parse_split_ranges(
+    splits: dict[str, Sequence[Sequence[str]]],
+) -> dict[str, list[tuple[np.datetime64, np.datetime64]]]:
+    """Date ranges per split, e.g. ``{"train": [["2018-01-01", "2022-01-01"]], "val":
+    [["2022-01-01", "2023-01-01"]], "test": [["2023-01-01", "2024-01-01"]]}``: each range
+    ``[start, end)`` in ISO (naive = UTC); a split may have several; times in no range are
+    used by no split.
+
+    Raises:
+        DataConfigError: an unknown split, a range that is not two times in order, or ranges
+            of different splits that overlap.
+    """
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise DataConfigError(f"splits: unknown split(s) {', '.join(unknown)}; the splits are "
+                              f"{', '.join(SPLITS)}")
+    ranges: dict[str, list[tuple[np.datetime64, np.datetime64]]] = {}
+    for split, items in splits.items():
+        ranges[split] = []
+        for item in items:
+            try:
+                lo, hi = (utc_time(t) for t in item)
+            except (TypeError, ValueError) as err:
+                raise DataConfigError(f"splits: {split} range {item!r} is not [start, end] in "
+                                      f"ISO ({err})") from None
+            if not lo < hi:
+                raise DataConfigError(f"splits: {split} range {item!r} ends before it starts")
+            ranges[split].append((lo, hi))
+    flat = sorted((lo, hi, split) for split, items in ranges.items() for lo, hi in items)
+    for (_, hi, a), (lo, _, b) in zip(flat[:-1], flat[1:], strict=True):
+        if lo < hi and a != b:
+            raise DataConfigError(f"splits: the {a} and {b} ranges overlap (at {lo})")
+    return ranges
+
+
+def windows_in_ranges(
+    windows: Windows, times: np.ndarray, ranges: Sequence[tuple[np.datetime64, np.datetime64]],
+) -> Windows:
+    """The windows whose whole footprint (first context frame to last target) lies in one of
+    ``ranges`` (``[start, end)``)."""
+    first = times[windows.context[:, 0]]
+    last = times[windows.target.max(axis=1)]
+    inside = np.zeros(len(windows), dtype=bool)
+    for lo, hi in ranges:
+        inside |= (first >= lo) & (last < hi)
+    return windows.select(inside)
