@@ -121,3 +121,43 @@ def test_attention_non_square_and_batched() -> None:
         assert y.shape == x.shape
         # batch elements are independent
         torch.testing.assert_close(module(x[1:2]), y[1:2], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("make", "keys_of"),
+    [
+        (lambda: AxialAttention(C, HEADS, "row", window=2),
+         lambda i, j: [(i, e) for e in range(W) if abs(e - j) <= 2]),
+        (lambda: AxialAttention(C, HEADS, "column", window=1),
+         lambda i, j: [(a, j) for a in range(H) if abs(a - i) <= 1]),
+        (lambda: CrissCrossAttention(C, HEADS, window=2),
+         lambda i, j: [(i, e) for e in range(W) if abs(e - j) <= 2]
+         + [(a, j) for a in range(H) if a != i and abs(a - i) <= 2]),
+    ],
+    ids=["row", "column", "criss_cross"],
+)
+def test_windowed_attention_equals_naive_reference(make, keys_of, x: torch.Tensor) -> None:
+    """A window limits each pixel's keys to those at most that far along the axis."""
+    torch.manual_seed(1)
+    module = make().double()
+    torch.testing.assert_close(module(x), _naive_attention(module, x, keys_of))
+
+
+def test_a_window_as_long_as_the_axis_changes_nothing(x: torch.Tensor) -> None:
+    torch.manual_seed(1)
+    whole = AxialAttention(C, HEADS, "row").double()
+    windowed = AxialAttention(C, HEADS, "row", window=W - 1).double()
+    windowed.load_state_dict(whole.state_dict())
+    torch.testing.assert_close(windowed(x), whole(x))
+
+
+@pytest.mark.parametrize(("kind", "rows", "cols"),
+                         [("axial", (1, 4), (2, 5)), ("criss_cross", (0, 5), (1, 6))])
+def test_a_windowed_block_reaches_only_its_window(kind: str, rows, cols) -> None:
+    """Rows then columns of reach 1 connect exactly the 3 x 3 square around a pixel; two
+    criss-cross passes of reach 1 stay within 2 pixels along each axis."""
+    block = AttentionBlock(C, HEADS, 2.0, kind, window=1).double()
+    reach = _input_gradient(block, 2, 3)
+    inside = torch.zeros(H, W, dtype=torch.bool)
+    inside[slice(*rows), slice(*cols)] = True
+    assert reach[1:4, 2:5].all() and not reach[~inside].any()

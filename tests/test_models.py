@@ -124,6 +124,58 @@ def test_encode_decode_equals_forward() -> None:
         onehot.decode(latent, leads)
 
 
+# --- any input size ----------------------------------------------------------------------
+
+
+def whole_domain_net() -> MetNet:
+    """A network without positional embedding (any input size), with motion inputs and the
+    prior, whose learned corrections are made non-zero so that the network matters."""
+    torch.manual_seed(0)
+    net = MetNet(input_channels=2, context_frames=2, input_size=128, target_size=32,
+                 pack_factor=2, downsampler_channels=(8, 16), lstm_hidden=16, num_blocks=2,
+                 conditioned_from=1, heads=2, lead_embedding_dim=8, max_lead_minutes=30,
+                 lead_step_minutes=10, lead_channels=4, prior=True, dry_bin=True,
+                 position="none", attention_window=2)
+    for param in (*net.head.logits.parameters(), *net.lead_encoder.project.parameters()):
+        torch.nn.init.normal_(param, std=0.1)
+    return net.eval()
+
+
+def test_a_network_without_positions_forecasts_a_domain_as_its_patches() -> None:
+    """One pass over a 224 px domain predicts its central 128 px; in the interior of each
+    32 px target (8 px in from its edges: the head's seams) that equals what the network
+    predicts from that target's own 128 px patch."""
+    net = whole_domain_net()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 2, 2, 224, 224, generator=gen)
+    lead_inputs = torch.randn(1, 3, 4, 224, 224, generator=gen)
+    lead_inputs[:, :, 1] = 1.0
+    leads = torch.tensor([10, 20, 30])
+    with torch.no_grad():
+        whole = net(x, leads, lead_inputs)
+        assert whole.shape == (1, 3, 25, 128, 128)
+        for row, col in [(0, 0), (40, 56), (96, 96)]:
+            patch = net(x[..., row:row + 128, col:col + 128], leads,
+                        lead_inputs[..., row:row + 128, col:col + 128])
+            interior = (..., slice(8, 24), slice(8, 24))
+            torch.testing.assert_close(patch[interior],
+                                       whole[..., row:row + 32, col:col + 32][interior],
+                                       atol=1e-3, rtol=1e-4)
+
+
+def test_only_a_network_without_positions_takes_any_size() -> None:
+    net = whole_domain_net()
+    assert net.any_size and not any("position" in name for name, _ in net.named_parameters())
+    with pytest.raises(ValueError, match="expected input"):  # margins leave no target
+        net(torch.zeros(1, 2, 2, 96, 96), [10], torch.zeros(1, 1, 4, 96, 96))
+    with pytest.raises(ValueError, match="expected input"):  # not whole latent pixels
+        net(torch.zeros(1, 2, 2, 140, 140), [10], torch.zeros(1, 1, 4, 140, 140))
+    with pytest.raises(ValueError, match="expected input"):
+        tiny()(torch.zeros(1, 3, 1, 48, 48), [10])
+    with pytest.raises(ValueError, match="position"):
+        tiny(position="relative")
+
+
 # --- receptive field ---------------------------------------------------------------------
 
 

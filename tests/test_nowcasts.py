@@ -11,6 +11,8 @@ from metnet import nowcasts
 from metnet.distribution import RainRateDistribution
 from metnet.forecast import read_context
 from metnet.io.store import open_store
+from metnet.models import MetNet
+from metnet.nowcasts import model as model_method
 from metnet.nowcasts.model import frames_needed
 from metnet.verification import ensemble_crps
 
@@ -99,3 +101,22 @@ def test_the_neighbourhood_is_the_exact_empirical_distribution_of_the_square(con
             assert crps[j, y, x] == pytest.approx(ensemble_crps(members, obs[j, y, x]))
             assert p1[j, y, x] == pytest.approx((members > 1).mean())
             assert median[j, y, x] == np.sort(members)[int(np.ceil(len(members) / 2)) - 1]
+
+
+def test_a_network_of_any_size_forecasts_the_domain_in_one_pass(context, monkeypatch):
+    """A network without positional embedding is run once over the whole (70 x 62 px)
+    domain: a proper distribution at every pixel, the same whether its leads are decoded
+    together or one at a time."""
+    torch.manual_seed(0)
+    net = MetNet(input_channels=2, context_frames=4, input_size=128, target_size=32,
+                 pack_factor=2, downsampler_channels=(8, 16), lstm_hidden=16, num_blocks=2,
+                 conditioned_from=1, heads=2, lead_embedding_dim=8, max_lead_minutes=30,
+                 lead_step_minutes=5, lead_channels=4, prior=True, dry_bin=True,
+                 position="none", attention_window=8).eval()
+    torch.nn.init.normal_(net.head.logits.weight, std=0.1)
+    together = nowcasts.get_method("model")(context, LEADS, **options(net))
+    assert together.batch_shape == (len(LEADS), *context.shape[1:])
+    torch.testing.assert_close(together.probs.sum(1), torch.ones(together.batch_shape))
+    monkeypatch.setattr(model_method, "DECODE_PIXELS", 1)
+    apart = nowcasts.get_method("model")(context, LEADS, **options(net))
+    torch.testing.assert_close(apart.probs, together.probs, atol=1e-5, rtol=1e-4)

@@ -8,7 +8,12 @@
 * :class:`FullAttention`: global attention over all H W pixels, a reference for benchmarks.
 
 All take and return ``(B, H, W, C)``; none carries positional information (see
-:class:`AxialPositionalEmbedding`, added once in front of the attention stack).
+:class:`AxialPositionalEmbedding`, added once in front of the attention stack, or not at
+all in a network that forecasts a whole domain in one pass). Axial and criss-cross
+attention take an optional ``window``: each pixel then attends only to the pixels of its
+row (column) at most ``window`` pixels away, so that a pixel's output depends on a bounded
+neighbourhood whatever the map's size: on a whole domain it sees what it saw in a training
+patch, not the whole row.
 """
 
 from __future__ import annotations
@@ -18,19 +23,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def band(size: int, window: int | None, device: torch.device) -> Tensor | None:
+    """(size, size) boolean mask of the pairs at most ``window`` apart (None: no limit, or a
+    window that spans the whole axis anyway)."""
+    if window is None or window >= size - 1:
+        return None
+    index = torch.arange(size, device=device)
+    return (index[:, None] - index[None, :]).abs() <= window
+
+
 class _MultiHead(nn.Module):
     """Shared q/k/v and output projections of the attention modules below.
 
     Args:
         dim: channels C (divisible by ``heads``).
         heads: number of attention heads.
+        window: attention reach along an axis in pixels (None: the whole axis).
     """
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, window: int | None = None) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"channels {dim} not divisible by heads {heads}")
+        if window is not None and window < 0:
+            raise ValueError(f"the attention window must be >= 0 pixels, got {window}")
         self.heads = heads
+        self.window = window
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
@@ -55,10 +73,11 @@ class AxialAttention(_MultiHead):
         heads: number of heads.
         axis: ``"row"`` (each pixel attends to the W pixels of its row) or ``"column"``
             (to the H pixels of its column).
+        window: attend only to pixels at most this far along the axis (None: all).
     """
 
-    def __init__(self, dim: int, heads: int, axis: str) -> None:
-        super().__init__(dim, heads)
+    def __init__(self, dim: int, heads: int, axis: str, window: int | None = None) -> None:
+        super().__init__(dim, heads, window)
         if axis not in ("row", "column"):
             raise ValueError(f"axis must be 'row' or 'column', got {axis!r}")
         self.axis = axis
@@ -74,7 +93,7 @@ class AxialAttention(_MultiHead):
         q, k, v = self.split_heads(x)  # (B, n, H, W, d)
         n, d = q.shape[1], q.shape[-1]
         q, k, v = (t.transpose(1, 2).reshape(b * h, n, w, d) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v)  # (B H, n, W, d)
+        y = F.scaled_dot_product_attention(q, k, v, band(w, self.window, x.device))
         return self.merge_heads(y.reshape(b, h, n, w, d).transpose(1, 2))
 
 
@@ -86,7 +105,8 @@ class CrissCrossAttention(_MultiHead):
     part. Row energies are a ``(B, heads, H, W, W)`` tensor; column energies are kept in
     the transposed layout ``(B, heads, W, H, H)`` so that no energy tensor is ever copied
     into another layout: the joint softmax is assembled from the two parts' maxima and
-    sums, which are only ``(B, heads, H, W)``. Memory O(B heads H W (H + W)).
+    sums, which are only ``(B, heads, H, W)``. Memory O(B heads H W (H + W)). With a
+    ``window``, row and column keys further than it are masked out.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -98,6 +118,9 @@ class CrissCrossAttention(_MultiHead):
         col = qt @ kt.transpose(-1, -2)  # (B, n, W, H, H): query (i, j), key (i', j)
         centre = torch.eye(col.shape[-1], dtype=torch.bool, device=x.device)
         col = col.masked_fill_(centre, float("-inf"))
+        for energies in (row, col):
+            if (near := band(energies.shape[-1], self.window, x.device)) is not None:
+                energies.masked_fill_(~near, float("-inf"))
         # softmax over the concatenated H + W - 1 energies (in place: no extra energy
         # tensors); the shift by the joint maximum cancels out exactly
         peak = torch.maximum(row.amax(-1), col.amax(-1).transpose(2, 3)).detach()

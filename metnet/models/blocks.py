@@ -41,6 +41,7 @@ class AttentionBlock(nn.Module):
         kind: ``"axial"`` or ``"criss_cross"``.
         cond_dim: lead-time embedding size, or None for an unconditioned block.
         passes: recurrent passes of criss-cross attention (ignored for axial).
+        window: attention reach along rows and columns in pixels (None: whole axes).
     """
 
     def __init__(
@@ -51,13 +52,14 @@ class AttentionBlock(nn.Module):
         kind: str = "axial",
         cond_dim: int | None = None,
         passes: int = 2,
+        window: int | None = None,
     ) -> None:
         super().__init__()
         if kind == "axial":
-            mixers = [AxialAttention(dim, heads, "row"), AxialAttention(dim, heads, "column")]
+            mixers = [AxialAttention(dim, heads, axis, window) for axis in ("row", "column")]
             self.passes = 1
         elif kind == "criss_cross":
-            mixers = [CrissCrossAttention(dim, heads)]
+            mixers = [CrissCrossAttention(dim, heads, window)]
             self.passes = passes
         else:
             raise ValueError(f"attention kind must be one of {ATTENTION_KINDS}, got {kind!r}")

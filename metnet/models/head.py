@@ -27,13 +27,14 @@ def _upsample_stage(c_in: int, c_out: int) -> nn.Sequential:
 class Head(nn.Module):
     """Crop the central target region of a channels-last latent and decode it to bin logits.
 
-    The crop (``crop`` latent pixels) is upsampled by ``factor`` (a power of 2) in stages
-    of 2x (1x1 conv + pixel shuffle + 3x3 conv), halving the channels each stage down to at
-    least ``min_channels``, then a 1x1 conv gives ``num_bins`` logits per output pixel. With
-    ``cond_dim`` set, the cropped latent is FiLM-modulated by the lead-time embedding. With
-    ``lead_channels``, per-lead input planes at output resolution (e.g. the extrapolated
-    field) join the upsampled features through a 3x3 conv before the logits, so the head can
-    place rain to the pixel where the latent only knows it to a latent pixel.
+    The crop (the latent less ``margin`` latent pixels on each side) is upsampled by
+    ``factor`` (a power of 2) in stages of 2x (1x1 conv + pixel shuffle + 3x3 conv), halving
+    the channels each stage down to at least ``min_channels``, then a 1x1 conv gives
+    ``num_bins`` logits per output pixel. With ``cond_dim`` set, the cropped latent is FiLM-
+    modulated by the lead-time embedding. With ``lead_channels``, per-lead input planes at
+    output resolution (e.g. the extrapolated field) join the upsampled features through a
+    3x3 conv before the logits, so the head can place rain to the pixel where the latent
+    only knows it to a latent pixel.
 
     With a ``prior`` (:class:`~metnet.models.prior.ExtrapolationPrior`), the logits are the
     prior's, computed from the per-lead inputs, plus the head's own as a correction, and
@@ -43,7 +44,7 @@ class Head(nn.Module):
     Args:
         dim: latent channels C.
         num_bins: number K of rain-rate bins.
-        crop: ``(ht, wt)`` size of the central crop, latent pixels.
+        margin: ``(rows, cols)`` latent pixels of context on each side of the target.
         factor: upsampling factor (latent pixel -> input pixels), a power of 2.
         cond_dim: lead-time embedding size, or None.
         min_channels: narrowest upsampling stage.
@@ -55,7 +56,7 @@ class Head(nn.Module):
         self,
         dim: int,
         num_bins: int,
-        crop: tuple[int, int],
+        margin: tuple[int, int],
         factor: int,
         cond_dim: int | None = None,
         min_channels: int = 16,
@@ -67,7 +68,7 @@ class Head(nn.Module):
             raise ValueError(f"upsampling factor must be a power of 2, got {factor}")
         if prior is not None and lead_channels < 2:
             raise ValueError("the extrapolation prior needs per-lead inputs (lead_channels)")
-        self.crop = crop
+        self.context_margin = tuple(margin)
         self.norm = nn.LayerNorm(dim)
         self.film = FiLM(cond_dim, dim) if cond_dim else None
         stages, c = [], dim
@@ -90,7 +91,7 @@ class Head(nn.Module):
 
     def forward(self, z: Tensor, cond: Tensor | None = None, lead_inputs: Tensor | None = None,
                 lead_minutes: Tensor | None = None, histograms: Tensor | None = None) -> Tensor:
-        """Logits (N, K, ht * factor, wt * factor).
+        """Logits (N, K, ht * factor, wt * factor), (ht, wt) the latent less its margins.
 
         Args:
             z: (N, h, w, C) latent.
@@ -101,9 +102,8 @@ class Head(nn.Module):
             histograms: (N, 2, K, Ht, Wt) the prior's histograms when already computed
                 (:meth:`~metnet.models.prior.ExtrapolationPrior.histograms`), or None.
         """
-        (ht, wt), (h, w) = self.crop, z.shape[1:3]
-        top, left = (h - ht) // 2, (w - wt) // 2
-        z = self.norm(z[:, top : top + ht, left : left + wt])
+        (top, left), (h, w) = self.context_margin, z.shape[1:3]
+        z = self.norm(z[:, top : h - top, left : w - left])
         z = modulate(z, self.film(cond)[0] if self.film is not None else None)
         features = self.upsample(z.permute(0, 3, 1, 2))
         if self.fuse is not None:

@@ -19,6 +19,7 @@ from metnet.models.lead_inputs import LeadInputEncoder
 from metnet.models.prior import ExtrapolationPrior
 
 CONDITIONING_KINDS = ("film", "onehot")
+POSITION_KINDS = ("axial", "none")
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -44,7 +45,8 @@ class MetNet(nn.Module):
 
     Encoder (once per sample): per-frame :class:`Downsampler` (optional space-to-depth
     packing by ``pack_factor``, then 4x), :class:`ConvLSTM` over time, a learned axial
-    positional embedding, and the first ``conditioned_from`` attention blocks. Decoder (per
+    positional embedding (``position="axial"``), and the first ``conditioned_from``
+    attention blocks. Decoder (per
     lead time, all leads batched): the remaining attention blocks and the :class:`Head`,
     both FiLM-modulated by a lead-time embedding that starts as the identity.
     With ``conditioning="onehot"`` the network instead takes one-hot lead-time planes as
@@ -58,6 +60,12 @@ class MetNet(nn.Module):
     corrects a probabilistic extrapolation of those planes
     (:class:`~metnet.models.prior.ExtrapolationPrior`) instead of predicting from nothing:
     untrained, the network forecasts the prior.
+
+    With ``position="none"`` nothing in the network depends on where a pixel lies in its
+    patch, so it takes inputs of any size (sides multiples of the downsampling, larger than
+    the context margins) and predicts everything but the margins: a whole domain in one
+    pass (:attr:`any_size`); its attention reaches ``attention_window`` latent pixels, by
+    default half the latent context side, as far on a domain as in a training patch.
 
     Args:
         input_channels: channels C of an input frame (e.g. rain rate and a validity mask).
@@ -92,6 +100,12 @@ class MetNet(nn.Module):
             context margin of at least its neighbourhood radius at the longest lead).
         prior_radius: (pixels at lead 0, pixels per minute of lead) of the prior's
             neighbourhood half-width.
+        position: ``"axial"`` (a learned embedding of each latent row and column: inputs
+            of ``input_size`` only) or ``"none"`` (inputs of any size).
+        attention_window: attention reach along rows and columns in latent pixels. None:
+            whole rows and columns with ``position="axial"``; half the latent context side
+            with ``position="none"``, so that on a domain each pixel's attention reaches as
+            far as in a training patch.
     """
 
     def __init__(
@@ -121,15 +135,19 @@ class MetNet(nn.Module):
         lead_channels: int = 0,
         prior: bool = False,
         prior_radius: tuple[float, float] = (1.0, 0.1),
+        position: str = "axial",
+        attention_window: int | None = None,
     ) -> None:
         super().__init__()
         # The constructor arguments, plain values only: enough to rebuild the network from a
         # checkpoint without unpickling code.
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        if attention not in ATTENTION_KINDS or conditioning not in CONDITIONING_KINDS:
+        if (attention not in ATTENTION_KINDS or conditioning not in CONDITIONING_KINDS
+                or position not in POSITION_KINDS):
             raise ValueError(
-                f"attention must be in {ATTENTION_KINDS} and conditioning in "
-                f"{CONDITIONING_KINDS}, got {attention!r}, {conditioning!r}"
+                f"attention must be in {ATTENTION_KINDS}, conditioning in "
+                f"{CONDITIONING_KINDS} and position in {POSITION_KINDS}, got {attention!r}, "
+                f"{conditioning!r}, {position!r}"
             )
         if not 0 <= conditioned_from <= num_blocks:
             raise ValueError(f"conditioned_from must be in [0, {num_blocks}]")
@@ -159,15 +177,21 @@ class MetNet(nn.Module):
             for s, t in zip(self.input_size, self.target_size, strict=True)
         )
         self.latent_size = (h, w)
+        self.latent_margin = ((h - ht) // 2, (w - wt) // 2)
         self.lstm = ConvLSTM(widths[1], lstm_hidden, lstm_layers)
-        self.position = AxialPositionalEmbedding(lstm_hidden, h, w)
+        self.any_size = position == "none"
+        if attention_window is None and self.any_size:
+            attention_window = max(h, w) // 2
+        self.position = (nn.Identity() if self.any_size
+                         else AxialPositionalEmbedding(lstm_hidden, h, w))
         split = num_blocks if onehot else conditioned_from
         cond_dim = None if onehot else lead_embedding_dim
         self.lead_embedding = None if onehot else LeadTimeEmbedding(cond_dim, max_lead_minutes)
 
         def block(conditioned: bool) -> AttentionBlock:
             dim = cond_dim if conditioned else None
-            return AttentionBlock(lstm_hidden, heads, mlp_ratio, attention, dim)
+            return AttentionBlock(lstm_hidden, heads, mlp_ratio, attention, dim,
+                                  window=attention_window)
 
         self.context_blocks = nn.ModuleList(block(False) for _ in range(split))
         self.conditioned_blocks = nn.ModuleList(block(True) for _ in range(num_blocks - split))
@@ -175,7 +199,8 @@ class MetNet(nn.Module):
                              if lead_channels else None)
         extrapolation = (ExtrapolationPrior(self.bin_edges, max_lead_minutes, prior_radius)
                          if prior else None)
-        self.head = Head(lstm_hidden, len(self.bin_edges) - 1, (ht, wt), factor, cond_dim,
+        self.head = Head(lstm_hidden, len(self.bin_edges) - 1, self.latent_margin, factor,
+                         cond_dim,
                          lead_channels=lead_channels, prior=extrapolation)
         context_margin = min((s - t) // 2 for s, t in zip(self.input_size, self.target_size,
                                                            strict=True))
@@ -206,18 +231,20 @@ class MetNet(nn.Module):
         """Bin logits for every lead time.
 
         Args:
-            x: (B, T, C, H, W) transformed input frames (NaN already replaced).
+            x: (B, T, C, H, W) transformed input frames (NaN already replaced); H, W the
+                ``input_size``, or any size for an :attr:`any_size` network.
             lead_times: (L,) or (B, L) lead times in minutes (int or float).
             lead_inputs: (B, L, Cl, H, W) per-lead inputs, exactly when ``lead_channels``.
             histograms: with a prior, its histograms (B, L, 2, K, Ht, Wt) when already
                 computed (a forecast computes them once for the whole domain).
 
         Returns:
-            (B, L, K, Ht, Wt) logits over the K rain-rate bins for the central target patch.
+            (B, L, K, Ht, Wt) logits over the K rain-rate bins for the central target patch
+            (the input less the context margins on each side).
         """
         leads = self._lead_matrix(lead_times, x)
         if self.conditioning == "onehot":
-            self._lead_inputs(lead_inputs, *leads.shape)  # refuses any: onehot takes none
+            self._lead_inputs(lead_inputs, *leads.shape, self.latent_size)  # onehot takes none
             return self._forward_onehot(x, leads)
         return self.decode(self.encode(x), leads, lead_inputs, histograms)
 
@@ -242,7 +269,7 @@ class MetNet(nn.Module):
         b, num = leads.shape
         z = latent.permute(0, 2, 3, 1)  # (B, h, w, C)
         z = z[:, None].expand(b, num, *z.shape[1:]).flatten(0, 1)  # (B L, h, w, C)
-        per_lead = self._lead_inputs(lead_inputs, b, num)
+        per_lead = self._lead_inputs(lead_inputs, b, num, tuple(z.shape[1:3]))
         if per_lead is not None:
             z = z + self.lead_encoder(per_lead.to(z.dtype))
         cond = self.lead_embedding(leads.flatten())
@@ -251,8 +278,10 @@ class MetNet(nn.Module):
         flat = histograms.flatten(0, 1) if histograms is not None else None
         return self.head(z, cond, around_target, leads.flatten(), flat).unflatten(0, (b, num))
 
-    def _lead_inputs(self, lead_inputs: Tensor | None, b: int, num: int) -> Tensor | None:
-        """Checked per-lead inputs flattened to (B L, Cl, H, W), or None."""
+    def _lead_inputs(self, lead_inputs: Tensor | None, b: int, num: int,
+                     size: tuple[int, int]) -> Tensor | None:
+        """Checked per-lead inputs for a latent of ``size`` (h, w), flattened to
+        (B L, Cl, H, W), or None."""
         if (lead_inputs is None) != (self.lead_channels == 0):
             raise ValueError(
                 f"this network takes {self.lead_channels} per-lead input channels "
@@ -260,19 +289,18 @@ class MetNet(nn.Module):
             )
         if lead_inputs is None:
             return None
-        expected = (b, num, self.lead_channels, *self.input_size)
+        expected = (b, num, self.lead_channels, *(s * self.downsampler.factor for s in size))
         if tuple(lead_inputs.shape) != expected:
             raise ValueError(f"expected lead_inputs {expected}, got {tuple(lead_inputs.shape)}")
         return lead_inputs.flatten(0, 1)
 
     def _target_crop(self, planes: Tensor | None, margin: int = 0) -> Tensor | None:
-        """The central target square and ``margin`` pixels around it, (N, Cl, Ht + 2 margin,
-        Wt + 2 margin), of planes (N, Cl, H, W)."""
+        """The target region and ``margin`` pixels around it, (N, Cl, Ht + 2 margin,
+        Wt + 2 margin), of planes (N, Cl, H, W): all but the context margins."""
         if planes is None:
             return None
-        (h, w), (ht, wt) = self.input_size, self.target_size
-        top, left = (h - ht) // 2 - margin, (w - wt) // 2 - margin
-        return planes[..., top:top + ht + 2 * margin, left:left + wt + 2 * margin]
+        top, left = (m * self.downsampler.factor - margin for m in self.latent_margin)
+        return planes[..., top:planes.shape[-2] - top, left:planes.shape[-1] - left]
 
     def _forward_onehot(self, x: Tensor, leads: Tensor) -> Tensor:
         """The paper's form: one-hot lead planes as input channels, whole network per lead."""
@@ -300,8 +328,16 @@ class MetNet(nn.Module):
 
     def _check_input(self, x: Tensor, extra_channels: int) -> None:
         expected = (self.context_frames, self.input_channels + extra_channels, *self.input_size)
+        if self.any_size and x.ndim == 5 and self._fits_any_size(x.shape[-2:]):
+            expected = (*expected[:2], *x.shape[-2:])
         if x.ndim != 5 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"expected input (B, {', '.join(map(str, expected))}), got {x.shape}")
+
+    def _fits_any_size(self, size: Sequence[int]) -> bool:
+        """Whether an (H, W) input leaves a target region of whole latent pixels."""
+        factor = self.downsampler.factor
+        return all(s % factor == 0 and s // factor > 2 * m
+                   for s, m in zip(size, self.latent_margin, strict=True))
 
     @staticmethod
     def _lead_matrix(lead_times: Tensor | Sequence[float], like: Tensor) -> Tensor:

@@ -1,13 +1,20 @@
 """The trained network as a nowcast method: a rain-rate distribution over a whole domain.
 
-The network sees a context patch of ``input_size`` pixels and predicts the central
-``target_size`` pixels. To cover a domain, target tiles are laid on a lattice with a stride
-of half the target size (so they overlap), the domain is padded with "no coverage"
-(rain 0, mask 0) around its edges so that the edge pixels get a target tile too, and the
-tiles' **bin probabilities** are blended with a smooth 2-D ``sin²`` (Hann) taper with a
-small floor. The ``sin²`` tapers of tiles half a tile apart sum to one, so the blend is
-seamless; blending probabilities (not summary statistics) keeps each pixel's distribution
-a proper distribution, from which the mean, quantiles and exceedance probabilities follow.
+A network that takes inputs of any size (``position: none``, :attr:`MetNet.any_size`)
+forecasts the whole domain in **one pass**: the domain, padded by the context margin of no
+coverage, goes through the encoder once, and every lead is decoded from that one latent
+(in chunks of leads that bound the memory of the full-resolution head). Its cost grows
+with the domain's area, and there are no tile seams.
+
+Any other network is **tiled**: it sees a context patch of ``input_size`` pixels and
+predicts the central ``target_size`` pixels. To cover a domain, target tiles are laid on a
+lattice with a stride of half the target size (so they overlap), the domain is padded with
+"no coverage" (rain 0, mask 0) around its edges so that the edge pixels get a target tile
+too, and the tiles' **bin probabilities** are blended with a smooth 2-D ``sin²`` (Hann)
+taper with a small floor. The ``sin²`` tapers of tiles half a tile apart sum to one, so the
+blend is seamless; blending probabilities (not summary statistics) keeps each pixel's
+distribution a proper distribution, from which the mean, quantiles and exceedance
+probabilities follow.
 
 A network with per-lead inputs (``lead_channels``, trained with motion inputs) gets them
 computed here on the whole domain (:func:`metnet.data.motion.lead_planes`), before tiling.
@@ -36,6 +43,9 @@ if TYPE_CHECKING:
     from metnet.calibration import Calibration
 
 WEIGHT_FLOOR = 1e-2
+#: Leads x pixels decoded per network call in a one-pass forecast: the head's
+#: full-resolution activations (about 60 float32 values per lead and pixel) stay near 0.5 GB.
+DECODE_PIXELS = 2**21
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,16 @@ def make_tiling(net: nn.Module, domain: tuple[int, int],
     if min(stride) < 1:
         raise ValueError(f"the tile stride must be >= 1 pixel, got {stride}")
     return Tiling(tuple(domain), input_size, target_size, tuple(stride))
+
+
+def one_pass_tiling(net: nn.Module, domain: tuple[int, int]) -> Tiling:
+    """A single "tile" for a network of any input size: the domain rounded up to whole
+    latent pixels, and the context margin of its training patches around it."""
+    factor = net.downsampler.factor
+    covered = tuple(math.ceil(n / factor) * factor for n in domain)
+    margin = tuple(m * factor for m in net.latent_margin)
+    padded = tuple(c + 2 * m for c, m in zip(covered, margin, strict=True))
+    return Tiling(tuple(domain), padded, covered, covered)
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -206,6 +226,45 @@ def blended_probabilities(
     return blended[..., :height, :width].cpu()
 
 
+def whole_domain_probabilities(
+    net: nn.Module, rate: np.ndarray, lead_times: Sequence[int], progress: bool = False,
+    per_lead: np.ndarray | None = None,
+) -> torch.Tensor:
+    """Bin probabilities (L, K, H, W) over the domain from one pass of an :attr:`any_size`
+    network: one encoding of the padded domain, then the leads decoded in chunks.
+
+    Args:
+        net: a MetNet (eval mode) with ``any_size``.
+        rate: (T, H, W) context rain rate in mm/h, NaN where not observed.
+        lead_times: L lead times in minutes.
+        progress: show a progress bar over the chunks of leads.
+        per_lead: (L, Cl, H, W) per-lead inputs over the domain, for a net that takes them.
+
+    Returns:
+        float32 probabilities on the CPU, summing to 1 over K at every pixel.
+    """
+    tiling = one_pass_tiling(net, rate.shape[1:])
+    device = next(net.parameters()).device
+    x = padded_input(rate, tiling).to(device)[None]
+    planes = pad_planes(per_lead, tiling).to(device) if per_lead is not None else None
+    height, width = rate.shape[1:]
+    chunk = max(1, DECODE_PIXELS // math.prod(tiling.covered))
+    probs = torch.empty((len(lead_times), len(net.bin_edges) - 1, height, width))
+    firsts = range(0, len(lead_times), chunk)
+    with torch.inference_mode():
+        latent = net.encode(x)
+        for first in tqdm(firsts, desc="leads", unit="chunk", leave=False, disable=not progress):
+            part = slice(first, first + chunk)
+            leads = list(lead_times[part])
+            extra = planes[part] if planes is not None else None
+            histograms = prior_histograms(net, extra, leads, tiling)
+            logits = net.decode(latent, torch.tensor(leads, device=device),
+                                None if extra is None else extra[None],
+                                None if histograms is None else histograms[None])
+            probs[part] = torch.softmax(logits[0].float(), dim=1)[..., :height, :width].cpu()
+    return probs
+
+
 def prior_histograms(net: nn.Module, planes: torch.Tensor | None, lead_times: Sequence[int],
                      tiling: Tiling) -> torch.Tensor | None:
     """The histograms (L, 2, K, *tiling.covered) of a network's extrapolation prior
@@ -242,9 +301,10 @@ def forecast(rate: np.ndarray, lead_times: Sequence[int], *, step_minutes: float
         net: a MetNet in eval mode whose input channels are [rain, rain_mask].
         calibration: a checkpoint's calibration: each lead's temperature tempers the
             blended distribution (None: raw).
-        batch_tiles: tiles per network call.
-        stride: tile stride (rows, cols) in pixels; default half the target size.
-        progress: show a progress bar over tiles.
+        batch_tiles: tiles per network call (tiled networks only).
+        stride: tile stride (rows, cols) in pixels; default half the target size (tiled
+            networks only).
+        progress: show a progress bar over tiles (or chunks of leads).
 
     Returns:
         The distribution with batch shape (L, H, W) (bins along dim 1 of its logits);
@@ -257,10 +317,13 @@ def forecast(rate: np.ndarray, lead_times: Sequence[int], *, step_minutes: float
     if net.config.get("lead_channels"):
         per_lead = lead_planes(rate[-MOTION_FRAMES:], [m / step_minutes for m in lead_times],
                                motion_velocity(net))
-    tiling = make_tiling(net, rate.shape[1:], stride)
     context = rate[-int(net.config["context_frames"]):]
-    probs = blended_probabilities(net, context, lead_times, tiling, batch_tiles, progress,
-                                  per_lead)
+    if getattr(net, "any_size", False):
+        probs = whole_domain_probabilities(net, context, lead_times, progress, per_lead)
+    else:
+        tiling = make_tiling(net, rate.shape[1:], stride)
+        probs = blended_probabilities(net, context, lead_times, tiling, batch_tiles, progress,
+                                      per_lead)
     logits = probabilities_to_logits(probs)
     if calibration is not None:
         logits = calibration.scale_logits(logits, lead_times, dim=1)

@@ -1,0 +1,148 @@
+"""Seconds and peak memory per init time of a 12-lead whole-domain forecast, side by side
+with pysteps' Lucas-Kanade extrapolation (motion + 12 advections) and a 20-member STEPS
+ensemble of the same frames.
+
+The network is that of ``configs/model/small.yaml`` with the data settings of
+``configs/radar.yaml`` (6 frames of 128 px context, 32 px target, motion inputs, the
+extrapolation prior), untrained (its cost does not depend on its weights), in two forms:
+
+* ``one pass``: ``position: none`` (the whole domain at once; attention reaches 8 latent
+  pixels, half the context);
+* ``tiled``: the learned axial positional embedding, tiles at half the target stride,
+  32 tiles per call (how every network forecast before ``position: none``).
+
+Both include the network's motion inputs (LK motion and 12 advections, as
+``extrapolation``). Synthetic domains of 256, 512 and 1024 px (1x, 4x, 16x the area), or
+real stores at given init times::
+
+    python pipelines/benchmark_forecast.py
+    python pipelines/benchmark_forecast.py --store outputs/stores/knmi.zarr@2010-08-26T06:10 \\
+        --store outputs/stores/mch.zarr@2016-07-11T22:50 --sides
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from metnet.forecast import read_context
+from metnet.io.store import open_store
+from metnet.io.synthetic import synthesize
+from metnet.models import MetNet
+from metnet.nowcasts import get_method
+
+LEADS = list(range(5, 61, 5))
+MODEL = Path(__file__).resolve().parents[1] / "configs" / "model" / "small.yaml"
+DATA = dict(input_channels=2, context_frames=6, input_size=128, target_size=32,
+            lead_channels=4)
+
+
+def network(one_pass: bool) -> MetNet:
+    """The benchmarked network, untrained, in eval mode."""
+    config = {**yaml.safe_load(MODEL.read_text())["init_args"], **DATA,
+              "position": "none" if one_pass else "axial"}
+    torch.manual_seed(0)
+    return MetNet(**config).eval()
+
+
+def rss() -> int:
+    """Resident memory of this process in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure(call: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(median seconds over ``repeats`` runs after a warm-up, peak RSS above the start in
+    MB), RSS sampled every 2 ms in a thread."""
+    call()
+    start, peak, done = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    seconds = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - began)
+    done.set()
+    sampler.join()
+    return statistics.median(seconds), max(peak[0] - start, 0) / 2**20
+
+
+def domains(args: argparse.Namespace) -> list[tuple[str, np.ndarray, float]]:
+    """(name, context rates (T, H, W) mm/h, km per pixel) of each benchmarked domain."""
+    out = []
+    for side in args.sides:
+        rate = synthesize(frames=8, height=side, width=side, seed=1)["rain_rate"].values
+        out.append((f"synthetic {side} x {side}", rate, 1.0))
+    for spec in args.store:
+        path, init = spec.rsplit("@", 1)
+        ds = open_store(path)
+        rate = read_context(ds, np.datetime64(init, "ns"), DATA["context_frames"])
+        km = float(abs(ds["x"].values[1] - ds["x"].values[0])) / 1000
+        out.append((f"{Path(path).stem} {rate.shape[1]} x {rate.shape[2]}", rate, km))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sides", type=int, nargs="*", default=[256, 512, 1024],
+                   help="sides of square synthetic domains in px")
+    p.add_argument("--store", action="append", default=[],
+                   help="STORE@INIT_TIME of a real store (repeatable)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tiled-max-side", type=int, default=512,
+                   help="skip the tiled network on larger domains (minutes each)")
+    p.add_argument("--steps-max-side", type=int, default=1024)
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    nets = {"one pass": network(True), "tiled": network(False)}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"seconds per init time (median of {args.repeats}) and peak RSS (MB)\n")
+    print("| domain | extrapolation | one pass | one pass MB | tiled | tiled MB "
+          "| STEPS 20 | STEPS / one pass | one pass / extrapolation |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, rate, km in domains(args):
+        print(row(name, rate, km, nets, args), flush=True)
+
+
+def row(name: str, rate: np.ndarray, km: float, nets: dict[str, MetNet],
+        args: argparse.Namespace) -> str:
+    """One table row: every method on the context rates (T, H, W) mm/h of one domain."""
+    side = max(rate.shape[1:])
+    cells = {"extrapolation": measure(
+        lambda: get_method("extrapolation")(rate, LEADS, step_minutes=5), args.repeats)}
+    for label, net in nets.items():
+        if label == "tiled" and side > args.tiled_max_side:
+            continue
+        cells[label] = measure(lambda n=net: get_method("model")(
+            rate, LEADS, step_minutes=5, net=n, batch_tiles=32), args.repeats)
+    if side <= args.steps_max_side:
+        cells["steps"] = measure(lambda: get_method("steps")(
+            rate, LEADS, step_minutes=5, km_per_pixel=km, members=20, seed=0), 1)
+
+    def fmt(key: str, index: int = 0, form: str = "{:.2f}") -> str:
+        return form.format(cells[key][index]) if key in cells else "-"
+
+    one = cells["one pass"][0]
+    ratio = f"{cells['steps'][0] / one:.0f}x" if "steps" in cells else "-"
+    return (f"| {name} | {fmt('extrapolation')} | {one:.2f} | {fmt('one pass', 1, '{:.0f}')} "
+            f"| {fmt('tiled')} | {fmt('tiled', 1, '{:.0f}')} | {fmt('steps')} | {ratio} "
+            f"| {one / cells['extrapolation'][0]:.2f} |")
+
+if __name__ == "__main__":
+    main()
