@@ -27,7 +27,7 @@ def data_overrides(store: Path) -> list[str]:
         "--data.stores", f"[{store}]", "--data.context_size", "48", "--data.target_size", "16",
         "--data.context_frames", "3", "--data.lead_times", "[5, 15, 30]",
         "--data.batch_size", "4", "--data.patches_per_window", "1",
-        "--data.motion_inputs", "true", "--data.motion_cache_dir", str(store.parent / "cache"),
+        "--data.motion_inputs", "true", "--data.cache_dir", str(store.parent / "cache"),
     ]
 
 

@@ -40,7 +40,7 @@ def build(args: list[str], store: Path) -> MetNetCLI:
         warnings.filterwarnings("ignore", message=".*args parameter is intended")
         return MetNetCLI(NowcastModule, NowcastDataModule, run=False, args=[
             *args, "--data.stores", f"[{store}]",
-            "--data.motion_cache_dir", str(store.parent / "cache"),
+            "--data.cache_dir", str(store.parent / "cache"),
             "--trainer.logger", "false", "--trainer.default_root_dir", str(store.parent)])
 
 

@@ -132,7 +132,7 @@ def test_lead_inputs_are_the_cached_fields_cropped_like_the_context(
     synthetic_store: Path, tmp_path: Path
 ) -> None:
     dm = NowcastDataModule([str(synthetic_store)], motion_inputs=True, motion_velocity=True,
-                           motion_cache_dir=str(tmp_path), **KW)
+                           cache_dir=str(tmp_path), **KW)
     dm.setup("fit")
     dataset = dm.datasets["train"]
     batch = dataset.__getitems__([0, 3])
@@ -158,7 +158,7 @@ def test_option_off_leaves_the_batches_and_network_as_before(synthetic_store: Pa
                                                              tmp_path: Path) -> None:
     plain = NowcastDataModule([str(synthetic_store)], **KW)
     motion_dm = NowcastDataModule([str(synthetic_store)], motion_inputs=True,
-                                  motion_cache_dir=str(tmp_path), **KW)
+                                  cache_dir=str(tmp_path), **KW)
     plain.setup("fit")
     motion_dm.setup("fit")
     a = plain.datasets["val"].__getitems__([0, 1])
@@ -287,7 +287,7 @@ def test_an_untrained_prior_network_forecasts_the_probabilistic_extrapolation() 
 
 def _augmented_pair(store: Path, cache: Path) -> tuple[NowcastDataModule, NowcastDataModule]:
     """The same training samples, as they are and under random symmetries of the square."""
-    settings = dict(KW, motion_inputs=True, motion_velocity=True, motion_cache_dir=str(cache),
+    settings = dict(KW, motion_inputs=True, motion_velocity=True, cache_dir=str(cache),
                     split_fractions=(0.4, 0.3, 0.3), patches_per_window=8)
     plain = NowcastDataModule([str(store)], **settings)
     turned = NowcastDataModule([str(store)], **settings, augment=True)
@@ -344,3 +344,13 @@ def test_the_extrapolation_input_of_a_turned_sample_extrapolates_its_turned_cont
             np.median(velocity[:, 12:36, 12:36].reshape(2, -1), axis=1), atol=0.3)
         checked.add(k)
     assert len(checked) >= 5
+
+
+def test_the_former_motion_cache_dir_still_places_the_cache_with_a_note(
+    synthetic_store: Path, tmp_path: Path
+) -> None:
+    with pytest.warns(DeprecationWarning, match="motion_cache_dir is deprecated.*cache_dir"):
+        dm = NowcastDataModule([str(synthetic_store)], motion_inputs=True,
+                               motion_cache_dir=str(tmp_path / "old"), **KW)
+    dm.setup("fit")
+    assert list((tmp_path / "old").glob(f"{synthetic_store.stem}.motion-*.zarr"))

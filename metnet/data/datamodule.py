@@ -16,7 +16,9 @@ What it does (details in the modules it composes):
   whole footprint does, so splits never share a frame;
 * training patches are drawn rain-weighted with a fresh seeded generator per
   (seed, epoch, index); val/test patches are the same on every call
-  (:mod:`metnet.data.patches`, :mod:`metnet.data.dataset`);
+  (:mod:`metnet.data.patches`, :mod:`metnet.data.dataset`); the rain statistics come from
+  each store's sample index, built on first use and extended as the store grows
+  (:mod:`metnet.io.sample_index`), so rain weighting needs no read of the frames;
 * samples are dicts described in :mod:`metnet.data.dataset`; the context has
   :attr:`NowcastDataModule.num_channels` channels, named by
   :attr:`NowcastDataModule.channel_names`.
@@ -26,8 +28,10 @@ Stores must share one pixel size (re-ingest with ``--coarsen`` to match them).
 
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -52,7 +56,8 @@ from metnet.data.windows import (
     split_windows,
     windows_in_ranges,
 )
-from metnet.io.store import open_store
+from metnet.io.sample_index import PatchLattice, sample_fractions
+from metnet.io.store import is_remote, open_store
 
 Split = Literal["train", "val", "test"]
 STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
@@ -69,7 +74,8 @@ class NowcastDataModule(L.LightningDataModule):
     """Batches of (context, target) samples from radar stores, optionally with satellite.
 
     Args:
-        stores: radar stores (zarr paths); a run may train on several domains.
+        stores: radar stores: zarr paths, or URLs fsspec opens (``https://``, ``s3://``,
+            ``gs://``); a run may train on several domains.
         context_frames: frames of context T, ending at the init time.
         context_size: side S of the square context patch, pixels.
         target_size: side St of the central target square, pixels.
@@ -88,8 +94,13 @@ class NowcastDataModule(L.LightningDataModule):
             the last one) over the context square, as ``lead_inputs``
             (:mod:`metnet.data.motion`; cached per init time in a sidecar store).
         motion_velocity: with ``motion_inputs``, add the motion field (2 channels) as well.
-        motion_cache_dir: where the motion caches go (default: ``.metnet-cache`` beside
-            each store).
+        cache_dir: where what is derived from the stores (sample indexes, motion caches) goes
+            (default: ``.metnet-cache`` beside a local store, ``~/.cache/metnet/<URL>`` for a
+            remote one; :func:`metnet.io.store.cache_folder`).
+        motion_cache_dir: the former name of ``cache_dir`` (deprecated).
+        storage_options: fsspec options of the stores' file systems, for URLs (e.g.
+            ``{anon: true, endpoint_url: https://...}`` for a public bucket of a non-AWS
+            object store); credentials otherwise come from the usual places.
         augment: show each training sample under one of the eight rotations and reflections
             of the square, drawn per sample and epoch (:mod:`metnet.data.augment`); motion
             vectors turn with the field. Validation and test samples are never augmented.
@@ -108,7 +119,8 @@ class NowcastDataModule(L.LightningDataModule):
         rain_threshold: rate (mm/h) above which a pixel counts as wet for patch weights.
         rain_weight_eps: weight of a dry observed target relative to a wet one.
         max_rate: rates above this (mm/h) are unphysical and become NaN.
-        cache: ``memory`` (read every frame once at setup) or ``lazy`` (read per sample).
+        cache: ``memory`` (read every frame once at setup) or ``lazy`` (read per sample; setup
+            then reads only the stores' coordinates and sample indexes).
         batch_size: samples per batch.
         num_workers: DataLoader worker processes.
         pin_memory: pin batches (for GPU training).
@@ -131,7 +143,9 @@ class NowcastDataModule(L.LightningDataModule):
         time_channels: bool = False,
         motion_inputs: bool = False,
         motion_velocity: bool = False,
+        cache_dir: str | None = None,
         motion_cache_dir: str | None = None,
+        storage_options: dict[str, Any] | None = None,
         augment: bool = False,
         split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
         split_times: list[str] | None = None,
@@ -167,6 +181,10 @@ class NowcastDataModule(L.LightningDataModule):
             raise DataConfigError(f"context_step_minutes={context_step} is not a multiple of "
                                   f"step_minutes={step_minutes}")
         self.context_stride = context_step // step_minutes
+        if motion_cache_dir is not None:
+            warnings.warn("data.motion_cache_dir is deprecated and will be removed: use "
+                          "data.cache_dir", DeprecationWarning, stacklevel=2)
+        self.cache_dir = cache_dir or motion_cache_dir
         self.stores = [str(s) for s in stores]
         self.satellite_stores = [str(s) for s in satellite_stores or []]
         self.spec = SampleSpec(context_frames, context_size, target_size,
@@ -175,6 +193,8 @@ class NowcastDataModule(L.LightningDataModule):
                                augment)
         self.patch_stride = patch_stride or max(target_size // 4, 1)
         self.datasets: dict[str, NowcastDataset] | None = None
+        #: The stores' pixel size and its unit (metres where metric), once set up.
+        self.pixel_size: tuple[float, str] | None = None
 
     @property
     def channel_names(self) -> list[str]:
@@ -259,9 +279,11 @@ class NowcastDataModule(L.LightningDataModule):
         hp = self.hparams
         plan = [self._plan(path) for path in self.stores]
         _check_pixel_sizes(self.stores, [size for _, size in plan])
+        self.pixel_size = plan[0][1]
         domains = [self._domain(path, keep) for path, (keep, _) in zip(self.stores, plan,
                                                                        strict=True)]
-        satellites = [StoreFrames(p, cache=hp.cache, max_rate=hp.max_rate)
+        satellites = [StoreFrames(p, cache=hp.cache, max_rate=hp.max_rate,
+                                  storage_options=hp.storage_options)
                       for p in self.satellite_stores]
         for domain in domains:
             domain.satellites = [
@@ -275,7 +297,7 @@ class NowcastDataModule(L.LightningDataModule):
                                        self.leads, self.context_stride)
             if hp.motion_inputs and len(windows):
                 domain.motion = MotionCache(domain.frames, windows.context, self.context_stride,
-                                            self.leads, hp.motion_velocity, hp.motion_cache_dir,
+                                            self.leads, hp.motion_velocity, self.cache_dir,
                                             memory=hp.cache == "memory")
             if self.split_ranges is not None:
                 parts = {split: windows_in_ranges(windows, times, self.split_ranges.get(split, []))
@@ -298,9 +320,9 @@ class NowcastDataModule(L.LightningDataModule):
 
     def _plan(self, path: str) -> tuple[np.ndarray, tuple[float, str]]:
         """Check a store without reading its frames: its frames on the step grid, pixel size."""
-        if not Path(path).exists():
+        if not is_remote(path) and not Path(path).exists():
             raise DataConfigError(f"{path}: no such store")
-        ds = open_store(path)
+        ds = open_store(path, self.hparams.storage_options)
         height, width = ds.sizes["y"], ds.sizes["x"]
         if self.spec.context_size > min(height, width):
             raise DataConfigError(f"{path}: context_size={self.spec.context_size} is larger "
@@ -311,11 +333,20 @@ class NowcastDataModule(L.LightningDataModule):
 
     def _domain(self, path: str, keep: np.ndarray) -> Domain:
         hp = self.hparams
-        frames = StoreFrames(path, keep, cache=hp.cache, max_rate=hp.max_rate)
-        patches = PatchWeights(frames, self.spec.context_size, self.spec.target_size,
-                               self.patch_stride, hp.rain_threshold)
+        frames = StoreFrames(path, keep, cache=hp.cache, max_rate=hp.max_rate,
+                             storage_options=hp.storage_options)
+        lattice = PatchLattice(*frames.shape, self.spec.context_size, self.spec.target_size,
+                               self.patch_stride)
+        wet, cover = sample_fractions(path, lattice, hp.rain_threshold, hp.max_rate, keep,
+                                      hp.storage_options, self.cache_dir, note=_note)
+        patches = PatchWeights(lattice, wet, cover)
         coords = lonlat(frames.x, frames.y, frames.crs) if hp.static_channels else None
         return Domain(frames, patches, [], coords)
+
+
+def _note(line: str) -> None:
+    """Print a one-line note of the data setup on stderr."""
+    print(f"note: {line}", file=sys.stderr)
 
 
 def _check_config(

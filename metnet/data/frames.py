@@ -9,21 +9,23 @@ of 5-minute FMI frames would take 780 GB. A sample is then a few slices.
 asked, for archives bigger than memory; it is slower per sample (zarr chunk
 decoding) but holds nothing. Both return identical values.
 
-Zarr handles are opened on first use in each process and never pickled, so a
-``StoreFrames`` crosses into DataLoader workers safely.
+Zarr handles are opened on first use in each process (a forked worker reopens what its
+parent opened: the handle of a store at a URL holds the parent's network session) and never
+pickled, so a ``StoreFrames`` crosses into DataLoader workers safely.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import zarr
 
-from metnet.io.store import StoreError, on_disk_variable, open_store
+from metnet.io.store import StoreError, open_group, open_store, rate_source, store_name
 from metnet.transforms import clean_rate, rate_to_input_
 
 Cache = Literal["memory", "lazy"]
@@ -43,7 +45,8 @@ class StoreFrames:
     """The frames of one store (a chosen subset of its times), cleaned of unphysical rates.
 
     Attributes:
-        path: the store.
+        path: the store: a local path or a URL (:func:`metnet.io.store.open_store`).
+        storage_options: the fsspec options of a URL's file system.
         name: its short name (the store folder's stem).
         times: (T,) datetime64[ns] times of the selected frames.
         x, y: (W,), (H,) pixel-centre coordinates in projection units.
@@ -56,13 +59,16 @@ class StoreFrames:
         frames: np.ndarray | None = None,
         cache: Cache = "memory",
         max_rate: float = 200.0,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         """Open ``path`` (raises ``StoreError``); keep store frames ``frames`` (None: all)."""
         if cache not in ("memory", "lazy"):
             raise ValueError(f"cache must be 'memory' or 'lazy', got {cache!r}")
-        self.path = Path(path)
-        self.name = self.path.stem
-        ds = open_store(self.path)
+        self.path = str(path)
+        self.storage_options = dict(storage_options or {})
+        self.name = store_name(self.path)
+        ds = open_store(self.path, self.storage_options)
+        self.rate_source = rate_source(ds)
         self.crs = str(ds.attrs["crs"])
         self.x, self.y = ds["x"].values, ds["y"].values
         all_times = ds["time"].values.astype("datetime64[ns]")
@@ -70,6 +76,7 @@ class StoreFrames:
         self.times = all_times[self.index]
         self.max_rate = max_rate
         self._array: zarr.Array | None = None
+        self._array_pid = 0  # the process that opened _array
         self._data: np.ndarray | None = None
         self._input: np.ndarray | None = None
         if cache == "memory":
@@ -100,7 +107,7 @@ class StoreFrames:
             when = ", ".join(np.datetime_as_string(self.times[frames], unit="m"))
             raise StoreError(f"{self.path}: frames at {when} cannot be read ({err}); "
                              f"`metnet check {self.path}` names every damaged frame") from None
-        return clean_rate(np.asarray(raw, dtype=np.float32), self.max_rate)
+        return clean_rate(self.rate_source.to_rate(raw), self.max_rate)
 
     def read_input(self, frames: np.ndarray, rows: slice, cols: slice, out: np.ndarray) -> None:
         """Write model input (0 where not observed) into ``out[:, 0]``, observed mask into
@@ -134,9 +141,10 @@ class StoreFrames:
         return data
 
     def _zarr(self) -> zarr.Array:
-        if self._array is None:
-            group = zarr.open_group(self.path, mode="r", use_consolidated=True)
-            self._array = group[on_disk_variable(group)]
+        if self._array is None or self._array_pid != os.getpid():
+            self._array_pid = os.getpid()
+            group = open_group(self.path, self.storage_options)
+            self._array = group[self.rate_source.variable]
         return self._array
 
     def __getstate__(self) -> dict:

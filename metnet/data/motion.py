@@ -9,10 +9,12 @@ context frames, semi-Lagrangian advection of the last one, on the whole frame);
 :func:`lead_channel_names`).
 
 :class:`MotionCache` computes them once per init time of a store and keeps them in a
-sidecar zarr store (``<store dir>/.metnet-cache/<name>.motion-<key>.zarr`` by default), so
-training epochs never recompute optical flow. The key hashes the store's files (names,
-sizes, modification times), the time grid, the lead times and the motion settings:
-changing any of them builds a new cache and removes the old one.
+sidecar zarr store (``<name>.motion-<key>.zarr`` in the store's cache folder,
+:func:`metnet.io.store.cache_folder`: ``.metnet-cache`` beside a local store, a folder under
+``~/.cache/metnet`` for a remote one), so training epochs never recompute optical flow. The
+key hashes the store (:func:`metnet.io.store.store_fingerprint`), the time grid, the lead
+times and the motion settings: changing any of them builds a new cache and removes the old
+one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 
 from metnet.atomic import atomic_write
 from metnet.data.frames import StoreFrames
+from metnet.io.store import cache_folder, store_fingerprint
 from metnet.nowcasts.extrapolation import (
     DB_THRESHOLD,
     DB_ZERO,
@@ -42,7 +45,6 @@ from metnet.transforms import rate_to_input_
 #: Velocity input scale: pixels per context step divided by this is O(1).
 VELOCITY_SCALE = 4.0
 CACHE_VERSION = 1
-CACHE_DIR = ".metnet-cache"
 
 
 def lead_channel_names(velocity: bool = False) -> list[str]:
@@ -79,16 +81,6 @@ def lead_planes(rate: np.ndarray, lead_steps: Sequence[float], velocity: bool) -
     return out
 
 
-def store_fingerprint(path: str | Path) -> str:
-    """Hash of a store's file names, sizes and modification times (changes on any write)."""
-    digest = hashlib.sha1()
-    root = Path(path)
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        stat = file.stat()
-        digest.update(f"{file.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()
-
-
 class MotionCache:
     """Extrapolated rain per lead (and motion) of every init frame of one store, cached.
 
@@ -99,7 +91,8 @@ class MotionCache:
         context_stride: steps of the grid between context frames.
         lead_steps: (L,) lead times in steps of the grid.
         velocity: also keep the motion field.
-        cache_dir: where the sidecar store goes (default: ``.metnet-cache`` beside the store).
+        cache_dir: where the sidecar store goes (default and sub-folders:
+            :func:`metnet.io.store.cache_folder`).
         memory: hold the cache in memory (float16) instead of reading it per sample.
         progress: progress bar while building.
     """
@@ -124,7 +117,7 @@ class MotionCache:
         self.motion_frames = contexts[first, -MOTION_FRAMES:]
         self.row_of = {int(f): k for k, f in enumerate(self.init_frames)}
         self.key = self._key()
-        directory = Path(cache_dir) if cache_dir else frames.path.parent / CACHE_DIR
+        directory = cache_folder(frames.path, cache_dir)
         self.path = directory / f"{frames.name}.motion-{self.key}.zarr"
         if not self._complete():
             self._build(progress)
@@ -135,8 +128,9 @@ class MotionCache:
 
     def _key(self) -> str:
         """Hash of everything the cached fields depend on."""
+        store = store_fingerprint(self.frames.path, self.frames.storage_options)
         settings = {
-            "version": CACHE_VERSION, "store": store_fingerprint(self.frames.path),
+            "version": CACHE_VERSION, "store": store,
             "frames": self.frames.index.tolist(), "motion_frames": self.motion_frames.tolist(),
             "stride": self.stride, "leads": self.lead_steps.tolist(),
             "velocity": self.velocity, "max_rate": self.frames.max_rate,

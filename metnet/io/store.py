@@ -25,24 +25,42 @@ Writes are crash-safe: a new store is built beside its final path and renamed
 into place, and frames appended to an existing store become visible only when
 the consolidated metadata (one atomically replaced file) is rewritten last.
 A reader therefore sees either the frames before an append or all of them.
+
+Stores are read from a local path or from any URL fsspec opens (``https://``, ``s3://``,
+``gs://``, ...; :func:`open_store`). Stores of other makers laid out per the MLCast
+specification are read too, whatever their radar variable is called and in whichever units
+the specification allows (rain rate, precipitation amount per step, or reflectivity in dBZ
+through Marshall-Palmer): the rate is converted when frames are read (:class:`RateSource`),
+and the attributes metnet needs (``crs``, ``step_minutes``, pixel sizes, ``source``) are
+derived from the grid mapping and the coordinates. What metnet derives from a store (motion
+caches, the sample index) goes to a local folder (:func:`cache_folder`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import fsspec
 import numpy as np
 import pandas as pd
 import pyproj
 import xarray as xr
 import zarr
+from xarray.backends import BackendArray
+from xarray.core import indexing
 from zarr.codecs import ZstdCodec
 
 from metnet.atomic import atomic_write
+from metnet.io.cf_source import DEPTH_UNITS, RATE_UNITS, REFLECTIVITY_UNITS
 from metnet.times import utc_index
 
 # Consolidated metadata is how appends commit atomically (see module docstring).
@@ -59,6 +77,14 @@ STORE_VERSION = 2
 #: The MLCast validator release whose specification the stores follow.
 MLCAST_VALIDATOR_VERSION = "0.4.0"
 TIME_UNITS = "minutes since 1970-01-01 00:00:00"
+#: Standard names of the radar variable the MLCast specification allows, in order of
+#: preference when a store holds several.
+MLCAST_STANDARD_NAMES = ("rainfall_flux", "precipitation_flux", "equivalent_reflectivity_factor",
+                         "precipitation_amount", "rainfall_amount")
+#: Marshall-Palmer Z = a R^b, for reflectivity stores that state no ``zr_a``/``zr_b``.
+MARSHALL_PALMER = (200.0, 1.6)
+#: The folder beside a local store that holds what metnet derives from it.
+CACHE_DIR = ".metnet-cache"
 
 
 class StoreError(ValueError):
@@ -202,6 +228,10 @@ def gaps(ds: xr.Dataset) -> pd.DatetimeIndex:
     return utc_index([t for stretch in stretches for t in stretch])
 
 
+#: Entries per chunk of the ``missing_times`` array.
+MISSING_TIMES_CHUNK = 2**17
+
+
 def _encoding(ds: xr.Dataset) -> dict:
     """One zstd chunk per frame, as the MLCast specification asks (``BENCHMARKS.md``
     compares it with a shard per frame of 256 x 256 inner chunks)."""
@@ -211,7 +241,10 @@ def _encoding(ds: xr.Dataset) -> dict:
         "time": {"units": TIME_UNITS, "dtype": "int64"},
     }
     if "missing_times" in ds:
-        encoding["missing_times"] = {"units": TIME_UNITS, "dtype": "int64"}
+        # one chunk for a year of 5-minute gaps: sized by the first write, a two-event store
+        # got one chunk per missing time (10^5 files)
+        encoding["missing_times"] = {"units": TIME_UNITS, "dtype": "int64",
+                                     "chunks": (MISSING_TIMES_CHUNK,)}
     return encoding
 
 
@@ -240,7 +273,11 @@ def append_frames(path: str | Path, new: xr.Dataset) -> None:
     group = zarr.open_group(path, mode="r+", use_consolidated=True)
     # Hold the array objects: each group[...] lookup rebuilds one from the stale consolidated
     # metadata, which would silently drop writes beyond the old shape.
-    time_array, precip = group["time"], group[on_disk_variable(group)]
+    try:
+        variable = on_disk_variable(group)
+    except StoreError as err:
+        raise StoreError(f"{path}: {err}") from None
+    time_array, precip = group["time"], group[variable]
     n_old, n_new = time_array.shape[0], new.sizes["time"]
     if precip.shape[1:] != new[VARIABLE].shape[1:]:
         raise StoreError(
@@ -268,8 +305,16 @@ def append_frames(path: str | Path, new: xr.Dataset) -> None:
 
 
 def on_disk_variable(group: zarr.Group) -> str:
-    """The name of the rain-rate array in a store's zarr group (version 1 or 2)."""
-    return VARIABLE if VARIABLE in group else LEGACY_VARIABLE
+    """The name of the rain-rate array in the zarr group of a store metnet wrote (version 1
+    or 2).
+
+    Raises:
+        StoreError: for a store metnet did not write (no rain-rate array of its own).
+    """
+    for name in (VARIABLE, LEGACY_VARIABLE):
+        if name in group:
+            return name
+    raise StoreError(f"no {VARIABLE!r} array: metnet appends only to stores it wrote")
 
 
 def _stretches(missing: pd.DatetimeIndex, step_minutes: int) -> list[list[str]]:
@@ -296,27 +341,287 @@ def _decode_times(time_array: zarr.Array) -> pd.DatetimeIndex:
     return pd.Timestamp("1970-01-01") + pd.to_timedelta(time_array[:], unit="min")
 
 
-def open_store(path: str | Path) -> xr.Dataset:
-    """Open a store lazily and check it against the store contract.
+def is_remote(store: str | Path) -> bool:
+    """Whether ``store`` is a URL of a remote file system (``https://``, ``s3://``, ...)
+    rather than a local path (``file://`` URLs are local)."""
+    return fsspec.utils.get_protocol(str(store)) not in ("file", "local")
+
+
+def local_path(store: str | Path) -> Path:
+    """The local path of a store given as a path or a ``file://`` URL."""
+    text = str(store)
+    return Path(text[len("file://"):] if text.startswith("file://") else text)
+
+
+def store_name(store: str | Path) -> str:
+    """A store's short name: its folder's stem (``radar`` for ``s3://bucket/radar.zarr``)."""
+    return PurePosixPath(str(store).rstrip("/")).stem
+
+
+def open_store(store: str | Path, storage_options: dict[str, Any] | None = None) -> xr.Dataset:
+    """Open a store lazily from a local path or an fsspec URL, and check it against the
+    store contract.
+
+    A store of another maker laid out per the MLCast specification is returned as a metnet
+    store: its radar variable, converted to mm/h as it is read, as ``rain_rate``, and the
+    attributes metnet reads derived (:func:`_as_metnet_store`). How ``rain_rate`` is stored
+    on disk is ``ds.encoding["rate_source"]`` (:class:`RateSource`).
+
+    Args:
+        store: a local path, or a URL (``https://host/radar.zarr``, ``s3://bucket/radar.zarr``,
+            ``gs://bucket/radar.zarr``) with consolidated metadata or a listable folder.
+        storage_options: fsspec options of a URL's file system (``{"anon": true,
+            "endpoint_url": "https://..."}`` for a public bucket of a non-AWS object store);
+            credentials otherwise come from the usual places (environment, ``~/.aws``, ...).
 
     Raises:
         StoreError: with a one-line message naming the store and the problem.
     """
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(f"{path}: no such store")
+    name = str(store)
     try:
-        ds = xr.open_zarr(path, consolidated=True)
-    except Exception as err:  # zarr/xarray raise many types for a damaged store
-        raise StoreError(f"{path}: not a readable zarr store ({err})") from err
+        if is_remote(name):
+            _reach(name, storage_options or {})
+            ds = xr.open_zarr(name, consolidated=None, storage_options=storage_options or {})
+        else:
+            path = local_path(name)
+            if not path.exists():
+                raise StoreError(f"{path}: no such store")
+            # a metnet store always has consolidated metadata: its appends commit through it
+            ds = xr.open_zarr(path, consolidated=True)
+    except StoreError:
+        raise
+    except Exception as err:  # zarr, xarray and fsspec raise many types for a bad store
+        raise StoreError(f"{name}: not a readable zarr store ({_one_line(err)})") from None
     if LEGACY_VARIABLE in ds and VARIABLE not in ds:
         ds = ds.rename({LEGACY_VARIABLE: VARIABLE})
-    ds.encoding["source"] = str(path)
-    validate(ds, str(path))
+        ds.encoding["rate_source"] = RateSource(LEGACY_VARIABLE, "mm/h")
+    elif VARIABLE in ds:
+        ds.encoding["rate_source"] = RateSource(VARIABLE, UNITS)
+    else:
+        ds = _as_metnet_store(ds, name)
+    ds.encoding["source"] = name
+    validate(ds, name)
     return ds
 
 
-def check_store(path: str | Path, progress: bool = False) -> list[tuple[str, str]]:
+def _reach(url: str, storage_options: dict[str, Any]) -> None:
+    """Ask for a URL store's root metadata document before zarr does (zarr asks for several
+    at once, and a failing remote file system then leaves a traceback per request on
+    stderr).
+
+    Raises:
+        StoreError: naming the URL, when it cannot be reached or holds no zarr store.
+    """
+    fs, root = fsspec.core.url_to_fs(url, **storage_options)
+    documents = ("zarr.json", ".zmetadata", ".zgroup")
+    for document in documents:
+        try:
+            fs.info(f"{root.rstrip('/')}/{document}")
+            return
+        except FileNotFoundError as err:
+            cause = err.__cause__  # fsspec's HTTP file system reports any failure as not found
+            missing = isinstance(cause, FileNotFoundError) or getattr(cause, "status", 0) == 404
+            if cause is not None and not missing:
+                raise StoreError(f"{url}: cannot be read ({_one_line(cause)})") from None
+            continue
+        except Exception as err:  # each file system raises its own connection errors
+            raise StoreError(f"{url}: cannot be read ({_one_line(err)})") from None
+    raise StoreError(f"{url}: no zarr store there (none of {', '.join(documents)})")
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as ``Type: message`` on one line."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())}".rstrip(": ")
+
+
+@dataclass(frozen=True)
+class RateSource:
+    """The on-disk radar variable of a store and how its values become rain rate in mm/h.
+
+    Attributes:
+        variable: the array's name in the store's zarr group.
+        units: its units: a rate (``mm/h``, ``kg m-2 s-1``, ...), a depth per step (``mm``,
+            ``kg m-2``) or reflectivity (``dBZ``).
+        step_minutes: the store's step (the accumulation period of a depth).
+        zr: ``(a, b)`` of Z = a R^b, for reflectivity.
+    """
+
+    variable: str
+    units: str
+    step_minutes: int = 0
+    zr: tuple[float, float] = MARSHALL_PALMER
+
+    def __post_init__(self) -> None:
+        known = (*RATE_UNITS, *DEPTH_UNITS, *REFLECTIVITY_UNITS)
+        if self.units not in known:
+            raise StoreError(f"{self.variable} has units {self.units!r}; metnet reads "
+                             f"{', '.join(known)}")
+
+    def to_rate(self, values: np.ndarray) -> np.ndarray:
+        """Rain rate (float32, mm/h, NaN where ``values`` is NaN) of raw store values."""
+        values = np.asarray(values, dtype=np.float32)
+        if self.units in RATE_UNITS:
+            factor = RATE_UNITS[self.units]
+            return values if factor == 1.0 else values * np.float32(factor)
+        if self.units in DEPTH_UNITS:
+            return values * np.float32(DEPTH_UNITS[self.units] * 60.0 / self.step_minutes)
+        a, b = self.zr  # dBZ -> Z (mm6 m-3) -> R = (Z / a)^(1 / b)
+        return ((10.0 ** (values / 10.0)) / a) ** (1.0 / b)
+
+
+def rate_source(ds: xr.Dataset) -> RateSource:
+    """How an opened store's ``rain_rate`` is stored (set by :func:`open_store`)."""
+    return ds.encoding.get("rate_source", RateSource(VARIABLE, UNITS))
+
+
+class _RateArray(BackendArray):
+    """A store's radar variable as rain rate in mm/h, converted as it is indexed."""
+
+    def __init__(self, variable: xr.Variable, source: RateSource) -> None:
+        self.variable, self.source = variable, source
+        self.shape, self.dtype = variable.shape, np.dtype(np.float32)
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(key, self.shape,
+                                                  indexing.IndexingSupport.OUTER, self._read)
+
+    def _read(self, key: tuple) -> np.ndarray:
+        return self.source.to_rate(np.asarray(self.variable[key].values))
+
+
+def _as_metnet_store(ds: xr.Dataset, name: str) -> xr.Dataset:
+    """An MLCast-layout store of another maker as metnet reads stores: its radar variable
+    (the first by :data:`MLCAST_STANDARD_NAMES`) as ``rain_rate`` in mm/h, converted lazily,
+    and ``crs`` (from the grid mapping), ``step_minutes`` (from the times and
+    ``missing_times``), ``pixel_size_x``/``pixel_size_y`` and ``source`` derived."""
+    candidates = {str(v.attrs.get("standard_name")): k for k, v in ds.data_vars.items()
+                  if v.dims == ("time", "y", "x")}
+    found = next((candidates[s] for s in MLCAST_STANDARD_NAMES if s in candidates), None)
+    if found is None:
+        raise StoreError(f"{name}: missing variable {VARIABLE!r} (nor a (time, y, x) variable "
+                         f"whose standard_name is one of {', '.join(MLCAST_STANDARD_NAMES)})")
+    source_var = ds[found]
+    attrs = dict(ds.attrs)
+    attrs.setdefault("step_minutes", _step_minutes(ds, name))
+    attrs.setdefault("source", attrs.get("mlcast_dataset_identifier") or store_name(name))
+    for axis in ("x", "y"):
+        values = ds[axis].values
+        attrs.setdefault(f"pixel_size_{axis}",
+                         float(abs(values[1] - values[0])) if len(values) > 1 else float("nan"))
+    mapping = ds.get(str(source_var.attrs.get("grid_mapping", "crs")))
+    wkt = None if mapping is None else (mapping.attrs.get("crs_wkt")
+                                        or mapping.attrs.get("spatial_ref"))
+    if "crs" not in attrs and wkt:
+        attrs["crs"] = wkt
+    zr = (float(source_var.attrs.get("zr_a", MARSHALL_PALMER[0])),
+          float(source_var.attrs.get("zr_b", MARSHALL_PALMER[1])))
+    try:
+        source = RateSource(found, str(source_var.attrs.get("units", "")).strip(),
+                            int(attrs["step_minutes"]), zr)
+    except StoreError as err:
+        raise StoreError(f"{name}: {err}") from None
+    rate = xr.Variable(source_var.dims, indexing.LazilyIndexedArray(
+        _RateArray(source_var.variable, source)), {
+        "units": UNITS, "standard_name": "rainfall_flux", "grid_mapping":
+        source_var.attrs.get("grid_mapping", "crs"),
+        "long_name": f"surface precipitation rate from {found} ({source.units})"})
+    out = ds.drop_vars(found).assign({VARIABLE: rate})
+    out.attrs = attrs
+    out.encoding = dict(ds.encoding, rate_source=source)
+    return out
+
+
+def _step_minutes(ds: xr.Dataset, name: str) -> int:
+    """The step of a store without ``step_minutes``: the smallest spacing of its times and
+    missing times, from ``consistent_timestep_start`` on."""
+    times = pd.DatetimeIndex(ds["time"].values)
+    if "missing_times" in ds:
+        times = times.union(pd.DatetimeIndex(ds["missing_times"].values))
+    start = ds.attrs.get("consistent_timestep_start")
+    if start:
+        times = times[times >= pd.Timestamp(start).tz_localize(None)]
+    steps = np.diff(times.values) // np.timedelta64(1, "m")
+    if not len(steps) or steps.min() < 1:
+        raise StoreError(f"{name}: no step_minutes attribute and too few times to infer it")
+    return int(steps.min())
+
+
+def store_fingerprint(store: str | Path, storage_options: dict[str, Any] | None = None) -> str:
+    """A hash that changes whenever a store is written: of its file names, sizes and
+    modification times for a local store; of its root metadata document (``zarr.json`` or
+    ``.zmetadata``, holding every array's shape and the consolidated metadata) for a remote
+    one."""
+    digest = hashlib.sha1()
+    if not is_remote(store):
+        root = local_path(store)
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            stat = file.stat()
+            digest.update(f"{file.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+        return digest.hexdigest()
+    fs, root = fsspec.core.url_to_fs(str(store), **(storage_options or {}))
+    for document in ("zarr.json", ".zmetadata"):
+        try:
+            digest.update(fs.cat_file(f"{root.rstrip('/')}/{document}"))
+            return digest.hexdigest()
+        except FileNotFoundError:
+            continue
+    raise StoreError(f"{store}: no zarr.json or .zmetadata to fingerprint the store by")
+
+
+def cache_folder(store: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The local folder, created, for what metnet derives from a store (motion caches, the
+    sample index).
+
+    ``cache_dir`` when given (for a remote store, its sub-folder named after the URL);
+    otherwise ``.metnet-cache`` beside a local store, or, for a remote store or a local one
+    whose folder cannot be written, ``$XDG_CACHE_HOME/metnet/<store path or URL>`` (default
+    ``~/.cache/metnet/...``).
+
+    Raises:
+        StoreError: naming every folder tried, when none can be written.
+    """
+    problems = []
+    for folder in cache_folders(store, cache_dir):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                return folder
+        except OSError as err:
+            problems.append(f"{folder} ({err.strerror or type(err).__name__})")
+    raise StoreError(f"{store}: no writable cache folder for what metnet derives from it: "
+                     f"tried {', '.join(problems)}; give a writable one (--data.cache_dir)")
+
+
+def cache_folders(store: str | Path, cache_dir: str | Path | None = None) -> list[Path]:
+    """The folders :func:`cache_folder` tries for a store, in order, neither created nor
+    checked (for finding what was derived from a store without creating anything)."""
+    key = str(store) if is_remote(store) else str(local_path(store).resolve())
+    user = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "metnet"
+            / _folder_name(key))
+    if cache_dir:
+        return [Path(cache_dir).expanduser() / (_folder_name(key) if is_remote(store) else "")]
+    if is_remote(store):
+        return [user]
+    return [local_path(store).parent / CACHE_DIR, user]
+
+
+def _folder_name(key: str) -> str:
+    """A file-system-safe folder name for a store path or URL, unique to it."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("_.")[-80:]
+    return f"{safe}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+def open_group(store: str | Path, storage_options: dict[str, Any] | None = None) -> zarr.Group:
+    """A store's zarr group, read-only, from a local path or a URL (for reads that bypass
+    xarray)."""
+    if is_remote(store):
+        return zarr.open_group(str(store), mode="r", storage_options=storage_options or {},
+                               use_consolidated=None)
+    return zarr.open_group(local_path(store), mode="r", use_consolidated=True)
+
+
+def check_store(store: str | Path, progress: bool = False,
+                storage_options: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """Read every frame of a store: the ``(time, problem)`` of each frame whose chunk is
     missing (zarr would read it as NaN) or cannot be decoded; empty when all are sound.
 
@@ -325,16 +630,16 @@ def check_store(path: str | Path, progress: bool = False) -> list[tuple[str, str
     """
     from tqdm.auto import tqdm
 
-    path = Path(path)
-    times = open_store(path)["time"].values
-    group = zarr.open_group(path, mode="r", use_consolidated=True)
-    array = group[on_disk_variable(group)]
+    ds = open_store(store, storage_options)
+    times = ds["time"].values
+    array = open_group(store, storage_options)[rate_source(ds).variable]
+    fs, root = fsspec.core.url_to_fs(str(store), **(storage_options or {}))
     bad = []
-    for i in tqdm(range(len(times)), desc=f"check {path.name}", unit="frame",
+    for i in tqdm(range(len(times)), desc=f"check {store_name(store)}", unit="frame",
                   disable=not progress):
         when = str(np.datetime_as_string(times[i], unit="m"))
         key = array.metadata.encode_chunk_key((i, *([0] * (array.ndim - 1))))
-        if not (path / array.path / key).exists():
+        if not fs.exists(f"{root.rstrip('/')}/{array.path}/{key}"):
             bad.append((when, f"chunk {array.path}/{key} is missing"))
             continue
         try:
