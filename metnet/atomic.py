@@ -3,13 +3,17 @@
 A writer gets a hidden temporary path beside the destination, writes there, and the
 finished result is moved to the destination in one rename (atomic on a POSIX file system).
 If the writer fails, the temporary path is removed; if the process is killed, what is left
-is a hidden sibling that readers never open.
+is a hidden sibling that readers never open, named after the writer's process and machine
+(``.STEM.<pid>@<host>.<random>.tmp.SUFFIX``), which :func:`remove_leftovers` removes once
+that process is gone.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,13 +30,13 @@ def atomic_write(path: str | Path, staging: str | Path | None = None) -> Iterato
 
     Args:
         path: the destination.
-        staging: the temporary path to use (default: ``.STEM.<random>.tmp.SUFFIX`` beside
-            ``path``, which keeps the suffix that writers choose a format by); a fixed one
-            lets an interrupted writer resume its own work.
+        staging: the temporary path to use (default: ``.STEM.<pid>@<host>.<random>.tmp.SUFFIX``
+            beside ``path``, which keeps the suffix that writers choose a format by); a fixed
+            one lets an interrupted writer resume its own work.
     """
     path = Path(path)
     tmp = Path(staging) if staging is not None else path.with_name(
-        f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+        f".{path.stem}.{os.getpid()}@{_host()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
@@ -48,3 +52,43 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """Remove what killed writers of ``path`` left: the hidden temporary siblings of
+    :func:`atomic_write` whose writing process, on this machine, no longer runs.
+
+    Args:
+        path: the destination; its name may be a glob (``DIR/*.nc``: every ``.nc`` file of
+            ``DIR``). Leftovers of a writer on another machine are kept (it may still run).
+
+    Returns:
+        The paths removed.
+    """
+    path = Path(path)
+    tag = re.compile(rf"\.(\d+)@([^.@]+)\.[0-9a-f]{{8}}\.tmp{re.escape(path.suffix)}$")
+    removed = []
+    for candidate in path.parent.glob(f".{path.stem}.*.tmp{path.suffix}"):
+        found = tag.search(candidate.name)
+        if found and found[2] == _host() and not _running(int(found[1])):
+            remove(candidate)
+            removed.append(candidate)
+    return removed
+
+
+def _host() -> str:
+    """This machine's short name (no dots: it is one field of a temporary name)."""
+    return socket.gethostname().split(".")[0].replace("@", "_") or "localhost"
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

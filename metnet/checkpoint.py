@@ -9,6 +9,10 @@ A metnet checkpoint is a Lightning checkpoint with these entries added by
   the file: a checkpoint cannot make metnet run code);
 * ``metnet_net_config``: the network's constructor arguments, plain values;
 * ``metnet_calibration``: the post-hoc calibration, when fitted (:mod:`metnet.calibration`);
+* ``metnet_pixel_size``: ``{"size": float, "unit": str}``, the pixel size of the stores the
+  model was trained on (metres where metric; :func:`metnet.data.frames.pixel_size`), part of
+  the data settings that stores are checked against (absent in files of earlier releases,
+  which are not checked for it);
 
 and Lightning's own ``state_dict``, ``hyper_parameters`` (the module's) and
 ``datamodule_hyper_parameters`` (the data settings). :class:`Checkpoint` reads the file once,
@@ -20,6 +24,7 @@ safely (``torch.load(weights_only=True)``), and is what every command uses: ``fo
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +36,7 @@ from torch import nn
 
 from metnet.atomic import atomic_write
 from metnet.calibration import Calibration
+from metnet.data.frames import pixel_size
 from metnet.models import MetNet
 
 FORMAT_VERSION = 1
@@ -38,6 +44,7 @@ FORMAT_KEY = "metnet_format"
 NET_CLASS_KEY = "metnet_net_class"
 NET_CONFIG_KEY = "metnet_net_config"
 CALIBRATION_KEY = "metnet_calibration"
+PIXEL_KEY = "metnet_pixel_size"
 DATA_KEY = "datamodule_hyper_parameters"
 #: The network classes a checkpoint may name, by their import path.
 NETWORKS: dict[str, type[nn.Module]] = {"metnet.models.MetNet": MetNet}
@@ -62,12 +69,15 @@ def class_name(net: nn.Module) -> str:
     return f"{module}.{cls.__qualname__}"
 
 
-def record(contents: dict[str, Any], net: nn.Module) -> None:
+def record(contents: dict[str, Any], net: nn.Module,
+           pixel: tuple[float, str] | None = None) -> None:
     """Add the format version, the network's class and its constructor arguments to a
-    checkpoint being saved."""
+    checkpoint being saved, and the training stores' pixel size (size, unit) when known."""
     contents[FORMAT_KEY] = FORMAT_VERSION
     contents[NET_CLASS_KEY] = class_name(net)
     contents[NET_CONFIG_KEY] = dict(net.config)
+    if pixel is not None:
+        contents[PIXEL_KEY] = {"size": float(pixel[0]), "unit": str(pixel[1])}
 
 
 class Checkpoint:
@@ -139,6 +149,22 @@ class Checkpoint:
         return dict(self.contents.get(DATA_KEY) or {})
 
     @property
+    def pixel_size(self) -> tuple[float, str] | None:
+        """The pixel size (size, unit; metres where metric) of the stores the model was
+        trained on, or None in a file that does not record it.
+
+        Raises:
+            CheckpointError: a damaged entry.
+        """
+        saved = self.contents.get(PIXEL_KEY)
+        if saved is None:
+            return None
+        try:
+            return float(saved["size"]), str(saved["unit"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{self.path}: damaged pixel size {saved!r}") from err
+
+    @property
     def loss(self) -> str:
         """The loss the model was trained with (``cross_entropy`` before it was a choice)."""
         return str(self.hparams.get("loss", "cross_entropy"))
@@ -206,7 +232,8 @@ class Checkpoint:
             CheckpointError: what differs.
         """
         if isinstance(data, xr.Dataset):
-            problems = store_problems(self.net_config, self.data_settings, data)
+            problems = store_problems(self.net_config, self.data_settings, data,
+                                      self.pixel_size)
             if problems:
                 raise CheckpointError(f"{self.path}: {'; '.join(problems)}")
         elif problems := datamodule_problems(self.net_config, data):
@@ -228,11 +255,18 @@ class Checkpoint:
 
 
 def store_problems(config: Mapping[str, Any], settings: Mapping[str, Any],
-                   store: xr.Dataset) -> list[str]:
-    """Why a network (its ``config``, trained with data ``settings``) cannot forecast from
-    the consecutive frames of ``store``; empty when it can."""
+                   store: xr.Dataset, pixel: tuple[float, str] | None = None) -> list[str]:
+    """Why a network (its ``config``, trained with data ``settings`` on stores of ``pixel``
+    size and unit, if known) cannot forecast from the consecutive frames of ``store``; empty
+    when it can."""
     step = int(store.attrs["step_minutes"])
     problems = []
+    if pixel is not None:
+        size, unit = pixel_size(store["x"].values, str(store["x"].attrs.get("units", "m")))
+        if unit != pixel[1] or not math.isclose(size, pixel[0], rel_tol=1e-6):
+            problems.append(f"the model was trained on {pixel[0]:g} {pixel[1]} pixels; the "
+                            f"store's are {size:g} {unit} (ingest the data at the model's "
+                            "pixel size, e.g. with --coarsen, or train on the store's)")
     context_step = settings.get("context_step_minutes") or settings.get("step_minutes")
     if context_step and int(context_step) != step:
         problems.append(f"the model was trained on context frames {context_step} min apart; "

@@ -21,7 +21,7 @@ import warnings
 from argparse import ArgumentError
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
@@ -90,7 +90,7 @@ def _check(a: Namespace) -> None:
 
     damaged = 0
     for store in _as_list(a.store):
-        bad = check_store(store, progress=True)
+        bad = check_store(store, progress=True, storage_options=a.storage_options)
         for when, problem in bad:
             print(f"{store}: frame {when}: {problem}", file=sys.stderr)
         damaged += len(bad)
@@ -101,17 +101,24 @@ def _check(a: Namespace) -> None:
 
 def _forecast(a: Namespace) -> None:
     from metnet.checkpoint import Checkpoint
-    from metnet.forecast import complete_init_times, iter_forecasts, resolve_lead_times
+    from metnet.forecast import (
+        ForecastError,
+        check_settings,
+        complete_init_times,
+        iter_forecasts,
+        resolve_lead_times,
+    )
     from metnet.io.forecast_file import ForecastOutput
-    from metnet.io.store import open_store
+    from metnet.io.store import is_remote, local_path, open_store
     from metnet.nowcasts.model import frames_needed
     from metnet.times import utc_time
 
     if bool(a.init_time) == bool(a.start) or bool(a.start) != bool(a.end):
         raise ValueError("give either --init_time or both --start and --end")
+    check_settings(a.quantiles, a.batch_tiles)
     checkpoint = Checkpoint.load(a.ckpt_path)
     calibration = None if a.uncalibrated else checkpoint.calibration
-    store = open_store(a.store)
+    store = open_store(a.store, a.storage_options)
     checkpoint.check(store)
     net = checkpoint.net
     frames = frames_needed(net)
@@ -122,25 +129,33 @@ def _forecast(a: Namespace) -> None:
     leads = resolve_lead_times(
         net, store, a.lead_times or (calibration.lead_times if calibration else None))
     output = ForecastOutput(a.out, {
-        "checkpoint": Path(a.ckpt_path).resolve(), "store": Path(a.store).resolve(),
+        "checkpoint": Path(a.ckpt_path).resolve(),
+        "store": a.store if is_remote(a.store) else local_path(a.store).resolve(),
         "lead_times": list(leads), "quantiles": a.quantiles, "thresholds": a.thresholds,
         "bin_probabilities": a.bin_probabilities, "calibrated": calibration is not None,
         "decision": a.decision})
-    todo = [t for t in inits if utc_time(t) not in output.done]
-    if len(todo) < len(inits):
-        print(f"{a.out}: {len(inits) - len(todo)} init times already written, "
+    wanted = sorted({utc_time(t) for t in inits})  # each once, in time order
+    todo = [t for t in wanted if t not in output.done]
+    if len(todo) < len(wanted):
+        print(f"{a.out}: {len(wanted) - len(todo)} init times already written, "
               f"{len(todo)} to go", file=sys.stderr)
     forecasts = iter_forecasts(net, store, todo, leads, quantiles=a.quantiles,
                                thresholds=a.thresholds, bin_probabilities=a.bin_probabilities,
                                batch_tiles=a.batch_tiles, calibration=calibration,
-                               calibrated_decisions=a.decision == "calibrated", progress=True)
+                               calibrated_decisions=a.decision == "calibrated", progress=True,
+                               warn=_warning("forecast"))
+    written = 0
     for forecast in forecasts:
+        written += 1
         output.write(forecast)
         if a.plot:
             from metnet.plotting import plot_forecast
 
             init = forecast["init_time"].values[0]
             print(f"wrote {plot_forecast(forecast, store, init, a.plot)}")
+    if todo and not written:
+        raise ForecastError(f"none of the {len(todo)} init times has radar data in its last "
+                            f"context frame; nothing written to {a.out}")
     out = output.close()
     print(f"wrote {out}: {len(output.done)} init times x {len(leads)} lead times of "
           f"{store.sizes['y']}x{store.sizes['x']} px")
@@ -148,15 +163,17 @@ def _forecast(a: Namespace) -> None:
 
 def _evaluate(a: Namespace) -> None:
     from metnet.checkpoint import Checkpoint
-    from metnet.forecast import complete_init_times, resolve_lead_times
+    from metnet.forecast import check_settings, complete_init_times, resolve_lead_times
     from metnet.io.store import open_store
     from metnet.nowcasts.extrapolation import MOTION_FRAMES
     from metnet.nowcasts.model import frames_needed
-    from metnet.verification import evaluate, write_evaluation
+    from metnet.verification import check_evaluation_out, evaluate, write_evaluation
 
+    check_settings(batch_tiles=a.batch_tiles)
+    check_evaluation_out(a.out)
     checkpoint = Checkpoint.load(a.ckpt_path)
     calibration = None if a.uncalibrated else checkpoint.calibration
-    store = open_store(a.store)
+    store = open_store(a.store, a.storage_options)
     checkpoint.check(store)
     net = checkpoint.net
     wanted = a.lead_times or (calibration.lead_times if calibration else None)
@@ -170,7 +187,7 @@ def _evaluate(a: Namespace) -> None:
                       scales_km=a.scales, event_threshold=a.event_threshold,
                       batch_tiles=a.batch_tiles, progress=True,
                       steps_members=a.steps_members, steps_seed=a.steps_seed,
-                      calibration=calibration)
+                      calibration=calibration, warn=_warning("evaluate"))
     for path in write_evaluation(result, a.out):
         print(f"wrote {path}")
 
@@ -196,6 +213,11 @@ def _calibrate(argv: Sequence[str]) -> None:
     print(calibration.table()[columns].to_string(index=False,
                                                  float_format=lambda v: f"{v:.3f}"))
     print(f"stored the calibration in {checkpoint.path}")
+
+
+def _warning(command: str) -> Callable[[str], None]:
+    """Print a command's warning as one line on stderr."""
+    return lambda line: print(f"metnet {command}: warning: {line}", file=sys.stderr)
 
 
 def _as_list(value: str | list[str] | None) -> list[str]:
@@ -283,14 +305,26 @@ def _ingest_parser() -> ArgumentParser:
 def _check_parser() -> ArgumentParser:
     p = _command("Read every frame of one or more stores and name each whose chunk is missing "
                  "(it would read as no rain data) or cannot be decoded; exit 1 if any.")
-    p.add_argument("store", type=list[str] | str, help="store(s): STORE.zarr or [A,B]")
+    p.add_argument("store", type=list[str] | str, help="store(s): STORE.zarr or [A,B]; paths "
+                   "or URLs (https://, s3://, gs://)")
+    _storage_options(p)
     return p
+
+
+def _storage_options(p: ArgumentParser) -> None:
+    """The fsspec options of a store given as a URL."""
+    p.add_argument("--storage_options", type=dict[str, Any] | None, default=None,
+                   help="fsspec options of a URL store's file system, e.g. '{\"anon\": true, "
+                   "\"endpoint_url\": \"https://...\"}' for a public bucket of a non-AWS "
+                   "object store (credentials otherwise come from the usual places)")
 
 
 def _model_and_store(p: ArgumentParser) -> None:
     """The options naming the model and the data of ``forecast`` and ``evaluate``."""
     p.add_argument("--ckpt_path", type=str, required=True, help="checkpoint of `metnet fit`")
-    p.add_argument("--store", type=str, required=True, help="radar store (STORE.zarr)")
+    p.add_argument("--store", type=str, required=True, help="radar store: STORE.zarr, or a "
+                   "URL (https://, s3://, gs://)")
+    _storage_options(p)
     p.add_argument("--lead_times", type=list[int] | None, default=None,
                    help="lead times in minutes, e.g. [15,30,60] (default: the calibrated "
                    "ones, else every store step up to the checkpoint's longest lead)")

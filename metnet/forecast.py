@@ -16,12 +16,16 @@ Conventions:
 * a checkpoint's post-hoc calibration (:mod:`metnet.calibration`), when given, tempers
   the distribution and sets the cut of each lead's rain/no-rain decision;
 * pixels where the last context frame is NaN (outside radar coverage) are NaN in every
-  output.
+  output; an init time whose last context frame is NaN everywhere (the radar saw nothing)
+  is skipped with a warning naming it;
+* init times are forecast once each, in time order, whatever order or repetition they are
+  given in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,7 +51,41 @@ DEFAULT_THRESHOLDS = (0.1, 1.0, 4.0, 8.0)
 
 
 class ForecastError(ValueError):
-    """A forecast that cannot be made: bad init time, lead time or checkpoint/store mismatch."""
+    """A forecast that cannot be made: bad init time, lead time, option or checkpoint/store
+    mismatch."""
+
+
+def warn_user(message: str) -> None:
+    """The default ``warn`` of :func:`iter_forecasts` and :func:`metnet.verification.evaluate`:
+    a ``UserWarning`` (the command line prints one line instead)."""
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def check_settings(quantiles: Sequence[float] = DEFAULT_QUANTILES, batch_tiles: int = 1) -> None:
+    """Refuse quantile levels outside (0, 1) (the 0 and 1 quantiles are the ends of the
+    rain-rate bins, not forecasts) and fewer than one tile per network call.
+
+    Raises:
+        ForecastError: naming the values refused.
+    """
+    bad = [q for q in quantiles if not 0 < float(q) < 1]
+    if bad:
+        raise ForecastError(f"quantile levels must be between 0 and 1 (exclusive), e.g. "
+                            f"[0.1,0.5,0.9]; got {', '.join(f'{q:g}' for q in bad)}")
+    if int(batch_tiles) < 1:
+        raise ForecastError(f"batch_tiles (tiles per network call) must be at least 1; got "
+                            f"{batch_tiles}")
+
+
+def has_radar_data(rate: np.ndarray) -> bool:
+    """Whether the last frame of a context (T, H, W) mm/h saw anything (is not all NaN)."""
+    return bool(np.isfinite(rate[-1]).any())
+
+
+def no_radar_data(init: np.datetime64) -> str:
+    """The warning of an init time skipped for a last context frame without radar data."""
+    return (f"init time {iso(init)}: the last context frame has no radar data (NaN "
+            "everywhere); skipped")
 
 
 def store_step(store_ds: xr.Dataset) -> int:
@@ -56,7 +94,8 @@ def store_step(store_ds: xr.Dataset) -> int:
 
 
 def check_init_times(store_ds: xr.Dataset, init_times: Sequence, context_frames: int) -> list:
-    """Init times as datetime64[ns], refusing any that is not in the store or lacks context.
+    """Init times as datetime64[ns], each once and in time order, refusing any that is not in
+    the store or lacks context.
 
     Raises:
         ForecastError: naming the init time and, for an incomplete context, the missing times.
@@ -80,7 +119,7 @@ def check_init_times(store_ds: xr.Dataset, init_times: Sequence, context_frames:
                 f"needs {context_frames} frames every {step} min)"
             )
         checked.append(init)
-    return checked
+    return sorted(set(checked))
 
 
 def complete_init_times(
@@ -211,6 +250,8 @@ def forecast_dataset(
         The CF dataset of :mod:`metnet.io.forecast_file` over all init times.
     """
     parts = list(iter_forecasts(net, store_ds, init_times, lead_times, **options))
+    if not parts:
+        raise ForecastError("no init time has radar data in its last context frame")
     fixed = [name for name, var in parts[0].data_vars.items() if "init_time" not in var.dims]
     return xr.concat([parts[0], *(part.drop_vars(fixed) for part in parts[1:])],
                      dim="init_time", data_vars="minimal", coords="minimal",
@@ -231,6 +272,7 @@ def iter_forecasts(
     calibration: Calibration | None = None,
     calibrated_decisions: bool = True,
     progress: bool = False,
+    warn: Callable[[str], None] = warn_user,
 ) -> Iterator[xr.Dataset]:
     """Forecast the whole domain of a store at each init time, yielding one CF dataset per
     init time as it completes (so a long period runs in the memory of one).
@@ -238,26 +280,30 @@ def iter_forecasts(
     Args:
         net: a film- or onehot-conditioned MetNet in eval mode with 2 input channels.
         store_ds: an opened store (:func:`metnet.io.store.open_store`).
-        init_times: ISO strings or datetimes (UTC), each a store time with a full context.
+        init_times: ISO strings or datetimes (UTC), each a store time with a full context
+            (forecast once each, in time order).
         lead_times: minutes (default: every store step up to the net's longest lead).
-        quantiles: levels in [0, 1] of ``precip_rate_quantile``.
+        quantiles: levels in (0, 1) of ``precip_rate_quantile``.
         thresholds: rates (mm/h) of ``probability_of_exceedance`` (P(R > t)).
         bin_probabilities: also return ``bin_probability`` (bin, init_time, lead_time, y, x).
-        batch_tiles: tiles per network call.
+        batch_tiles: tiles per network call (at least 1).
         stride: tile stride (rows, cols) in pixels; default half the target size.
         calibration: the checkpoint's calibration (temperature per lead, decision cuts), or
             None (raw probabilities, decisions at 0.5).
         calibrated_decisions: decide with the calibration's cuts (False: at 0.5).
         progress: show progress bars over init times and tiles.
+        warn: called with a line naming each init time skipped because its last context
+            frame has no radar data.
 
     Yields:
         The CF dataset of :mod:`metnet.io.forecast_file` of one init time; NaN outside the
         coverage of the init time's last context frame.
 
     Raises:
-        ForecastError: an init time or lead time that does not fit, or a net that does not
-            fit the store (before any forecast is made).
+        ForecastError: an init time, lead time, quantile level or batch size that does not
+            fit, or a net that does not fit the store (before any forecast is made).
     """
+    check_settings(quantiles, batch_tiles)
     leads = resolve_lead_times(net, store_ds, lead_times)
     frames = frames_needed(net)
     inits = check_init_times(store_ds, init_times, frames)
@@ -265,6 +311,9 @@ def iter_forecasts(
     model = get_method("model")
     for init in tqdm(inits, desc="init times", unit="init", disable=not progress):
         rate = read_context(store_ds, init, frames)
+        if not has_radar_data(rate):
+            warn(no_radar_data(init))
+            continue
         dist = model(rate, leads, step_minutes=store_step(store_ds), net=net,
                      calibration=calibration, batch_tiles=batch_tiles, stride=stride,
                      progress=progress)

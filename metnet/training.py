@@ -248,8 +248,9 @@ class NowcastModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the format, the network's class and its constructor arguments, so
-        :class:`metnet.checkpoint.Checkpoint` rebuilds it without unpickling code."""
-        record(checkpoint, self.net)
+        :class:`metnet.checkpoint.Checkpoint` rebuilds it without unpickling code, and the
+        pixel size of the datamodule's stores, which forecasts check."""
+        record(checkpoint, self.net, getattr(self.trainer.datamodule, "pixel_size", None))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose network differs from the configured one, naming why."""

@@ -27,7 +27,8 @@ The motion field is computed once per init time and drives both ``extrapolation`
 Verified pixels: the observation is finite and the last context frame is finite
 (outside the radar coverage every method is NaN). Inside them extrapolation and STEPS are
 always finite (rain advected in from outside the coverage or the domain counts as
-0 mm/h).
+0 mm/h). An init time whose last context frame has no radar data at all is skipped with a
+warning naming it.
 
 Scores, per lead time, accumulated over init times before any ratio is taken:
 
@@ -56,7 +57,7 @@ the Brier score).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -69,15 +70,20 @@ from pysteps.verification import detcatscores, probscores, spatialscores
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from metnet.atomic import atomic_write
+from metnet.atomic import atomic_write, remove_leftovers
 from metnet.data.frames import pixel_size
 from metnet.distribution import RainRateDistribution
 from metnet.forecast import (
     DEFAULT_THRESHOLDS,
+    ForecastError,
+    check_settings,
+    has_radar_data,
+    no_radar_data,
     read_context,
     read_observations,
     resolve_lead_times,
     store_step,
+    warn_user,
 )
 from metnet.nowcasts import get_method
 from metnet.nowcasts.extrapolation import MOTION_FRAMES, motion_field
@@ -92,6 +98,8 @@ DECISION_PROBABILITY = 0.5  # the uncalibrated cut on P(R > t)
 RELIABILITY_BINS = 10
 KM_PER_DEGREE = 111.195
 DEFAULT_SCALES_KM = (1.0, 5.0, 10.0, 20.0)
+#: What :func:`write_evaluation` writes into its folder.
+EVALUATION_FILES = ("scores.csv", "reliability.csv", "skill.png", "reliability.png")
 
 
 class DecisionCalibration(Protocol):
@@ -384,6 +392,7 @@ def evaluate(
     steps_members: int = STEPS_MEMBERS,
     steps_seed: int = 0,
     calibration: DecisionCalibration | None = None,
+    warn: Callable[[str], None] = warn_user,
 ) -> Evaluation:
     """Score the model and the baselines at each init time (see module doc).
 
@@ -396,13 +405,20 @@ def evaluate(
         thresholds: categorical thresholds (mm/h).
         scales_km: FSS scales in km.
         event_threshold: threshold (mm/h) of FSS, Brier and the reliability diagram.
-        batch_tiles: tiles per network call.
+        batch_tiles: tiles per network call (at least 1).
         progress: progress bar over init times.
         steps_members: STEPS ensemble size (0: no ``steps`` method).
         steps_seed: STEPS seed of the first init time (the k-th init time uses + k).
         calibration: adds ``model_calibrated``; it must know every lead time and every
             threshold (the categorical ones and the event threshold).
+        warn: called with a line naming each init time skipped because its last context
+            frame has no radar data.
+
+    Raises:
+        ForecastError: no init time has radar data in its last context frame, or
+            ``batch_tiles`` < 1.
     """
+    check_settings(batch_tiles=batch_tiles)
     if steps_members < 0:
         raise ValueError(f"steps_members must be >= 0 (0: no STEPS), got {steps_members}")
     leads = resolve_lead_times(net, store_ds, lead_times)
@@ -413,24 +429,55 @@ def evaluate(
     acc = {m: ScoreAccumulator(len(leads), thresholds, scales, event_threshold,
                                m in PROBABILISTIC) for m in setup.methods}
     frames = max(frames_needed(net), MOTION_FRAMES)
-    inits = list(init_times)
-    for k, init in enumerate(tqdm(inits, desc="evaluate", unit="init", disable=not progress)):
-        rate, obs = read_context(store_ds, init, frames), read_observations(store_ds, init, leads)
+    inits = []
+    for k, init in enumerate(tqdm(init_times, desc="evaluate", unit="init",
+                                  disable=not progress)):
+        rate = read_context(store_ds, init, frames)
+        if not has_radar_data(rate):
+            warn(no_radar_data(init))
+            continue
+        inits.append(init)
+        obs = read_observations(store_ds, init, leads)
         valid = np.isfinite(obs) & np.isfinite(rate[-1])
         for method, forecast in init_forecasts(rate, obs, net, setup, k, batch_tiles).items():
             acc[method].add(forecast, obs, valid)
+    if not inits:
+        raise ForecastError(f"none of the {len(init_times)} init times has radar data in its "
+                            "last context frame; nothing to score")
     scores = pd.DataFrame([r for m in setup.methods for r in acc[m].rows(m, leads)])
     reliability = pd.DataFrame([r for m in setup.methods
                                 for r in acc[m].reliability_rows(m, leads)])
     return Evaluation(scores, reliability, inits)
 
 
+def check_evaluation_out(out_dir: str | Path) -> Path:
+    """The folder of an evaluation, refused if it holds an earlier one (any of
+    :data:`EVALUATION_FILES`), which would be replaced.
+
+    Raises:
+        FileExistsError: naming the folder and the files in it.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder; choose another --out")
+    earlier = [name for name in EVALUATION_FILES if (out / name).exists()]
+    if earlier:
+        raise FileExistsError(f"{out}: holds an earlier evaluation ({', '.join(earlier)}); "
+                              "remove it or choose another --out")
+    return out
+
+
 def write_evaluation(result: Evaluation, out_dir: str | Path) -> list[Path]:
-    """Write ``scores.csv``, ``reliability.csv``, ``skill.png`` and ``reliability.png``,
-    each atomically (:mod:`metnet.atomic`)."""
+    """Write :data:`EVALUATION_FILES` (``scores.csv``, ``reliability.csv``, ``skill.png``,
+    ``reliability.png``) into a folder without an earlier evaluation, each atomically
+    (:mod:`metnet.atomic`), after removing what a killed earlier write left there.
+
+    Raises:
+        FileExistsError: the folder holds an earlier evaluation (:func:`check_evaluation_out`).
+    """
     from metnet.plotting import plot_reliability, plot_skill
 
-    out = Path(out_dir)
+    out = check_evaluation_out(out_dir)
     title = f"{len(result.init_times)} init times"
     writers = {
         "scores.csv": lambda p: result.scores.to_csv(p, index=False),
@@ -439,6 +486,7 @@ def write_evaluation(result: Evaluation, out_dir: str | Path) -> list[Path]:
         "reliability.png": lambda p: plot_reliability(result.reliability, p, title),
     }
     for name, write in writers.items():
+        remove_leftovers(out / name)
         with atomic_write(out / name) as tmp:
             write(tmp)
     return [out / name for name in writers]

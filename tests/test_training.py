@@ -14,6 +14,7 @@ from metnet.checkpoint import (
     FORMAT_KEY,
     FORMAT_VERSION,
     NET_CLASS_KEY,
+    PIXEL_KEY,
     Checkpoint,
     CheckpointError,
 )
@@ -146,6 +147,7 @@ def test_checkpoint_records_its_format_and_network_class(trained, tmp_path):
     contents = torch.load(trained / "outputs/checkpoints/best.ckpt", weights_only=True)
     assert contents[FORMAT_KEY] == FORMAT_VERSION
     assert contents[NET_CLASS_KEY] == "metnet.models.MetNet"
+    assert contents[PIXEL_KEY] == {"size": 1000.0, "unit": "m"}  # the stores' pixel size
 
     newer = tmp_path / "newer.ckpt"
     torch.save({**contents, FORMAT_KEY: FORMAT_VERSION + 1}, newer)

@@ -8,6 +8,12 @@ Dims ``(init_time, lead_time, y, x)``, with the store's x/y and CRS:
   probability reaches ``decision_probability`` (threshold, lead_time), else 0;
 * optionally ``bin_probability`` (bin, ...) with ``bin_edges`` (bin_edge, mm/h).
 
+The file follows CF-1.8 (IOOS compliance-checker ``cf:1.8`` and ``cfchecks`` find nothing
+wrong): a ``crs`` grid mapping with its projection parameters and ``crs_wkt``, float64 times
+(CF-1.8 has no int64), no ``_FillValue`` on coordinates, ``rain_forecast`` stored as int8
+flags, a ``history``, and ``init_time`` the unlimited dimension. The rate variables also
+carry pysteps' geodata (:func:`pysteps_geodata`).
+
 :func:`write_forecast` writes it atomically (:mod:`metnet.atomic`); :class:`ForecastOutput`
 streams one init time at a time to ``.zarr`` (appended), a folder (one ``.nc`` per init time)
 or one ``.nc`` (assembled from such a folder at the end), and resumes after the init times
@@ -17,14 +23,18 @@ already written.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyproj
 import xarray as xr
 
-from metnet.atomic import atomic_write, remove
+from metnet.atomic import atomic_write, remove, remove_leftovers
+from metnet.io.store import grid_mapping
 
 TIME_UNITS = "minutes since 1970-01-01 00:00:00"
 SUFFIXES = (".nc", ".zarr")
@@ -39,19 +49,28 @@ _DIMS = {
 
 _ATTRS = {
     "precip_rate_mean": {"units": "mm/h", "standard_name": "rainfall_rate",
-                         "long_name": "expected surface precipitation rate",
-                         "cell_methods": "realization: mean"},
+                         "long_name": "expected surface precipitation rate (the mean of the "
+                         "forecast distribution)"},
     "precip_rate_quantile": {"units": "mm/h", "standard_name": "rainfall_rate",
                              "long_name": "quantile of surface precipitation rate"},
+    # CF has no standard name for a probability of exceedance; the threshold coordinate
+    # names the quantity exceeded (standard_name rainfall_rate).
     "probability_of_exceedance": {
-        "units": "1", "long_name": "probability that the precipitation rate exceeds the "
-        "threshold"},
-    "rain_forecast": {"units": "1", "flag_values": "0 1",
+        "units": "1", "long_name": "probability that the surface precipitation rate exceeds "
+        "the threshold"},
+    "rain_forecast": {"flag_values": np.array([0, 1], dtype=np.int8),
                       "flag_meanings": "no_rain_above_threshold rain_above_threshold",
                       "long_name": "deterministic forecast of rain above the threshold"},
     "bin_probability": {"units": "1",
                         "long_name": "probability of each rain-rate bin (see bin_edges)"},
 }
+#: The variables whose attributes hold pysteps' geodata (:func:`pysteps_geodata`).
+RATE_VARIABLES = ("precip_rate_mean", "precip_rate_quantile")
+#: pysteps' geodata keys (as its importers give them), written on :data:`RATE_VARIABLES`.
+GEODATA_KEYS = ("projection", "x1", "x2", "y1", "y2", "xpixelsize", "ypixelsize",
+                "cartesian_unit", "yorigin")
+#: ``rain_forecast`` on disk: int8 flags, this outside the radar coverage (NaN in memory).
+FLAG_FILL = np.int8(-1)
 
 
 def forecast_dataset_from_fields(
@@ -88,7 +107,8 @@ def forecast_dataset_from_fields(
         "quantile": ("quantile", np.asarray(quantiles, dtype=np.float64),
                      {"units": "1", "long_name": "probability level of the quantile"}),
         "threshold": ("threshold", np.asarray(thresholds, dtype=np.float64),
-                      {"units": "mm/h", "long_name": "rain-rate threshold"}),
+                      {"units": "mm/h", "standard_name": "rainfall_rate",
+                       "long_name": "rain-rate threshold (exceeded: rate > threshold)"}),
     }
     if "bin_probability" in fields:
         coords["bin_edges"] = ("bin_edge", np.asarray(bin_edges, dtype=np.float64),
@@ -101,21 +121,60 @@ def forecast_dataset_from_fields(
     ds["decision_probability"] = (("threshold", "lead_time"), decision_probability, {
         "units": "1", "long_name": "probability cut of rain_forecast: rain where "
         "probability_of_exceedance >= this (calibrated on validation, or 0.5)"})
-    ds["crs"] = xr.DataArray(np.int32(0), attrs={
-        "crs_wkt": store_ds.attrs.get("crs_wkt", ""), "spatial_ref": store_ds.attrs.get(
-            "crs_wkt", ""), "proj4": str(store_ds.attrs["crs"])})
+    crs = pyproj.CRS.from_user_input(store_ds.attrs.get("crs_wkt") or store_ds.attrs["crs"])
+    ds["crs"] = xr.DataArray(np.int32(0), attrs=grid_mapping(crs))
+    geodata = pysteps_geodata(store_ds, crs)
+    for name in RATE_VARIABLES:
+        if name in ds:
+            ds[name].attrs.update(geodata)
     ds.attrs = {
         "Conventions": "CF-1.8",
         "title": "metnet probabilistic precipitation nowcast",
         "source": f"metnet forecast from the {store_ds.attrs.get('source', '')} store",
+        "history": _history(store_ds),
         "crs": str(store_ds.attrs["crs"]),
-        "crs_wkt": str(store_ds.attrs.get("crs_wkt", "")),
+        "crs_wkt": crs.to_wkt(),
         "pixel_size_x": float(store_ds.attrs["pixel_size_x"]),
         "pixel_size_y": float(store_ds.attrs["pixel_size_y"]),
         "step_minutes": int(store_ds.attrs["step_minutes"]),
         "probability_blending": "bin probabilities of overlapping tiles, sin^2 taper",
     }
     return ds
+
+
+def pysteps_geodata(store_ds: xr.Dataset, crs: pyproj.CRS) -> dict[str, Any]:
+    """pysteps' geodata of a store's grid, as its importers give it: the outer edges
+    ``x1 < x2``, ``y1 < y2`` and pixel sizes in projection units (``cartesian_unit``),
+    ``yorigin`` ("upper": the first row is the northernmost) and the PROJ ``projection``.
+
+    ``pysteps.visualization.plot_precip_field(field, geodata=ds[name].attrs)`` plots a
+    (y, x) slice of a forecast's rain variable with these attributes alone.
+    """
+    x, y = store_ds["x"].values.astype(float), store_ds["y"].values.astype(float)
+    dx = float(store_ds.attrs["pixel_size_x"])
+    dy = float(store_ds.attrs["pixel_size_y"])
+    with warnings.catch_warnings():  # PROJ notes what a PROJ string cannot say
+        warnings.simplefilter("ignore")
+        projection = crs.to_proj4()
+    return {
+        "projection": projection,
+        "x1": float(x.min() - dx / 2), "x2": float(x.max() + dx / 2),
+        "y1": float(y.min() - dy / 2), "y2": float(y.max() + dy / 2),
+        "xpixelsize": dx, "ypixelsize": dy,
+        "cartesian_unit": str(store_ds["x"].attrs.get("units", "m")),
+        "yorigin": "upper" if len(y) < 2 or y[0] > y[-1] else "lower",
+    }
+
+
+def _history(store_ds: xr.Dataset) -> str:
+    """The store's CF ``history`` with a line for this forecast appended."""
+    from metnet import __version__
+
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    line = (f"{now} metnet {__version__}: forecast from the "
+            f"{store_ds.attrs.get('source', '')} store")
+    earlier = str(store_ds.attrs.get("history", "")).strip()
+    return f"{earlier}\n{line}" if earlier else line
 
 
 #: The global attribute that records what a forecast output was made with (JSON).
@@ -130,7 +189,9 @@ class ForecastOutput:
     time, each written atomically. ``OUT.nc``: such a folder kept hidden beside it
     (``.OUT.nc.parts``), assembled into ``OUT.nc`` by :meth:`close`. An existing output is
     resumed when it was made with the same ``settings`` (checkpoint, store, lead times,
-    levels); its init times are in :attr:`done`.
+    levels); its init times are in :attr:`done`. What killed earlier writers left (hidden
+    temporary files beside the output and its parts, :func:`metnet.atomic.remove_leftovers`)
+    is removed first.
 
     Raises:
         FileExistsError: an existing output made with other settings.
@@ -145,6 +206,9 @@ class ForecastOutput:
         self.settings = json.dumps(settings, sort_keys=True, default=str)
         self.parts = (self.path.with_name(f".{self.path.name}.parts")
                       if self.path.suffix == ".nc" else self.path)
+        remove_leftovers(self.path)
+        if self.path.suffix != ".zarr":
+            remove_leftovers(self.parts / "*.nc")
         if self.path.suffix == ".nc" and self.path.exists():
             raise FileExistsError(f"{self.path}: already exists; remove it or choose another "
                                   "--out")
@@ -159,11 +223,18 @@ class ForecastOutput:
             self._check(ds.attrs, self.path)
             return set(ds["init_time"].values.astype("datetime64[ns]"))
         done = set()
-        for part in sorted(self.parts.glob("*.nc")) if self.parts.is_dir() else []:
+        for part in self._part_files():
             with xr.open_dataset(part) as ds:
                 self._check(ds.attrs, part)
                 done.update(ds["init_time"].values.astype("datetime64[ns]"))
         return done
+
+    def _part_files(self) -> list[Path]:
+        """The one-init-time files written, in time order (hidden temporary files of writers
+        excluded)."""
+        if not self.parts.is_dir():
+            return []
+        return sorted(p for p in self.parts.glob("*.nc") if not p.name.startswith("."))
 
     def _check(self, attrs: dict, where: Path) -> None:
         if attrs.get(SETTINGS_ATTR) != self.settings:
@@ -193,9 +264,8 @@ class ForecastOutput:
     def close(self) -> Path:
         """Finish the output (assemble ``OUT.nc`` from its parts) and return its path."""
         if self.path.suffix == ".nc" and self.parts.is_dir():
-            parts = sorted(self.parts.glob("*.nc"))
             with atomic_write(self.path) as tmp:
-                _concatenate_netcdf(parts, tmp)
+                _concatenate_netcdf(self._part_files(), tmp)
             remove(self.parts)
         return self.path
 
@@ -237,25 +307,36 @@ def check_output_path(path: str | Path) -> Path:
 
 def write_forecast(ds: xr.Dataset, path: str | Path) -> Path:
     """Write a forecast dataset as netCDF-4 (``.nc``) or zarr v3 (``.zarr``), atomically:
-    it is written to a hidden sibling path and renamed into place when complete.
+    it is written to a hidden sibling path and renamed into place when complete (what a
+    killed earlier write of ``path`` left is removed first).
 
     Raises:
         FileExistsError: ``path`` exists. ValueError: another suffix.
     """
     path = check_output_path(path)
+    remove_leftovers(path)
     encoding = _encoding(ds, zlib=path.suffix == ".nc")
     with atomic_write(path) as tmp:
         if path.suffix == ".nc":
-            ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+            ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding,
+                         unlimited_dims=["init_time"])
         else:
             ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding)
     return path
 
 
 def _encoding(ds: xr.Dataset, zlib: bool) -> dict:
-    time = {"units": TIME_UNITS, "dtype": "int64"}
+    """How a forecast is stored (CF-1.8): times as float64 minutes (CF-1.8 has no int64;
+    exact for whole seconds), coordinates without ``_FillValue``, ``rain_forecast`` as int8
+    flags with :data:`FLAG_FILL` outside the coverage, fields compressed in netCDF."""
+    time = {"units": TIME_UNITS, "dtype": "float64", "_FillValue": None}
     out: dict[str, dict] = {"init_time": time, "valid_time": dict(time)}
+    for name in ds.coords:
+        if name not in out and ds[name].dtype.kind in "fiu":
+            out[name] = {"_FillValue": None}
     for name, var in ds.data_vars.items():
         if var.ndim >= 4:
             out[name] = {"zlib": True, "complevel": 4} if zlib else {}
+    if "rain_forecast" in ds:
+        out["rain_forecast"].update(dtype="int8", _FillValue=FLAG_FILL)
     return out
