@@ -249,12 +249,14 @@ def test_fit_on_an_mlcast_store_at_a_url(mlcast_url, tmp_path, monkeypatch):
     assert list((tmp_path / "cache").glob("*/mlcast.motion-*.zarr"))
 
 
-def test_loader_workers_read_a_url_store_as_the_local_copy(served, synthetic_url):
+def test_loader_workers_read_a_url_store_as_the_local_copy(served, synthetic_url, tmp_path,
+                                                          monkeypatch):
     """Lazy reads in DataLoader worker processes, each opening the URL itself."""
     import torch
 
     from metnet.data.datamodule import NowcastDataModule
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the URL's sample index
     root, _ = served
     settings = dict(context_frames=3, context_size=48, target_size=16, lead_times=[5, 15],
                     batch_size=3, cache="lazy", seed=1)

@@ -2,9 +2,10 @@
 
 A patch is the ``context_size`` square whose central ``target_size`` square
 is the target region. Candidate corners lie on a lattice of ``stride``
-pixels; for each frame and candidate the fractions of the target region that
-are observed (``cover``) and wet (rate > ``threshold``) are computed once,
-exactly, from integral images. A window's candidate weight is
+pixels (:class:`metnet.io.sample_index.PatchLattice`); for each frame and candidate the
+fractions of the target region that are observed (``cover``) and wet (rate > the rain
+threshold) come from the store's sample index (:mod:`metnet.io.sample_index`), computed
+once per store and setting, exactly, from integral images. A window's candidate weight is
 
     weight = eps * cover + wet      (both averaged over the window's lead frames)
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from metnet.data.frames import StoreFrames
+from metnet.io.sample_index import PatchLattice
 
 
 class PatchWeights:
@@ -29,30 +30,19 @@ class PatchWeights:
         wet, cover: (T, len(rows) * len(cols)) float16 fractions per frame and candidate.
     """
 
-    def __init__(
-        self,
-        frames: StoreFrames,
-        context_size: int,
-        target_size: int,
-        stride: int,
-        threshold: float = 0.2,
-    ) -> None:
-        height, width = frames.shape
-        self.context_size, self.stride = context_size, stride
-        self.max_row, self.max_col = height - context_size, width - context_size
-        self.rows = np.arange(0, self.max_row + 1, stride)
-        self.cols = np.arange(0, self.max_col + 1, stride)
-        offset = (context_size - target_size) // 2
-        top, left = self.rows + offset, self.cols + offset
-        n = len(frames.times)
-        self.wet = np.empty((n, len(top) * len(left)), np.float16)
-        self.cover = np.empty_like(self.wet)
-        area = float(target_size * target_size)
-        for first, rates in frames.iter_chunks():
-            block = slice(first, first + len(rates))
-            with np.errstate(invalid="ignore"):
-                self.wet[block] = _box_sums(rates > threshold, top, left, target_size) / area
-            self.cover[block] = _box_sums(~np.isnan(rates), top, left, target_size) / area
+    def __init__(self, lattice: PatchLattice, wet: np.ndarray, cover: np.ndarray) -> None:
+        """Args:
+            lattice: the candidate patches.
+            wet, cover: (T, K) float16 fractions of the T frames the windows index
+                (:func:`metnet.io.sample_index.sample_fractions`).
+        """
+        if wet.shape != cover.shape or wet.shape[1:] != (len(lattice),):
+            raise ValueError(f"wet {wet.shape} and cover {cover.shape} must both be "
+                             f"(frames, {len(lattice)}) for this lattice")
+        self.stride = lattice.stride
+        self.max_row, self.max_col = lattice.max_row, lattice.max_col
+        self.rows, self.cols = lattice.rows, lattice.cols
+        self.wet, self.cover = wet, cover
 
     def weights(self, target_frames: np.ndarray, eps: float) -> np.ndarray:
         """Normalised (n_candidates,) float64 probabilities for a window's lead frames."""
@@ -70,30 +60,3 @@ class PatchWeights:
         row = self.rows[choice // len(self.cols)] + rng.integers(self.stride)
         col = self.cols[choice % len(self.cols)] + rng.integers(self.stride)
         return int(min(row, self.max_row)), int(min(col, self.max_col))
-
-
-def _box_sums(mask: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> np.ndarray:
-    """Sums of ``mask`` (n, H, W) over size x size boxes at all (top, left) pairs: (n, R*C).
-
-    The integral image is only formed at the rows and columns the boxes need.
-    """
-    rows, row_prefix = _prefix_sums(mask, np.concatenate([top, top + size]), axis=1)
-    cols, prefix = _prefix_sums(row_prefix, np.concatenate([left, left + size]), axis=2)
-    r0, r1 = np.searchsorted(rows, top)[:, None], np.searchsorted(rows, top + size)[:, None]
-    c0, c1 = np.searchsorted(cols, left)[None], np.searchsorted(cols, left + size)[None]
-    sums = prefix[:, r1, c1] - prefix[:, r0, c1] - prefix[:, r1, c0] + prefix[:, r0, c0]
-    return sums.reshape(mask.shape[0], -1)
-
-
-def _prefix_sums(values: np.ndarray, at: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sums of ``values`` along ``axis`` over ``[0, p)`` for each p in ``at`` (0 <= p <= length).
-
-    Returns the sorted distinct positions and the sums at them (that axis resized to match).
-    """
-    length = values.shape[axis]
-    starts = np.unique(np.concatenate([[0], at[at < length]]))
-    bands = np.add.reduceat(values, starts, axis=axis, dtype=np.int32)
-    prefix = np.cumsum(bands, axis=axis)
-    zero = np.zeros_like(np.take(prefix, [0], axis=axis))
-    # prefix[k] sums bands 0..k, i.e. [0, starts[k+1]) (the last: [0, length)).
-    return np.append(starts, length), np.concatenate([zero, prefix], axis=axis)

@@ -12,6 +12,10 @@ archive is warned about. A new store is built at a hidden ``.NAME.partial`` path
 renamed into place when complete, so a killed run leaves either no store or,
 when appending to an existing store, the store with every committed batch; a
 second run resumes where the first stopped.
+
+After frames are written, the store's sample indexes (:mod:`metnet.io.sample_index`) are
+extended by reading the new frames only; one that was not (a run killed before, a failed
+write) is extended by the next datamodule setup that uses it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from metnet.atomic import atomic_write, remove
+from metnet.io.sample_index import extend_sample_indexes
 from metnet.io.sources import Frame, Source, SourceError, discover, get_source
 from metnet.io.store import (
     StoreError,
@@ -194,6 +199,8 @@ def ingest(
             _extend(out, frames, spec, window, coarsen, strict, report, warn, progress)
             if report.skipped and not report.written and len(frames) > report.already_present:
                 raise IngestError(_nothing_written(out, report))
+            if report.written:
+                _extend_indexes(out, progress, warn, note)
             return report
         if spec.license is None:
             note("no license given: the store gets no license attribute; give the data's "
@@ -204,9 +211,22 @@ def ingest(
             history=f"ingest of {spec.name} ({spec.importer}) files under {src_dir}")
         with atomic_write(out, staging=_partial_path(out)) as target:
             _extend(target, frames, spec, window, coarsen, strict, report, warn, progress)
+        if out.exists():  # indexes left by an earlier store at this path are removed
+            _extend_indexes(out, progress, warn, note)
     if not out.exists():
         raise IngestError(f"{src_dir}: no readable {spec.name} file; nothing written to {out}")
     return report
+
+
+def _extend_indexes(out: Path, progress: bool, warn: Callable[[str], None],
+                    note: Callable[[str], None]) -> None:
+    """Extend the store's sample indexes by the frames just written; a failure is a warning
+    (the frames are committed, and the next setup extends the index)."""
+    try:
+        extend_sample_indexes(out, progress, note)
+    except (OSError, StoreError) as err:
+        warn(f"{out}: its sample index was not extended ({err}); the next training setup "
+             "extends it")
 
 
 @contextmanager
