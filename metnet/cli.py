@@ -21,11 +21,17 @@ import warnings
 from argparse import ArgumentError
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from metnet.io.sources import PRESETS
+
+if TYPE_CHECKING:
+    import xarray as xr
+    from torch import nn
+
+    from metnet.io.forecast_file import ForecastOutput
 
 USAGE_ERRORS = (ValueError, RuntimeError, OSError)
 #: What LightningCLI commands report in one line (a RuntimeError there is a bug: traceback).
@@ -50,6 +56,8 @@ REMOVED = {"predict": "`metnet predict` is gone (its output was thrown away): `m
 STORE_WAS_DATA = ("forecast", "evaluate")
 LIST_OPTIONS = ("--init_time", "--lead_times", "--thresholds", "--quantiles", "--scales")
 THRESHOLDS = [0.1, 1.0, 4.0, 8.0]
+#: Seconds between polls of a watched store (``forecast --watch``).
+DEFAULT_POLL_SECONDS = 10.0
 
 
 def _synth(a: Namespace) -> None:
@@ -113,7 +121,8 @@ def _forecast(a: Namespace) -> None:
     from metnet.nowcasts.model import frames_needed
     from metnet.times import utc_time
 
-    if bool(a.init_time) == bool(a.start) or bool(a.start) != bool(a.end):
+    _check_watch(a)
+    if not a.watch and (bool(a.init_time) == bool(a.start) or bool(a.start) != bool(a.end)):
         raise ValueError("give either --init_time or both --start and --end")
     check_settings(a.quantiles, a.batch_tiles)
     checkpoint = Checkpoint.load(a.ckpt_path)
@@ -121,11 +130,6 @@ def _forecast(a: Namespace) -> None:
     store = open_store(a.store, a.storage_options)
     checkpoint.check(store)
     net = checkpoint.net
-    frames = frames_needed(net)
-    inits = _as_list(a.init_time) or complete_init_times(store, a.start, a.end, frames)
-    if not inits:
-        raise ValueError(f"no init time from {a.start} to {a.end} has {frames} past "
-                         f"frames in {a.store}")
     leads = resolve_lead_times(
         net, store, a.lead_times or (calibration.lead_times if calibration else None))
     output = ForecastOutput(a.out, {
@@ -134,31 +138,107 @@ def _forecast(a: Namespace) -> None:
         "lead_times": list(leads), "quantiles": a.quantiles, "thresholds": a.thresholds,
         "bin_probabilities": a.bin_probabilities, "calibrated": calibration is not None,
         "decision": a.decision})
+    options = dict(quantiles=a.quantiles, thresholds=a.thresholds,
+                   bin_probabilities=a.bin_probabilities, batch_tiles=a.batch_tiles,
+                   calibration=calibration, calibrated_decisions=a.decision == "calibrated",
+                   warn=_warning("forecast"))
+    if a.watch:
+        _watch(a, net, leads, output, options)
+        return
+    frames = frames_needed(net)
+    inits = _as_list(a.init_time) or complete_init_times(store, a.start, a.end, frames)
+    if not inits:
+        raise ValueError(f"no init time from {a.start} to {a.end} has {frames} past "
+                         f"frames in {a.store}")
     wanted = sorted({utc_time(t) for t in inits})  # each once, in time order
     todo = [t for t in wanted if t not in output.done]
     if len(todo) < len(wanted):
         print(f"{a.out}: {len(wanted) - len(todo)} init times already written, "
               f"{len(todo)} to go", file=sys.stderr)
-    forecasts = iter_forecasts(net, store, todo, leads, quantiles=a.quantiles,
-                               thresholds=a.thresholds, bin_probabilities=a.bin_probabilities,
-                               batch_tiles=a.batch_tiles, calibration=calibration,
-                               calibrated_decisions=a.decision == "calibrated", progress=True,
-                               warn=_warning("forecast"))
     written = 0
-    for forecast in forecasts:
+    for forecast in iter_forecasts(net, store, todo, leads, progress=True, **options):
         written += 1
         output.write(forecast)
-        if a.plot:
-            from metnet.plotting import plot_forecast
-
-            init = forecast["init_time"].values[0]
-            print(f"wrote {plot_forecast(forecast, store, init, a.plot)}")
+        _plot(a.plot, forecast, store)
     if todo and not written:
         raise ForecastError(f"none of the {len(todo)} init times has radar data in its last "
                             f"context frame; nothing written to {a.out}")
     out = output.close()
     print(f"wrote {out}: {len(output.done)} init times x {len(leads)} lead times of "
           f"{store.sizes['y']}x{store.sizes['x']} px")
+
+
+def _check_watch(a: Namespace) -> None:
+    """Refuse the options that do not go with ``--watch`` (or go only with it)."""
+    extra = [f"--{name}" for name in ("poll_seconds", "watch_max_forecasts", "watch_timeout")
+             if getattr(a, name) is not None]
+    if not a.watch:
+        if extra:
+            raise ValueError(f"{', '.join(extra)}: only with --watch")
+        return
+    if a.init_time or a.end:
+        raise ValueError("--watch forecasts init times as their frames arrive: give no "
+                         "--init_time or --end (--start: forecast the store's init times "
+                         "from then on first)")
+    if Path(a.out).suffix == ".nc":
+        raise ValueError(f"{a.out}: --watch runs until stopped and cannot assemble one .nc "
+                         "at the end: give --out OUT.zarr or a folder (one .nc per init time)")
+    for name in ("poll_seconds", "watch_max_forecasts", "watch_timeout"):
+        if getattr(a, name) is not None and getattr(a, name) <= 0:
+            raise ValueError(f"--{name} must be positive; got {getattr(a, name)}")
+
+
+def _watch(a: Namespace, net: nn.Module, leads: list[int], output: ForecastOutput,
+           options: dict[str, Any]) -> None:
+    """``forecast --watch``: forecast each init time of the store as its frame arrives, into
+    the output, with a line giving its latency, until Ctrl-C, ``--watch_max_forecasts`` or
+    ``--watch_timeout`` (exit status 0)."""
+    import time
+
+    from metnet.forecast import deferred_interrupt, watch_forecasts
+    from metnet.times import iso
+
+    began, made, why = time.monotonic(), 0, "--watch_timeout reached"
+    poll = a.poll_seconds or DEFAULT_POLL_SECONDS
+    print(f"metnet forecast: watching {a.store} every {poll:g} s; Ctrl-C stops",
+          file=sys.stderr, flush=True)
+    watch = watch_forecasts(net, a.store, leads, storage_options=a.storage_options,
+                            after=max(output.done, default=None), start=a.start,
+                            poll_seconds=poll, timeout=a.watch_timeout, **options)
+    try:
+        for watched in watch:
+            with deferred_interrupt():
+                output.write(watched.forecast)
+            done = time.time()
+            made += 1
+            init = iso(watched.forecast["init_time"].values[0])
+            if watched.at_start:
+                print(f"init {init}: forecast written {done - watched.seen:.1f} s after the "
+                      "watch began (the frame was already in the store)", flush=True)
+            else:
+                store = ("" if watched.written is None else
+                         f" ({done - watched.written:.1f} s after the store was written)")
+                print(f"init {init}: forecast written {done - watched.seen:.1f} s after the "
+                      f"frame arrived{store}", flush=True)
+            _plot(a.plot, watched.forecast, watched.store)
+            if made == a.watch_max_forecasts:
+                why = "--watch_max_forecasts reached"
+                break
+    except KeyboardInterrupt:
+        why = "Ctrl-C"
+    finally:
+        watch.close()
+    print(f"metnet forecast: stopped watching after {time.monotonic() - began:.0f} s "
+          f"({why}): {made} forecast(s) written to {output.close()}", flush=True)
+
+
+def _plot(folder: str | None, forecast: xr.Dataset, store: xr.Dataset) -> None:
+    """Draw the map panels of a one-init-time forecast into ``folder`` (None: no plots)."""
+    if folder:
+        from metnet.plotting import plot_forecast
+
+        init = forecast["init_time"].values[0]
+        print(f"wrote {plot_forecast(forecast, store, init, folder)}")
 
 
 def _evaluate(a: Namespace) -> None:
@@ -358,6 +438,18 @@ def _forecast_parser() -> ArgumentParser:
     p.add_argument("--decision", type=Literal["calibrated", "0.5"], default="calibrated",
                    help="probability cut of rain_forecast: the checkpoint's calibrated cut "
                    "per lead and threshold (0.5 without a calibration), or 0.5")
+    _flag(p, "--watch", "keep running: poll --store (which `metnet ingest` extends) and "
+          "forecast each new init time as soon as its context is complete, into --out "
+          "(OUT.zarr or a folder), with a line per forecast giving its latency; starts with "
+          "the store's last time (or --start, or after the output's last init time); "
+          "Ctrl-C stops it")
+    p.add_argument("--poll_seconds", type=float | None, default=None,
+                   help=f"with --watch: seconds between polls of the store's metadata "
+                   f"(default {DEFAULT_POLL_SECONDS:g})")
+    p.add_argument("--watch_max_forecasts", type=int | None, default=None,
+                   help="with --watch: stop after this many forecasts")
+    p.add_argument("--watch_timeout", type=float | None, default=None,
+                   help="with --watch: stop after this many seconds")
     return p
 
 

@@ -19,15 +19,26 @@ Conventions:
   output; an init time whose last context frame is NaN everywhere (the radar saw nothing)
   is skipped with a warning naming it;
 * init times are forecast once each, in time order, whatever order or repetition they are
-  given in.
+  given in;
+* :func:`watch_forecasts` is the operational loop over a store that ``metnet ingest``
+  extends: it polls the store's root metadata document (rewritten last by every append, so
+  a change means whole new frames) and forecasts each init time that arrives, once its
+  context is complete. Ingest appends only frames later than the store's last, so an init
+  time's context is complete when it arrives or never.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+import fsspec
 import numpy as np
 import torch
 import xarray as xr
@@ -37,7 +48,7 @@ from tqdm.auto import tqdm
 from metnet.checkpoint import store_problems
 from metnet.distribution import RainRateDistribution
 from metnet.io.forecast_file import forecast_dataset_from_fields
-from metnet.io.store import VARIABLE, StoreError
+from metnet.io.store import VARIABLE, StoreError, open_store
 from metnet.nowcasts import get_method
 from metnet.nowcasts.model import frames_needed
 from metnet.times import context_times, iso, utc_time, valid_times
@@ -48,6 +59,9 @@ if TYPE_CHECKING:
 
 DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 DEFAULT_THRESHOLDS = (0.1, 1.0, 4.0, 8.0)
+#: A store's root metadata documents, zarr v3 then v2: the consolidated metadata that every
+#: append of :func:`metnet.io.store.append_frames` rewrites last.
+METADATA_DOCUMENTS = ("zarr.json", ".zmetadata")
 
 
 class ForecastError(ValueError):
@@ -111,15 +125,21 @@ def check_init_times(store_ds: xr.Dataset, init_times: Sequence, context_frames:
                 f"init time {iso(init)} is not a time of the store (frames from {iso(first)} "
                 f"to {iso(last)} every {step} min)"
             )
-        wanted = context_times(init, context_frames, step)
-        missing = [iso(t) for t in wanted if t.tolist() not in available]
-        if missing:
+        if missing := missing_context(available, init, context_frames, step):
             raise ForecastError(
                 f"init time {iso(init)} lacks past frames {', '.join(missing)} (the model "
                 f"needs {context_frames} frames every {step} min)"
             )
         checked.append(init)
     return sorted(set(checked))
+
+
+def missing_context(available: set[int], init: np.datetime64, frames: int,
+                    step: int) -> list[str]:
+    """The ISO times of ``init``'s context (``frames`` frames every ``step`` minutes) that
+    are not among the ``available`` times (``datetime64[ns]`` values as ``tolist()`` gives
+    them)."""
+    return [iso(t) for t in context_times(init, frames, step) if t.tolist() not in available]
 
 
 def complete_init_times(
@@ -323,3 +343,152 @@ def iter_forecasts(
                                             for name, value in fields.items()},
                                            store_ds, [init], leads, quantiles, thresholds,
                                            net.bin_edges, cuts)
+
+
+@dataclass(frozen=True)
+class WatchedForecast:
+    """A forecast made by :func:`watch_forecasts`, with when its init time's frame came.
+
+    Attributes:
+        forecast: the CF dataset of one init time (as :func:`iter_forecasts` yields it).
+        store: the store as opened when the frame was seen (for plots).
+        seen: when the watch first saw the frame (``time.time()``); for frames already in
+            the store, when the watch began.
+        written: when the store was written with the frame, as its file system tells (the
+            metadata document's modification time; ``time.time()`` scale), or None where it
+            does not tell (HTTP) and for frames already in the store when the watch began.
+        at_start: the frame was in the store when the watch began.
+    """
+
+    forecast: xr.Dataset
+    store: xr.Dataset
+    seen: float
+    written: float | None
+    at_start: bool
+
+
+class MetadataPoll:
+    """Whether a store changed, from its root metadata document (one small read)."""
+
+    def __init__(self, store: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.fs, root = fsspec.core.url_to_fs(store, **(storage_options or {}))
+        for name in METADATA_DOCUMENTS:
+            self.document = f"{root.rstrip('/')}/{name}"
+            if self.fs.exists(self.document):
+                break
+        else:
+            raise StoreError(f"{store}: no {' or '.join(METADATA_DOCUMENTS)} to watch (a "
+                             "watched store needs consolidated metadata)")
+        self.content: bytes | None = None
+
+    def changed(self) -> bool:
+        """Whether the document differs from the one read at the previous call (True at
+        the first)."""
+        content = self.fs.cat_file(self.document)
+        changed, self.content = content != self.content, content
+        return changed
+
+    def modified(self) -> float | None:
+        """The document's modification time (seconds since the epoch), or None where the
+        file system does not tell."""
+        try:
+            return self.fs.modified(self.document).timestamp()
+        except (NotImplementedError, OSError, KeyError, ValueError):
+            return None
+
+
+def watch_forecasts(
+    net: nn.Module,
+    store: str,
+    lead_times: Sequence[int],
+    *,
+    storage_options: dict[str, Any] | None = None,
+    after: np.datetime64 | None = None,
+    start: str | None = None,
+    poll_seconds: float = 10.0,
+    timeout: float | None = None,
+    warn: Callable[[str], None] = warn_user,
+    **options: Any,
+) -> Iterator[WatchedForecast]:
+    """Forecast each init time of a store that ``metnet ingest`` extends as soon as its
+    frame arrives with a complete context; runs until ``timeout`` or until the consumer
+    stops.
+
+    Every ``poll_seconds`` the store's root metadata document is read; when it changed, the
+    store is reopened and its new times are forecast (each in time order). An init time whose
+    context lacks frames is skipped with a warning naming them (ingest never fills a gap
+    before its last frame). A poll that fails (a network error) is warned about and tried
+    again at the next.
+
+    Args:
+        net: the network, as for :func:`iter_forecasts`.
+        store: a local path or fsspec URL of a store with consolidated metadata.
+        lead_times: minutes, resolved (:func:`resolve_lead_times`).
+        storage_options: fsspec options of a URL store.
+        after: forecast only later init times (the last one an output holds).
+        start: forecast the store's init times from this ISO time on; without ``start`` or
+            ``after``, the store's last time when the watch begins, then every later one.
+        poll_seconds: seconds between polls.
+        timeout: stop after this many seconds of watching (a forecast in progress ends
+            first); None: never.
+        warn: called with a line per init time skipped and per failed poll.
+        options: keyword arguments of :func:`iter_forecasts` (quantiles, calibration, ...).
+
+    Yields:
+        Each forecast with when its frame arrived.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    frames = frames_needed(net)
+    poll = MetadataPoll(store, storage_options)
+    poll.changed()  # before opening: a change from here on is seen at the next poll
+    seen, written, at_start = time.time(), None, True
+    store_ds = open_store(store, storage_options)
+    times = store_ds["time"].values.astype("datetime64[ns]")
+    first = utc_time(start) if start else (times[-1] if after is None else None)
+    newest = None
+    while True:
+        times = store_ds["time"].values.astype("datetime64[ns]")
+        new = times if newest is None else times[times > newest]
+        newest = times[-1]
+        available, step, ready = set(times.tolist()), store_step(store_ds), []
+        for init in new:
+            if (after is not None and init <= after) or (first is not None and init < first):
+                continue
+            if missing := missing_context(available, init, frames, step):
+                warn(f"init time {iso(init)}: its context lacks frames {', '.join(missing)}; "
+                     "skipped")
+            else:
+                ready.append(init)
+        for forecast in iter_forecasts(net, store_ds, ready, lead_times, warn=warn, **options):
+            yield WatchedForecast(forecast, store_ds, seen, written, at_start)
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            time.sleep(poll_seconds if left is None else min(poll_seconds, left))
+            try:
+                if poll.changed():
+                    seen, written, at_start = time.time(), poll.modified(), False
+                    store_ds = open_store(store, storage_options)
+                    break
+            except (OSError, StoreError) as err:
+                poll.content = None  # reopen at the next poll that succeeds
+                warn(f"{store}: polling failed ({err}); trying again in {poll_seconds:g} s")
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise ``KeyboardInterrupt``: a write
+    in the block is never cut halfway. Outside the main thread (where Python handles no
+    signals) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
