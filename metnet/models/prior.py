@@ -97,8 +97,11 @@ class ExtrapolationPrior(nn.Module):
         ht, wt = height - 2 * self.margin, width - 2 * self.margin
         k = len(self.edges) - 1
         bins = rain_to_bin(rate, self.edges)  # (N, H, W), once per pixel, not per member
-        counts = F.one_hot(bins, k).permute(0, 3, 1, 2).to(torch.int32)  # (N, K, H, W)
-        table = F.pad(counts.cumsum(2).cumsum(3), (1, 0, 1, 0))  # integral image
+        counts = torch.zeros(n, k, height, width, dtype=torch.int32, device=rate.device)
+        counts.scatter_(1, bins[:, None], 1)  # (N, K, H, W) one-hot
+        # integral image; int32 holds any count of a radar domain, and int64 doubles the cost
+        table = F.pad(counts.cumsum(2, dtype=torch.int32).cumsum(3, dtype=torch.int32),
+                      (1, 0, 1, 0))
         plain = rate.new_empty(n, k, ht, wt)
         radii = [neighbourhood_radius(m, self.radius) for m in lead_minutes.tolist()]
         for i, r in enumerate(radii):  # a box sum per bin: four corners of the table
