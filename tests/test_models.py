@@ -174,6 +174,8 @@ def test_only_a_network_without_positions_takes_any_size() -> None:
         tiny()(torch.zeros(1, 3, 1, 48, 48), [10])
     with pytest.raises(ValueError, match="position"):
         tiny(position="relative")
+    with pytest.raises(ValueError, match="needs conditioning='film'"):
+        tiny(position="none", conditioning="onehot")
 
 
 # --- receptive field ---------------------------------------------------------------------

@@ -151,6 +151,9 @@ class MetNet(nn.Module):
             )
         if not 0 <= conditioned_from <= num_blocks:
             raise ValueError(f"conditioned_from must be in [0, {num_blocks}]")
+        if position == "none" and conditioning != "film":
+            raise ValueError("position 'none' (a whole domain in one pass) needs "
+                             "conditioning='film': the encoder runs once for every lead")
         if lead_channels and conditioning != "film":
             raise ValueError("lead_channels (per-lead inputs) need conditioning='film'")
         if max_lead_minutes % lead_step_minutes:
