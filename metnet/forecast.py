@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from metnet.checkpoint import store_problems
 from metnet.distribution import RainRateDistribution
 from metnet.io.forecast_file import forecast_dataset_from_fields
-from metnet.io.store import VARIABLE, StoreError, open_store
+from metnet.io.store import METADATA_DOCUMENTS, VARIABLE, StoreError, open_store
 from metnet.nowcasts import get_method
 from metnet.nowcasts.model import frames_needed
 from metnet.times import context_times, iso, utc_time, valid_times
@@ -59,9 +59,6 @@ if TYPE_CHECKING:
 
 DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 DEFAULT_THRESHOLDS = (0.1, 1.0, 4.0, 8.0)
-#: A store's root metadata documents, zarr v3 then v2: the consolidated metadata that every
-#: append of :func:`metnet.io.store.append_frames` rewrites last.
-METADATA_DOCUMENTS = ("zarr.json", ".zmetadata")
 
 
 class ForecastError(ValueError):
@@ -368,7 +365,9 @@ class WatchedForecast:
 
 
 class MetadataPoll:
-    """Whether a store changed, from its root metadata document (one small read)."""
+    """Whether a store changed, from its root metadata document (one small read): the
+    consolidated metadata that every append of :func:`metnet.io.store.append_frames`
+    rewrites last."""
 
     def __init__(self, store: str, storage_options: dict[str, Any] | None = None) -> None:
         self.fs, root = fsspec.core.url_to_fs(store, **(storage_options or {}))
@@ -417,8 +416,8 @@ def watch_forecasts(
     Every ``poll_seconds`` the store's root metadata document is read; when it changed, the
     store is reopened and its new times are forecast (each in time order). An init time whose
     context lacks frames is skipped with a warning naming them (ingest never fills a gap
-    before its last frame). A poll that fails (a network error) is warned about and tried
-    again at the next.
+    before its last frame). A poll that fails (a network error, an HTTP 5xx, a store caught
+    mid-rewrite) is warned about and tried again at the next.
 
     Args:
         net: the network, as for :func:`iter_forecasts`.
@@ -429,8 +428,8 @@ def watch_forecasts(
         start: forecast the store's init times from this ISO time on; without ``start`` or
             ``after``, the store's last time when the watch begins, then every later one.
         poll_seconds: seconds between polls.
-        timeout: stop after this many seconds of watching (a forecast in progress ends
-            first); None: never.
+        timeout: stop after this many seconds of watching: a forecast in progress ends
+            first, none is begun after (a backlog is left for the next watch); None: never.
         warn: called with a line per init time skipped and per failed poll.
         options: keyword arguments of :func:`iter_forecasts` (quantiles, calibration, ...).
 
@@ -438,6 +437,10 @@ def watch_forecasts(
         Each forecast with when its frame arrived.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
+
+    def expired() -> bool:
+        return deadline is not None and time.monotonic() >= deadline
+
     frames = frames_needed(net)
     poll = MetadataPoll(store, storage_options)
     poll.changed()  # before opening: a change from here on is seen at the next poll
@@ -459,8 +462,12 @@ def watch_forecasts(
                      "skipped")
             else:
                 ready.append(init)
+        if ready and expired():
+            return
         for forecast in iter_forecasts(net, store_ds, ready, lead_times, warn=warn, **options):
             yield WatchedForecast(forecast, store_ds, seen, written, at_start)
+            if expired():  # checked before the next forecast is begun
+                return
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -471,9 +478,11 @@ def watch_forecasts(
                     seen, written, at_start = time.time(), poll.modified(), False
                     store_ds = open_store(store, storage_options)
                     break
-            except (OSError, StoreError) as err:
+            except Exception as err:  # each file system raises its own (aiohttp: HTTP 5xx)
                 poll.content = None  # reopen at the next poll that succeeds
-                warn(f"{store}: polling failed ({err}); trying again in {poll_seconds:g} s")
+                reason = " ".join((str(err) if isinstance(err, StoreError)
+                                   else f"{type(err).__name__}: {err}").split())
+                warn(f"{store}: polling failed ({reason}); trying again in {poll_seconds:g} s")
 
 
 @contextmanager

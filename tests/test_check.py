@@ -34,6 +34,23 @@ def test_check_names_missing_and_undecodable_frames(damaged: Path) -> None:
     assert "missing" in bad[0][1] and "cannot be decoded" in bad[1][1]
 
 
+@pytest.mark.parametrize(("chunks", "damaged_frames"), [((1, 10, 15), ["12:15"]),
+                                                       ((2, 10, 15), ["12:10", "12:15"])])
+def test_check_reads_every_chunk_of_a_store_chunked_in_space_and_time(
+        tmp_path: Path, chunks: tuple[int, int, int], damaged_frames: list[str]) -> None:
+    """MLCast stores of other makers may split a frame in chunks, or a chunk hold frames."""
+    times = pd.date_range("2024-06-01T12:00", periods=6, freq="5min")
+    rain = np.random.default_rng(0).gamma(0.5, 2.0, (6, 20, 30)).astype(np.float32)
+    path = tmp_path / "s.zarr"
+    make_dataset(rain, times, np.arange(30) * 1e3, -np.arange(20) * 1e3, crs="EPSG:3035",
+                 source="t", step_minutes=5).to_zarr(
+        path, zarr_format=3, consolidated=True, encoding={"rain_rate": {"chunks": chunks}})
+    key = f"rain_rate/c/{3 // chunks[0]}/1/1"  # the lower right quarter of frame 3
+    (path / key).unlink()
+    bad = check_store(path)
+    assert bad == [(f"2024-06-01T{when}", f"chunk {key} is missing") for when in damaged_frames]
+
+
 def test_check_command_exits_1_naming_each_frame(damaged: Path, tmp_path: Path) -> None:
     result = run_metnet("check", damaged, cwd=tmp_path)
     assert result.returncode == 1

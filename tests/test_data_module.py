@@ -344,3 +344,32 @@ def test_splits_by_date_ranges(synthetic_store):
         assert len(windows) > 0, split
         assert times[windows.context[:, 0]].min() >= np.datetime64(f"2024-06-01T{lo}")
         assert times[windows.target.max(axis=1)].max() < np.datetime64(f"2024-06-01T{hi}")
+
+
+def test_storage_options_stay_out_of_checkpoints_and_hparams(synthetic_store, tmp_path):
+    """They may hold credentials (an s3 key and secret, a gcs token)."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    class Probe(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, _):
+            return (self.weight - batch["target"].nan_to_num().mean()) ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    dm = NowcastDataModule([str(synthetic_store)], storage_options={"key": "secret"}, **SMALL)
+    assert dm.storage_options == {"key": "secret"}
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=CSVLogger(tmp_path),
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Probe(), datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "probe.ckpt")
+    (hparams,) = tmp_path.glob("lightning_logs/*/hparams.yaml")
+    assert "batch_size" in hparams.read_text()
+    leaked = [str(f) for f in (tmp_path / "probe.ckpt", hparams) if b"secret" in f.read_bytes()]
+    assert not leaked

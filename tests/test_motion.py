@@ -349,8 +349,22 @@ def test_the_extrapolation_input_of_a_turned_sample_extrapolates_its_turned_cont
 def test_the_former_motion_cache_dir_still_places_the_cache_with_a_note(
     synthetic_store: Path, tmp_path: Path
 ) -> None:
-    with pytest.warns(DeprecationWarning, match="motion_cache_dir is deprecated.*cache_dir"):
+    # a FutureWarning: jsonargparse and Python's defaults hide a DeprecationWarning
+    with pytest.warns(FutureWarning, match="motion_cache_dir is deprecated.*cache_dir"):
         dm = NowcastDataModule([str(synthetic_store)], motion_inputs=True,
                                motion_cache_dir=str(tmp_path / "old"), **KW)
     dm.setup("fit")
-    assert list((tmp_path / "old").glob(f"{synthetic_store.stem}.motion-*.zarr"))
+    assert list((tmp_path / "old").glob(f"*/{synthetic_store.stem}.motion-*.zarr"))
+    with pytest.raises(DataConfigError, match="motion_cache_dir is the former name of "
+                       "data.cache_dir: give only data.cache_dir"):
+        NowcastDataModule([str(synthetic_store)], motion_inputs=True, cache_dir=str(tmp_path),
+                          motion_cache_dir=str(tmp_path / "old"), **KW)
+
+
+def test_same_named_stores_keep_their_own_caches_in_one_cache_dir(tmp_path: Path) -> None:
+    rate = _blob_frames(8, (0, 1))
+    first = _cache(_store(tmp_path / "a" / "radar.zarr", rate), tmp_path / "cache")
+    second = _cache(_store(tmp_path / "b" / "radar.zarr", rate[::-1].copy()),
+                    tmp_path / "cache")
+    assert first.path.parent != second.path.parent
+    assert first.path.exists() and second.path.exists()

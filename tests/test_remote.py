@@ -193,6 +193,28 @@ def test_an_mlcast_store_reads_as_rain_rate(mlcast_url):
     assert len(frames.times) == 59 and ds["missing_times"].values[0] not in frames.times
 
 
+def test_a_packed_mlcast_store_reads_alike_in_training_indexes_and_forecasts(tmp_path):
+    """int16 dBZ with a scale factor and a fill value, as many radar archives pack it: the
+    raw zarr reads of training and of the sample index undo the packing as xarray does."""
+    from metnet.io.sample_index import _StoreView
+
+    ds, rate = mlcast_dataset()
+    encoding = {"DBZH": {"dtype": "int16", "scale_factor": 0.5, "_FillValue": -32768,
+                         "chunks": (1, 96, 96)}}
+    store = tmp_path / "packed.zarr"
+    ds.to_zarr(store, zarr_format=3, consolidated=True, encoding=encoding)
+    forecast_read = open_store(store)["rain_rate"][:8].values
+    training_read = StoreFrames(store, cache="lazy", max_rate=1e9).read(
+        np.arange(8), slice(None), slice(None))
+    index_read = _StoreView(store).read(0, 8)
+    assert np.isnan(rate[:8]).any() and not np.isnan(rate[:8]).all()
+    for read in (forecast_read, training_read, index_read):
+        np.testing.assert_array_equal(np.isnan(read), np.isnan(rate[:8]))  # fill -> NaN
+        np.testing.assert_allclose(read, rate[:8], rtol=0.04)  # dBZ to 0.25 dB
+    np.testing.assert_array_equal(training_read, forecast_read)
+    np.testing.assert_array_equal(index_read, forecast_read)
+
+
 def test_a_remote_store_caches_under_the_user_cache_unless_told(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     url = "s3://bucket/radar.zarr"
@@ -204,6 +226,11 @@ def test_a_remote_store_caches_under_the_user_cache_unless_told(monkeypatch, tmp
     local = tmp_path / "local.zarr"
     local.mkdir()
     assert cache_folder(local) == tmp_path / ".metnet-cache"
+    # local stores of one name get a sub-folder each under a cache_dir, as URLs do
+    (tmp_path / "a" / "local.zarr").mkdir(parents=True)
+    assert cache_folder(local, tmp_path / "mine").parent == tmp_path / "mine"
+    assert cache_folder(local, tmp_path / "mine") != cache_folder(tmp_path / "a" / "local.zarr",
+                                                                  tmp_path / "mine")
 
 
 def test_no_writable_cache_folder_is_one_line(tmp_path):

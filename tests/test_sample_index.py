@@ -5,6 +5,7 @@ store gave."""
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 import torch
 import xarray as xr
 import zarr
+from filelock import FileLock
 from test_remote import served  # noqa: F401 (a fixture: an HTTP server on 127.0.0.1)
 
 from metnet.data.datamodule import NowcastDataModule
@@ -23,7 +25,7 @@ from metnet.io import sample_index
 from metnet.io.ingest import ingest
 from metnet.io.sample_index import PatchLattice, sample_fractions
 from metnet.io.sources import resolve_source
-from metnet.io.store import append_frames, cache_folder, write_store
+from metnet.io.store import append_frames, cache_folder, open_store, write_store
 from metnet.io.synthetic import synthesize
 
 SETTINGS = dict(context_frames=3, context_size=48, target_size=16, lead_times=[5, 15],
@@ -187,6 +189,54 @@ def test_ingest_extends_the_index_reading_only_the_new_frames(tmp_path, monkeypa
     expected = _reference(StoreFrames(out, cache="lazy"), lattice, 0.5)
     np.testing.assert_array_equal(wet, expected[0])
     np.testing.assert_array_equal(cover, expected[1])
+
+
+def test_an_index_ingest_extended_past_the_store_a_setup_saw_is_kept(tmp_path, monkeypatch,
+                                                                    capsys):
+    """A setup that read the store's times just before ingest appended and extended the
+    index finds an index with more frames than it knows: current, not rebuilt."""
+    store = _store(tmp_path / "s.zarr", frames=30)
+    lattice = PatchLattice(96, 112, 48, 16, 5)
+    before, _ = sample_fractions(store, lattice, 0.2, 200.0, progress=False)
+    append_frames(store, synthesize(frames=45, height=96, width=112, seed=3).isel(
+        time=slice(31, 45)))
+    sample_index.extend_sample_indexes(store, progress=False)
+    opened = sample_index._StoreView.__init__
+
+    def as_before_the_append(self, *args, **kwargs) -> None:
+        opened(self, *args, **kwargs)
+        self.times = self.times[:len(before)]
+
+    monkeypatch.setattr(sample_index._StoreView, "__init__", as_before_the_append)
+    read = _record_reads(monkeypatch)
+    wet, _ = sample_fractions(store, lattice, 0.2, 200.0, note=print, progress=False)
+    assert not read and "no sample index" not in capsys.readouterr().out
+    np.testing.assert_array_equal(wet, before)
+    (index,) = _index_files(tmp_path / ".metnet-cache")
+    assert zarr.open_group(index, mode="r").attrs["frames"] == 44
+
+
+def test_ingest_does_not_wait_for_an_index_a_setup_is_building(tmp_path):
+    src, out = tmp_path / "cf", tmp_path / "s.zarr"
+    src.mkdir()
+    times = pd.date_range("2024-06-01T12:00", periods=10, freq="10min")
+    _cf_rate(src / "a.nc", times[:6], seed=0)
+    source = resolve_source(importer="xarray", pattern="*.nc", importer_args={"variable": "RR"})
+    ingest(src, source, out, progress=False)
+    sample_fractions(out, PatchLattice(40, 48, 24, 8, 4), 0.5, 200.0, progress=False)
+    (index,) = _index_files(tmp_path / ".metnet-cache")
+    _cf_rate(src / "b.nc", times[6:], seed=1)
+    notes: list[str] = []
+    with FileLock(index.with_name(f".{index.name}.lock")):  # a setup building the index
+        ingesting = threading.Thread(target=ingest, args=(src, source, out),
+                                     kwargs={"progress": False, "note": notes.append}, daemon=True)
+        ingesting.start()
+        ingesting.join(timeout=30)
+        assert not ingesting.is_alive(), "ingest waited for the sample index lock"
+    assert len(open_store(out)["time"]) == 10
+    assert zarr.open_group(index, mode="r").attrs["frames"] == 6
+    (note,) = [n for n in notes if "sample index" in n]
+    assert "in use" in note and "the next setup extends it" in note and "\n" not in note
 
 
 def test_a_remote_store_keeps_its_index_in_the_cache_folder(served, tmp_path,  # noqa: F811

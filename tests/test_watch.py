@@ -184,6 +184,47 @@ def test_a_failed_poll_is_warned_about_and_tried_again(tmp_path, tiny_net):
     watch.close()
 
 
+def test_a_poll_failing_with_any_error_is_warned_about_and_tried_again(tmp_path, tiny_net,
+                                                                      monkeypatch):
+    """An HTTP 5xx reaches the poll as aiohttp's ClientResponseError, not an OSError."""
+    from metnet.forecast import MetadataPoll
+
+    class ServerError(Exception):
+        """What an fsspec file system raises for a response it did not expect."""
+
+    store = tmp_path / "live.zarr"
+    frames = start_store(store)
+    calls, original = [], MetadataPoll.changed
+
+    def fails_once(self: MetadataPoll) -> bool:
+        calls.append(1)
+        if len(calls) == 2:  # the first poll after the watch began
+            raise ServerError("503, message='Service Unavailable'")
+        return original(self)
+
+    monkeypatch.setattr(MetadataPoll, "changed", fails_once)
+    warnings: list[str] = []
+    watch = watch_forecasts(tiny_net, str(store), [5], poll_seconds=0.05, timeout=20,
+                            warn=warnings.append)
+    next(watch)
+    append_frames(store, frames.isel(time=[4]))
+    assert next(watch).forecast["init_time"].values[0] == times("12:20")[0]
+    assert warnings == [f"{store}: polling failed (ServerError: 503, message='Service "
+                        "Unavailable'); trying again in 0.05 s"]
+    watch.close()
+
+
+def test_the_watch_timeout_begins_no_forecast_of_a_backlog(tmp_path, tiny_net):
+    store = tmp_path / "live.zarr"
+    start_store(store)
+    watch = watch_forecasts(tiny_net, str(store), [5], start="2024-06-01T12:10",
+                            poll_seconds=0.05, timeout=1.0)
+    first = next(watch)  # 12:15 is left
+    assert first.forecast["init_time"].values[0] == times("12:10")[0]
+    time.sleep(1.1)
+    assert list(watch) == []
+
+
 def test_ctrl_c_waits_for_the_write_in_progress():
     finished = False
     with pytest.raises(KeyboardInterrupt), deferred_interrupt():

@@ -164,7 +164,10 @@ class NowcastDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # storage_options may hold credentials: kept out of checkpoints and hparams.yaml
+        self.save_hyperparameters(ignore=["storage_options"])
+        #: fsspec options of the stores' file systems (not a hyperparameter).
+        self.storage_options = dict(storage_options or {})
         if lead_times is None:
             lead_times = list(range(step_minutes, 61, step_minutes))
         _check_config(stores, context_frames, context_size, target_size, step_minutes,
@@ -182,8 +185,12 @@ class NowcastDataModule(L.LightningDataModule):
                                   f"step_minutes={step_minutes}")
         self.context_stride = context_step // step_minutes
         if motion_cache_dir is not None:
+            if cache_dir is not None:
+                raise DataConfigError("data.motion_cache_dir is the former name of "
+                                      "data.cache_dir: give only data.cache_dir")
+            # a FutureWarning: Python and jsonargparse show it (a DeprecationWarning is hidden)
             warnings.warn("data.motion_cache_dir is deprecated and will be removed: use "
-                          "data.cache_dir", DeprecationWarning, stacklevel=2)
+                          "data.cache_dir", FutureWarning, stacklevel=2)
         self.cache_dir = cache_dir or motion_cache_dir
         self.stores = [str(s) for s in stores]
         self.satellite_stores = [str(s) for s in satellite_stores or []]
@@ -283,7 +290,7 @@ class NowcastDataModule(L.LightningDataModule):
         domains = [self._domain(path, keep) for path, (keep, _) in zip(self.stores, plan,
                                                                        strict=True)]
         satellites = [StoreFrames(p, cache=hp.cache, max_rate=hp.max_rate,
-                                  storage_options=hp.storage_options)
+                                  storage_options=self.storage_options)
                       for p in self.satellite_stores]
         for domain in domains:
             domain.satellites = [
@@ -322,7 +329,7 @@ class NowcastDataModule(L.LightningDataModule):
         """Check a store without reading its frames: its frames on the step grid, pixel size."""
         if not is_remote(path) and not Path(path).exists():
             raise DataConfigError(f"{path}: no such store")
-        ds = open_store(path, self.hparams.storage_options)
+        ds = open_store(path, self.storage_options)
         height, width = ds.sizes["y"], ds.sizes["x"]
         if self.spec.context_size > min(height, width):
             raise DataConfigError(f"{path}: context_size={self.spec.context_size} is larger "
@@ -334,11 +341,11 @@ class NowcastDataModule(L.LightningDataModule):
     def _domain(self, path: str, keep: np.ndarray) -> Domain:
         hp = self.hparams
         frames = StoreFrames(path, keep, cache=hp.cache, max_rate=hp.max_rate,
-                             storage_options=hp.storage_options)
+                             storage_options=self.storage_options)
         lattice = PatchLattice(*frames.shape, self.spec.context_size, self.spec.target_size,
                                self.patch_stride)
         wet, cover = sample_fractions(path, lattice, hp.rain_threshold, hp.max_rate, keep,
-                                      hp.storage_options, self.cache_dir, note=_note)
+                                      self.storage_options, self.cache_dir, note=_note)
         patches = PatchWeights(lattice, wet, cover)
         coords = lonlat(frames.x, frames.y, frames.crs) if hp.static_channels else None
         return Domain(frames, patches, [], coords)

@@ -107,7 +107,7 @@ class StoreFrames:
             when = ", ".join(np.datetime_as_string(self.times[frames], unit="m"))
             raise StoreError(f"{self.path}: frames at {when} cannot be read ({err}); "
                              f"`metnet check {self.path}` names every damaged frame") from None
-        return clean_rate(self.rate_source.to_rate(raw), self.max_rate)
+        return clean_rate(self.rate_source.raw_to_rate(raw), self.max_rate)
 
     def read_input(self, frames: np.ndarray, rows: slice, cols: slice, out: np.ndarray) -> None:
         """Write model input (0 where not observed) into ``out[:, 0]``, observed mask into

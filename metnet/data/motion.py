@@ -135,6 +135,7 @@ class MotionCache:
             "stride": self.stride, "leads": self.lead_steps.tolist(),
             "velocity": self.velocity, "max_rate": self.frames.max_rate,
             "motion": ["LK", MOTION_FRAMES, DB_THRESHOLD, DB_ZERO],
+            **({"packing": packing} if (packing := self.frames.rate_source.packing) else {}),
         }
         return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

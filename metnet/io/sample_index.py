@@ -28,7 +28,8 @@ new frames only (``metnet ingest`` does it after appending; ``setup()`` does it 
 ingest did not see); any other mismatch (a store rewritten at the same path, another grid)
 rebuilds it. Rows are committed one chunk at a time (``frames`` is raised after each), so a
 killed build resumes where it stopped; a lock file serialises processes (DDP ranks) that
-want the same index.
+want the same index, except ingest, which never waits for it (an index in use is left to the
+next setup to extend).
 
 Rates are cleaned as :func:`metnet.transforms.clean_rate` cleans them (negative -> 0, above
 ``max_rate`` -> not observed), without importing torch: ingest runs without it.
@@ -46,7 +47,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 from zarr.storage import MemoryStore
 
@@ -172,21 +173,27 @@ def sample_fractions(
         progress: a progress bar while frames are read.
         note: called with one line when the index is built or extended (default: nothing).
     """
-    view = _StoreView(store, storage_options)
-    if (lattice.height, lattice.width) != view.shape:
-        raise ValueError(f"{store}: lattice for a {lattice.height} x {lattice.width} grid, "
-                         f"the store's is {view.shape[0]} x {view.shape[1]}")
-    expected = _attributes(view, lattice, threshold, max_rate)
     note = note or (lambda _: None)
+
+    def current(target: Path | zarr.Group) -> tuple[_StoreView, zarr.Group | None]:
+        view = _StoreView(store, storage_options)
+        if (lattice.height, lattice.width) != view.shape:
+            raise ValueError(f"{store}: lattice for a {lattice.height} x {lattice.width} "
+                             f"grid, the store's is {view.shape[0]} x {view.shape[1]}")
+        return view, _current(target, view, _attributes(view, lattice, threshold, max_rate),
+                              progress, note)
+
     try:
-        path = cache_folder(store, cache_dir) / _file_name(store, expected)
+        path = cache_folder(store, cache_dir) / _file_name(
+            store, _settings(store, lattice, threshold, max_rate))
     except StoreError as err:
         note(f"{err}; the sample index is computed for this run only")
-        group = _current(zarr.open_group(store=MemoryStore(), mode="w"), view, expected,
-                         progress, note)
+        view, group = current(zarr.open_group(store=MemoryStore(), mode="w"))
     else:
+        # the store is opened in the lock: ingest, which appends before it extends the
+        # index, is then never seen to have extended the index but not the store
         with FileLock(path.with_name(f".{path.name}.lock")):
-            group = _current(path, view, expected, progress, note)
+            view, group = current(path)
     assert group is not None  # _current builds what is missing
     rows = np.arange(len(view.times)) if frames is None else np.asarray(frames, np.int64)
     return (group["wet"].get_orthogonal_selection((rows, slice(None))),
@@ -202,6 +209,7 @@ def extend_sample_indexes(store: str | Path, progress: bool = True,
     found = [path for folder in cache_folders(store) if folder.is_dir()
              for path in sorted(folder.glob(f"{store_name(store)}.sample-index-*.zarr"))]
     view: _StoreView | None = None
+    note = note or (lambda _: None)
     for path in found:
         try:
             attrs = dict(zarr.open_group(path, mode="r").attrs)
@@ -213,8 +221,12 @@ def extend_sample_indexes(store: str | Path, progress: bool = True,
         view = view or _StoreView(store)
         expected = _attributes(view, PatchLattice.from_attributes(attrs["lattice"]),
                                attrs["threshold_mm_h"], attrs["max_rate_mm_h"])
-        with FileLock(path.with_name(f".{path.name}.lock")):
-            _current(path, view, expected, progress, note or (lambda _: None), build=False)
+        try:  # never wait: a training setup may be reading the whole archive into it
+            with FileLock(path.with_name(f".{path.name}.lock"), timeout=0):
+                _current(path, view, expected, progress, note, build=False)
+        except Timeout:
+            note(f"{store_name(store)}: the sample index {path} is in use (being built by a "
+                 "training setup?); not extended now, the next setup extends it")
 
 
 class _StoreView:
@@ -231,7 +243,9 @@ class _StoreView:
             "created": str(ds.attrs.get("mlcast_created_on", "")),
             "crs": str(ds.attrs["crs"]),
             "x": [float(x[0]), float(x[-1])], "y": [float(y[0]), float(y[-1])],
-            "rate_source": dataclasses.asdict(self.source),
+            "rate_source": {**{k: v for k, v in dataclasses.asdict(self.source).items()
+                               if k not in ("scale_factor", "add_offset", "fill_value")},
+                            **self.source.packing},
         }
         self._array: zarr.Array | None = None
 
@@ -241,7 +255,7 @@ class _StoreView:
         if self._array is None:
             self._array = open_group(self.store, self.storage_options)[self.source.variable]
         try:
-            return self.source.to_rate(self._array[first:last])
+            return self.source.raw_to_rate(self._array[first:last])
         except Exception as err:  # codecs raise anything from ValueError to RuntimeError
             when = np.datetime_as_string(self.times[[first, last - 1]], unit="m")
             raise StoreError(f"{self.store}: frames {when[0]} to {when[1]} cannot be read "
@@ -254,24 +268,31 @@ def _location(store: str | Path) -> str:
     return str(store) if is_remote(store) else str(local_path(store).resolve())
 
 
+def _settings(store: str | Path, lattice: PatchLattice, threshold: float,
+              max_rate: float) -> dict[str, Any]:
+    """What an index of ``store`` for these settings states besides the store's identity and
+    ``frames``, as it reads back from JSON."""
+    return json.loads(json.dumps({
+        "metnet_sample_index_version": INDEX_VERSION,
+        "store": _location(store),
+        "lattice": lattice.describe(),
+        "threshold_mm_h": float(threshold),
+        "max_rate_mm_h": float(max_rate),
+    }))
+
+
 def _attributes(view: _StoreView, lattice: PatchLattice, threshold: float,
                 max_rate: float) -> dict[str, Any]:
     """The attributes an index of ``view`` for these settings has (``frames`` aside), as
     they read back from JSON."""
-    attrs = {
-        "metnet_sample_index_version": INDEX_VERSION,
-        "store": _location(view.store),
-        "identity": view.identity,
-        "lattice": lattice.describe(),
-        "threshold_mm_h": float(threshold),
-        "max_rate_mm_h": float(max_rate),
-    }
-    return json.loads(json.dumps(attrs))
+    identity = json.loads(json.dumps(view.identity))
+    return {**_settings(view.store, lattice, threshold, max_rate), "identity": identity}
 
 
-def _file_name(store: str | Path, expected: dict[str, Any]) -> str:
-    """``<store name>.sample-index-<key>.zarr``, the key hashing the location and settings."""
-    settings = {k: expected[k] for k in ("metnet_sample_index_version", "store", "lattice",
+def _file_name(store: str | Path, settings: dict[str, Any]) -> str:
+    """``<store name>.sample-index-<key>.zarr``, the key hashing the location and settings
+    (:func:`_settings`)."""
+    settings = {k: settings[k] for k in ("metnet_sample_index_version", "store", "lattice",
                                          "threshold_mm_h", "max_rate_mm_h")}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return f"{store_name(store)}.sample-index-{key}.zarr"
@@ -318,16 +339,18 @@ def _open(path: Path) -> zarr.Group | None:
 
 
 def _matches(group: zarr.Group, expected: dict[str, Any], times: np.ndarray) -> bool:
-    """Whether ``group`` indexes the first of ``times`` for the expected store and settings."""
+    """Whether ``group`` indexes the first of ``times`` for the expected store and settings,
+    or all of them and later ones (ingest extended it since ``times`` were read)."""
     attrs = dict(group.attrs)
     committed = attrs.get("frames", -1)
-    if any(attrs.get(k) != v for k, v in expected.items()) or not 0 <= committed <= len(times):
+    if any(attrs.get(k) != v for k, v in expected.items()) or committed < 0:
         return False
+    shared = min(committed, len(times))
     try:
-        indexed = group["time"][:committed]
+        indexed = group["time"][:shared]
     except (KeyError, ValueError, OSError):
         return False
-    return bool(np.array_equal(indexed, times[:committed].astype(np.int64)))
+    return bool(np.array_equal(indexed, times[:shared].astype(np.int64)))
 
 
 def _create(target: Path | zarr.Group, expected: dict[str, Any], candidates: int) -> zarr.Group:

@@ -39,6 +39,7 @@ caches, the sample index) goes to a local folder (:func:`cache_folder`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import tempfile
@@ -85,6 +86,10 @@ MLCAST_STANDARD_NAMES = ("rainfall_flux", "precipitation_flux", "equivalent_refl
 MARSHALL_PALMER = (200.0, 1.6)
 #: The folder beside a local store that holds what metnet derives from it.
 CACHE_DIR = ".metnet-cache"
+#: The root metadata documents that hold every array's metadata (zarr v3, consolidated v2),
+#: in the order they are looked for: what a remote store is fingerprinted by and a watch
+#: polls.
+METADATA_DOCUMENTS = ("zarr.json", ".zmetadata")
 
 
 class StoreError(ValueError):
@@ -394,9 +399,11 @@ def open_store(store: str | Path, storage_options: dict[str, Any] | None = None)
         raise StoreError(f"{name}: not a readable zarr store ({_one_line(err)})") from None
     if LEGACY_VARIABLE in ds and VARIABLE not in ds:
         ds = ds.rename({LEGACY_VARIABLE: VARIABLE})
-        ds.encoding["rate_source"] = RateSource(LEGACY_VARIABLE, "mm/h")
+        ds.encoding["rate_source"] = RateSource(LEGACY_VARIABLE, "mm/h",
+                                                **cf_packing(ds[VARIABLE].encoding))
     elif VARIABLE in ds:
-        ds.encoding["rate_source"] = RateSource(VARIABLE, UNITS)
+        ds.encoding["rate_source"] = RateSource(VARIABLE, UNITS,
+                                                **cf_packing(ds[VARIABLE].encoding))
     else:
         ds = _as_metnet_store(ds, name)
     ds.encoding["source"] = name
@@ -413,7 +420,7 @@ def _reach(url: str, storage_options: dict[str, Any]) -> None:
         StoreError: naming the URL, when it cannot be reached or holds no zarr store.
     """
     fs, root = fsspec.core.url_to_fs(url, **storage_options)
-    documents = ("zarr.json", ".zmetadata", ".zgroup")
+    documents = (*METADATA_DOCUMENTS, ".zgroup")  # an unconsolidated zarr v2 store too
     for document in documents:
         try:
             fs.info(f"{root.rstrip('/')}/{document}")
@@ -444,12 +451,18 @@ class RateSource:
             ``kg m-2``) or reflectivity (``dBZ``).
         step_minutes: the store's step (the accumulation period of a depth).
         zr: ``(a, b)`` of Z = a R^b, for reflectivity.
+        scale_factor, add_offset, fill_value: the variable's CF packing (``_FillValue``:
+            None where there is none or it is NaN), which xarray undoes itself and a raw
+            zarr read must undo (:meth:`raw_to_rate`).
     """
 
     variable: str
     units: str
     step_minutes: int = 0
     zr: tuple[float, float] = MARSHALL_PALMER
+    scale_factor: float = 1.0
+    add_offset: float = 0.0
+    fill_value: float | None = None
 
     def __post_init__(self) -> None:
         known = (*RATE_UNITS, *DEPTH_UNITS, *REFLECTIVITY_UNITS)
@@ -467,6 +480,35 @@ class RateSource:
             return values * np.float32(DEPTH_UNITS[self.units] * 60.0 / self.step_minutes)
         a, b = self.zr  # dBZ -> Z (mm6 m-3) -> R = (Z / a)^(1 / b)
         return ((10.0 ** (values / 10.0)) / a) ** (1.0 / b)
+
+    @property
+    def packing(self) -> dict[str, float]:
+        """The CF packing fields that differ from no packing (empty for most stores): what
+        derived caches add to their keys, so that caches made before the packing was undone
+        are rebuilt and all others kept."""
+        unpacked = {"scale_factor": 1.0, "add_offset": 0.0, "fill_value": None}
+        return {k: getattr(self, k) for k, v in unpacked.items() if getattr(self, k) != v}
+
+    def raw_to_rate(self, raw: np.ndarray) -> np.ndarray:
+        """Rain rate (float32, mm/h) of values read from the zarr array itself, not through
+        xarray: CF-decoded first as xarray decodes them (the fill value -> NaN, then times
+        ``scale_factor`` plus ``add_offset``)."""
+        if self.fill_value is None and (self.scale_factor, self.add_offset) == (1.0, 0.0):
+            return self.to_rate(raw)
+        raw = np.asarray(raw)
+        values = raw * np.float64(self.scale_factor) + self.add_offset  # float64, as xarray's
+        if self.fill_value is not None:
+            values = np.where(raw == self.fill_value, np.nan, values)
+        return self.to_rate(values)
+
+
+def cf_packing(encoding: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`RateSource` CF packing fields of a variable xarray opened, from its
+    ``encoding``."""
+    fill = encoding.get("_FillValue")
+    fill = None if fill is None or np.isnan(float(fill)) else float(fill)
+    return {"scale_factor": float(encoding.get("scale_factor", 1.0)),
+            "add_offset": float(encoding.get("add_offset", 0.0)), "fill_value": fill}
 
 
 def rate_source(ds: xr.Dataset) -> RateSource:
@@ -517,7 +559,7 @@ def _as_metnet_store(ds: xr.Dataset, name: str) -> xr.Dataset:
           float(source_var.attrs.get("zr_b", MARSHALL_PALMER[1])))
     try:
         source = RateSource(found, str(source_var.attrs.get("units", "")).strip(),
-                            int(attrs["step_minutes"]), zr)
+                            int(attrs["step_minutes"]), zr, **cf_packing(source_var.encoding))
     except StoreError as err:
         raise StoreError(f"{name}: {err}") from None
     rate = xr.Variable(source_var.dims, indexing.LazilyIndexedArray(
@@ -559,20 +601,22 @@ def store_fingerprint(store: str | Path, storage_options: dict[str, Any] | None 
             digest.update(f"{file.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
         return digest.hexdigest()
     fs, root = fsspec.core.url_to_fs(str(store), **(storage_options or {}))
-    for document in ("zarr.json", ".zmetadata"):
+    for document in METADATA_DOCUMENTS:
         try:
             digest.update(fs.cat_file(f"{root.rstrip('/')}/{document}"))
             return digest.hexdigest()
         except FileNotFoundError:
             continue
-    raise StoreError(f"{store}: no zarr.json or .zmetadata to fingerprint the store by")
+    raise StoreError(f"{store}: no {' or '.join(METADATA_DOCUMENTS)} to fingerprint the store "
+                     "by")
 
 
 def cache_folder(store: str | Path, cache_dir: str | Path | None = None) -> Path:
     """The local folder, created, for what metnet derives from a store (motion caches, the
     sample index).
 
-    ``cache_dir`` when given (for a remote store, its sub-folder named after the URL);
+    ``cache_dir`` when given (its sub-folder named after the store's URL or absolute path:
+    stores of one name elsewhere must not share a folder);
     otherwise ``.metnet-cache`` beside a local store, or, for a remote store or a local one
     whose folder cannot be written, ``$XDG_CACHE_HOME/metnet/<store path or URL>`` (default
     ``~/.cache/metnet/...``).
@@ -599,7 +643,7 @@ def cache_folders(store: str | Path, cache_dir: str | Path | None = None) -> lis
     user = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "metnet"
             / _folder_name(key))
     if cache_dir:
-        return [Path(cache_dir).expanduser() / (_folder_name(key) if is_remote(store) else "")]
+        return [Path(cache_dir).expanduser() / _folder_name(key)]
     if is_remote(store):
         return [user]
     return [local_path(store).parent / CACHE_DIR, user]
@@ -622,8 +666,10 @@ def open_group(store: str | Path, storage_options: dict[str, Any] | None = None)
 
 def check_store(store: str | Path, progress: bool = False,
                 storage_options: dict[str, Any] | None = None) -> list[tuple[str, str]]:
-    """Read every frame of a store: the ``(time, problem)`` of each frame whose chunk is
-    missing (zarr would read it as NaN) or cannot be decoded; empty when all are sound.
+    """Read every frame of a store: the ``(time, problem)`` of each frame with a chunk that
+    is missing (zarr would read it as the fill value) or cannot be decoded; empty when all
+    are sound. Every chunk (or shard) a frame touches is checked, however the store is
+    chunked in time and space.
 
     Raises:
         StoreError: when the store cannot be opened at all.
@@ -634,20 +680,37 @@ def check_store(store: str | Path, progress: bool = False,
     times = ds["time"].values
     array = open_group(store, storage_options)[rate_source(ds).variable]
     fs, root = fsspec.core.url_to_fs(str(store), **(storage_options or {}))
+    stored = array.shards or array.chunks  # the shape of one stored object
+    grid = [range(-(-n // c)) for n, c in zip(array.shape[1:], stored[1:], strict=True)]
+    exists: dict[str, bool] = {}  # a chunk of several frames is looked for once
     bad = []
     for i in tqdm(range(len(times)), desc=f"check {store_name(store)}", unit="frame",
                   disable=not progress):
         when = str(np.datetime_as_string(times[i], unit="m"))
-        key = array.metadata.encode_chunk_key((i, *([0] * (array.ndim - 1))))
-        if not fs.exists(f"{root.rstrip('/')}/{array.path}/{key}"):
-            bad.append((when, f"chunk {array.path}/{key} is missing"))
+        keys = [f"{array.path}/{array.metadata.encode_chunk_key((i // stored[0], *spatial))}"
+                for spatial in itertools.product(*grid)]
+        for key in keys:
+            if key not in exists:
+                exists[key] = fs.exists(f"{root.rstrip('/')}/{key}")
+        if missing := [key for key in keys if not exists[key]]:
+            bad.append((when, f"{_chunks(missing)} {'is' if len(missing) == 1 else 'are'} "
+                              "missing"))
             continue
         try:
             array[i]
         except Exception as err:  # codecs raise anything from ValueError to RuntimeError
-            bad.append((when, f"chunk {array.path}/{key} cannot be decoded "
+            which = _chunks(keys) if len(keys) == 1 else f"one of its {_chunks(keys)}"
+            bad.append((when, f"{which} cannot be decoded "
                               f"({type(err).__name__}: {err})"))
     return bad
+
+
+def _chunks(keys: Sequence[str]) -> str:
+    """``chunk KEY``, or ``chunks KEY, KEY, ...`` (the first few and how many more)."""
+    if len(keys) == 1:
+        return f"chunk {keys[0]}"
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    return f"chunks {', '.join(keys[:3])}{more}"
 
 
 def validate(ds: xr.Dataset, name: str = "store") -> None:
