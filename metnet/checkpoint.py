@@ -36,7 +36,7 @@ from torch import nn
 
 from metnet.atomic import atomic_write
 from metnet.calibration import Calibration
-from metnet.data.frames import pixel_size
+from metnet.data.frames import PIXEL_SIZE_RTOL, pixel_size
 from metnet.models import MetNet
 
 FORMAT_VERSION = 1
@@ -263,7 +263,7 @@ def store_problems(config: Mapping[str, Any], settings: Mapping[str, Any],
     problems = []
     if pixel is not None:
         size, unit = pixel_size(store["x"].values, str(store["x"].attrs.get("units", "m")))
-        if unit != pixel[1] or not math.isclose(size, pixel[0], rel_tol=1e-6):
+        if unit != pixel[1] or not math.isclose(size, pixel[0], rel_tol=PIXEL_SIZE_RTOL):
             problems.append(f"the model was trained on {pixel[0]:g} {pixel[1]} pixels; the "
                             f"store's are {size:g} {unit} (ingest the data at the model's "
                             "pixel size, e.g. with --coarsen, or train on the store's)")

@@ -410,7 +410,8 @@ def _model_and_store(p: ArgumentParser) -> None:
                    "ones, else every store step up to the checkpoint's longest lead)")
     p.add_argument("--thresholds", type=list[float], default=THRESHOLDS,
                    help="rain-rate thresholds in mm/h")
-    p.add_argument("--batch_tiles", type=int, default=8, help="tiles per network call")
+    p.add_argument("--batch_tiles", type=int, default=8,
+                   help="tiles per network call (networks with a positional embedding)")
     _flag(p, "--uncalibrated", "ignore the checkpoint's calibration (`metnet calibrate`)")
 
 

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from metnet.data.alignment import Interpolation, SatelliteAlignment, lonlat
 from metnet.data.dataset import Domain, NowcastDataset, SampleSpec, channel_names, collate
-from metnet.data.frames import Cache, StoreFrames, pixel_size
+from metnet.data.frames import PIXEL_SIZE_RTOL, Cache, StoreFrames, pixel_size
 from metnet.data.motion import MOTION_FRAMES, MotionCache, lead_channel_names
 from metnet.data.patches import PatchWeights
 from metnet.data.sampler import EpochSampler, ResumableDataLoader
@@ -67,7 +67,6 @@ STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
     "predict": ("test",),
     None: ("train",),
 }
-PIXEL_SIZE_RTOL = 1e-3
 
 
 class NowcastDataModule(L.LightningDataModule):

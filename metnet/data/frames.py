@@ -31,6 +31,9 @@ from metnet.transforms import clean_rate, rate_to_input_
 Cache = Literal["memory", "lazy"]
 LOAD_CHUNK_FRAMES = 32
 METRES_PER_UNIT = {"m": 1.0, "metre": 1.0, "meter": 1.0, "km": 1000.0}
+#: Pixel sizes this close count as equal: national grids called "2 km" differ in the
+#: fourth digit (FMI's is 1999.35 m).
+PIXEL_SIZE_RTOL = 1e-3
 
 
 def pixel_size(x: np.ndarray, units: str) -> tuple[float, str]:
