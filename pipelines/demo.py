@@ -70,8 +70,10 @@ def draw_forecast(cli: MetNetCLI, path: Path) -> Path:
     batches = list(cli.datamodule.test_dataloader())
     batch = max(batches, key=lambda b: float(torch.nan_to_num(b["target"]).sum()))
     index = int(torch.nan_to_num(batch["target"]).sum((1, 2, 3)).argmax())
+    sample = {key: value[index : index + 1] for key, value in batch.items()
+              if isinstance(value, torch.Tensor)}
     with torch.no_grad():
-        logits = model(batch["context"][index : index + 1], batch["lead_times"][index : index + 1])
+        logits = model.logits(sample)  # with the per-lead inputs of a motion network
     dist = RainRateDistribution(logits[0], model.bin_edges, dim=1)
     observed = batch["target"][index]
     persistence = model.persistence(batch["context"][index : index + 1], observed[None])[0]
