@@ -3,11 +3,15 @@ checkpoint, the real-data folder, ingested stores."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import os
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import lightning as L
@@ -28,6 +32,26 @@ TINY = dict(input_channels=2, context_frames=3, input_size=32, target_size=16, p
             heads=2, max_lead_minutes=30, lead_step_minutes=5)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
+        """No request log on stderr."""
+
+
+@contextmanager
+def serve_folder(root: Path) -> Iterator[str]:
+    """Serve ``root`` over HTTP from a real server on 127.0.0.1; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def run_metnet(*args: object, cwd: Path) -> subprocess.CompletedProcess:

@@ -5,9 +5,6 @@ remote store go to a local cache folder."""
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import numpy as np
 import pyproj
 import pytest
 import xarray as xr
-from conftest import run_metnet
+from conftest import run_metnet, serve_folder
 from zarr.codecs import ZstdCodec
 
 from metnet.data.frames import StoreFrames
@@ -36,23 +33,12 @@ REPO = Path(__file__).resolve().parents[1]
 MISSING = 30
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
-        """No request log on stderr."""
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """A folder served over HTTP by a server on 127.0.0.1, and its base URL."""
     root = tmp_path_factory.mktemp("served")
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serve_folder(root) as url:
+        yield root, url
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ extends in a background thread, locally and at a URL, stopped by its limits or C
 from __future__ import annotations
 
 import _thread
-import functools
-import http.server
 import re
 import threading
 import time
@@ -15,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import run_metnet
+from conftest import run_metnet, serve_folder
 
 from metnet.forecast import deferred_interrupt, watch_forecasts
 from metnet.io.store import append_frames, write_store
@@ -28,22 +26,11 @@ APPENDS = ([4], [5, 6], [8], [9], [10])
 LATENCY = r"forecast written (-?\d+\.\d) s after the frame arrived"
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
-        """No request log on stderr."""
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """A folder served over HTTP by a server on 127.0.0.1, and its base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serve_folder(tmp_path) as url:
+        yield tmp_path, url
 
 
 def start_store(path: Path) -> xr.Dataset:
