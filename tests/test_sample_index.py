@@ -24,7 +24,7 @@ from metnet.data.patches import PatchWeights
 from metnet.io import sample_index
 from metnet.io.ingest import ingest
 from metnet.io.sample_index import PatchLattice, sample_fractions
-from metnet.io.sources import resolve_source
+from metnet.io.sources import Source, resolve_source
 from metnet.io.store import append_frames, cache_folder, open_store, write_store
 from metnet.io.synthetic import synthesize
 
@@ -164,13 +164,20 @@ def test_a_killed_build_resumes_where_it_stopped(tmp_path, monkeypatch):
     np.testing.assert_array_equal(cover, expected[1])
 
 
-def test_ingest_extends_the_index_reading_only_the_new_frames(tmp_path, monkeypatch):
+def _ingest_cf(tmp_path: Path, times: pd.DatetimeIndex) -> tuple[Path, Path, Source]:
+    """``metnet ingest`` of a CF file ``cf/a.nc`` at ``times`` into ``s.zarr``: (the source
+    folder, the store, the source), so that a test can add ``cf/b.nc`` and ingest again."""
     src, out = tmp_path / "cf", tmp_path / "s.zarr"
     src.mkdir()
-    times = pd.date_range("2024-06-01T12:00", periods=14, freq="10min")
-    _cf_rate(src / "a.nc", times[:8], seed=0)
+    _cf_rate(src / "a.nc", times, seed=0)
     source = resolve_source(importer="xarray", pattern="*.nc", importer_args={"variable": "RR"})
     ingest(src, source, out, progress=False)
+    return src, out, source
+
+
+def test_ingest_extends_the_index_reading_only_the_new_frames(tmp_path, monkeypatch):
+    times = pd.date_range("2024-06-01T12:00", periods=14, freq="10min")
+    src, out, source = _ingest_cf(tmp_path, times[:8])
     lattice = PatchLattice(40, 48, 24, 8, 4)
     sample_fractions(out, lattice, 0.5, 200.0, progress=False)
     (index,) = _index_files(tmp_path / ".metnet-cache")
@@ -217,12 +224,8 @@ def test_an_index_ingest_extended_past_the_store_a_setup_saw_is_kept(tmp_path, m
 
 
 def test_ingest_does_not_wait_for_an_index_a_setup_is_building(tmp_path):
-    src, out = tmp_path / "cf", tmp_path / "s.zarr"
-    src.mkdir()
     times = pd.date_range("2024-06-01T12:00", periods=10, freq="10min")
-    _cf_rate(src / "a.nc", times[:6], seed=0)
-    source = resolve_source(importer="xarray", pattern="*.nc", importer_args={"variable": "RR"})
-    ingest(src, source, out, progress=False)
+    src, out, source = _ingest_cf(tmp_path, times[:6])
     sample_fractions(out, PatchLattice(40, 48, 24, 8, 4), 0.5, 200.0, progress=False)
     (index,) = _index_files(tmp_path / ".metnet-cache")
     _cf_rate(src / "b.nc", times[6:], seed=1)
