@@ -177,12 +177,76 @@ def test_two_workers_give_the_same_batches_as_none(synthetic_store):
         assert torch.equal(x["context"], y["context"]) and torch.equal(x["row"], y["row"])
 
 
-def test_lazy_reads_equal_the_memory_cache(synthetic_store):
-    memory, lazy = _dm(synthetic_store), _dm(synthetic_store, cache="lazy")
-    for key in [(0, 0), (1, 5), (2, 11)]:
-        a, b = memory.datasets["train"][key], lazy.datasets["train"][key]
-        torch.testing.assert_close(a["context"], b["context"], rtol=0, atol=0)
-        torch.testing.assert_close(a["target"], b["target"], rtol=0, atol=0, equal_nan=True)
+@pytest.mark.parametrize("lazy_cache_mb", [256, 0.5, 0])
+def test_lazy_reads_equal_the_memory_cache(synthetic_store, lazy_cache_mb):
+    """Whether frames are kept decoded (256 MB), too big for the cache (0.5 MB: read past
+    it) or not kept at all (0), a lazy batch is the memory cache's, value for value."""
+    memory = _dm(synthetic_store)
+    lazy = _dm(synthetic_store, cache="lazy", lazy_cache_mb=lazy_cache_mb)
+    keys = [(0, 0), (1, 5), (2, 11), (0, 1), (0, 0)]
+    a, b = memory.datasets["train"].__getitems__(keys), lazy.datasets["train"].__getitems__(keys)
+    torch.testing.assert_close(a["context"], b["context"], rtol=0, atol=0)
+    torch.testing.assert_close(a["target"], b["target"], rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_lazy_batch_of_one_block_decodes_each_frame_once(synthetic_store, monkeypatch):
+    """The default lazy training batch is a block of neighbouring windows: its frames are
+    decoded once for the whole batch, not once per sample."""
+    dm = _dm(synthetic_store, cache="lazy", patches_per_window=2)
+    decoded = []
+    frames = dm.datasets["train"].domains[0].frames
+    decode = type(frames)._decode
+
+    def counting(self, which: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+        decoded.extend(which)
+        return decode(self, which, rows, cols)
+    monkeypatch.setattr(type(frames), "_decode", counting)
+    batch = next(iter(dm.train_dataloader()))
+    windows = dm.datasets["train"].windows[0]
+    needed = set()
+    for init_time in batch["init_time"].tolist():
+        window = int(np.flatnonzero(windows.init_time.astype(np.int64) == init_time)[0])
+        needed |= set(windows.context[window]) | set(windows.target[window])
+    assert sorted(decoded) == sorted(needed)
+    assert len(set(batch["init_time"].tolist())) == SMALL["batch_size"] // 2
+
+
+def test_two_lazy_workers_each_serve_whole_blocks_and_together_the_epoch(synthetic_store):
+    dm = _dm(synthetic_store, cache="lazy")  # blocks of 4 batches of 4 samples
+    serial = list(dm.train_dataloader())
+    dm.hparams.num_workers = 2
+    loader = dm.train_dataloader()
+    keys = [i for _, i in loader.sampler]
+    batches = [keys[k:k + 4] for k in range(0, len(keys), 4)]
+    first_worker = [i for batch in batches[0::2] for i in batch]  # batch k: worker k % 2
+    block = min(16, len(dm.datasets["train"]) - first_worker[0])
+    assert first_worker[:block] == list(range(first_worker[0], first_worker[0] + block))
+
+    def samples(batches: list[dict]) -> list[tuple[int, int, int]]:
+        return sorted((int(t), int(r), int(c)) for b in batches
+                      for t, r, c in zip(b["init_time"], b["row"], b["col"], strict=True))
+    assert samples(list(loader)) == samples(serial)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_block_shuffle_keeps_blocks_whole_and_shares_disjoint(synthetic_store, replicas):
+    dm = _dm(synthetic_store, shuffle_block=3)
+    n = len(dm.datasets["train"])
+    orders = []
+    for epoch in (0, 1):
+        shares = []
+        for rank in range(replicas):
+            sampler = dm.dataloader("train", num_replicas=replicas, rank=rank).sampler
+            sampler.set_epoch(epoch)
+            shares.append([i for _, i in sampler])
+        taken = [i for share in shares for i in share]
+        assert len(taken) == len(set(taken)) == n - n % replicas
+        # blocks of 3 consecutive samples, in shuffled order, each entered at its start
+        assert taken[0] % 3 == 0
+        assert all(now % 3 == 0 or now == before + 1
+                   for before, now in zip(taken[:-1], taken[1:], strict=True))
+        orders.append(taken)
+    assert orders[0] != orders[1]
 
 
 def test_training_patches_are_drawn_where_it_rains(tmp_path):
@@ -253,6 +317,7 @@ BAD_CONFIGS = [
     ({"lead_times": [120]}, "no complete window in the val split"),
     ({"target_size": 80}, "target_size=80 must be between 1 and context_size=64"),
     ({"cache": "disk"}, "cache='disk'"),
+    ({"shuffle_block": 0}, "shuffle_block=0 must be >= 1"),
     ({"context_step_minutes": 7}, "context_step_minutes=7 is not a multiple of step_minutes=5"),
     ({"train_fraction": 0}, "train_fraction=0 must be in"),
     ({"splits": {"train": [["2024-06-01T12:00", "2024-06-01T15:00"]],

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from metnet.data.alignment import Interpolation, SatelliteAlignment, lonlat
 from metnet.data.dataset import Domain, NowcastDataset, SampleSpec, channel_names, collate
-from metnet.data.frames import PIXEL_SIZE_RTOL, Cache, StoreFrames, pixel_size
+from metnet.data.frames import LAZY_CACHE_MB, PIXEL_SIZE_RTOL, Cache, StoreFrames, pixel_size
 from metnet.data.motion import MOTION_FRAMES, MotionCache, lead_channel_names
 from metnet.data.patches import PatchWeights
 from metnet.data.sampler import EpochSampler, ResumableDataLoader
@@ -60,6 +60,8 @@ from metnet.io.sample_index import PatchLattice, sample_fractions
 from metnet.io.store import is_remote, open_store
 
 Split = Literal["train", "val", "test"]
+#: Batches per shuffled block of neighbouring samples, by default with ``cache: lazy``.
+LAZY_BATCHES_PER_BLOCK = 4
 STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
     "fit": ("train", "val"),
     "validate": ("val",),
@@ -118,8 +120,14 @@ class NowcastDataModule(L.LightningDataModule):
         rain_threshold: rate (mm/h) above which a pixel counts as wet for patch weights.
         rain_weight_eps: weight of a dry observed target relative to a wet one.
         max_rate: rates above this (mm/h) are unphysical and become NaN.
-        cache: ``memory`` (read every frame once at setup) or ``lazy`` (read per sample; setup
+        cache: ``memory`` (read every frame once at setup) or ``lazy`` (read per batch; setup
             then reads only the stores' coordinates and sample indexes).
+        lazy_cache_mb: with ``cache: lazy``, memory for the last decoded frames, per loader
+            process, in MB (:mod:`metnet.data.frames`).
+        shuffle_block: training shuffles blocks of this many consecutive samples (a window's
+            patches, then the next windows in time), so that a batch decodes few frames
+            (:mod:`metnet.data.sampler`); default 4 batches with ``cache: lazy``, 1 (every
+            sample shuffled on its own) with ``cache: memory``.
         batch_size: samples per batch.
         num_workers: DataLoader worker processes.
         pin_memory: pin batches (for GPU training).
@@ -157,6 +165,8 @@ class NowcastDataModule(L.LightningDataModule):
         rain_weight_eps: float = 0.1,
         max_rate: float = 200.0,
         cache: Cache = "memory",
+        lazy_cache_mb: float = LAZY_CACHE_MB,
+        shuffle_block: int | None = None,
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -170,7 +180,8 @@ class NowcastDataModule(L.LightningDataModule):
         if lead_times is None:
             lead_times = list(range(step_minutes, 61, step_minutes))
         _check_config(stores, context_frames, context_size, target_size, step_minutes,
-                      patches_per_window, eval_patches_per_window, batch_size, cache)
+                      patches_per_window, eval_patches_per_window, batch_size, cache,
+                      shuffle_block)
         self.split_ranges = parse_split_ranges(splits) if splits else None
         if not 0 < train_fraction <= 1:
             raise DataConfigError(f"train_fraction={train_fraction} must be in (0, 1]")
@@ -251,6 +262,9 @@ class NowcastDataModule(L.LightningDataModule):
             rank=default_rank if rank is None else rank,
             shuffle=split == "train",
             seed=self.hparams.seed,
+            shuffle_block=self.shuffle_block,
+            batch_size=self.hparams.batch_size,
+            workers=self.hparams.num_workers,
         )
         workers = self.hparams.num_workers
         loader = ResumableDataLoader if split == "train" else DataLoader
@@ -263,6 +277,14 @@ class NowcastDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=self.hparams.pin_memory,
         )
+
+    @property
+    def shuffle_block(self) -> int:
+        """Consecutive samples shuffled together in training (see ``shuffle_block``)."""
+        hp = self.hparams
+        if hp.shuffle_block is not None:
+            return hp.shuffle_block
+        return LAZY_BATCHES_PER_BLOCK * hp.batch_size if hp.cache == "lazy" else 1
 
     def train_dataloader(self) -> DataLoader:
         return self.dataloader("train")
@@ -289,7 +311,8 @@ class NowcastDataModule(L.LightningDataModule):
         domains = [self._domain(path, keep) for path, (keep, _) in zip(self.stores, plan,
                                                                        strict=True)]
         satellites = [StoreFrames(p, cache=hp.cache, max_rate=hp.max_rate,
-                                  storage_options=self.storage_options)
+                                  storage_options=self.storage_options,
+                                  lazy_cache_mb=hp.lazy_cache_mb)
                       for p in self.satellite_stores]
         for domain in domains:
             domain.satellites = [
@@ -340,7 +363,8 @@ class NowcastDataModule(L.LightningDataModule):
     def _domain(self, path: str, keep: np.ndarray) -> Domain:
         hp = self.hparams
         frames = StoreFrames(path, keep, cache=hp.cache, max_rate=hp.max_rate,
-                             storage_options=self.storage_options)
+                             storage_options=self.storage_options,
+                             lazy_cache_mb=hp.lazy_cache_mb)
         lattice = PatchLattice(*frames.shape, self.spec.context_size, self.spec.target_size,
                                self.patch_stride)
         wet, cover = sample_fractions(path, lattice, hp.rain_threshold, hp.max_rate, keep,
@@ -358,7 +382,7 @@ def _note(line: str) -> None:
 def _check_config(
     stores: list[str], context_frames: int, context_size: int, target_size: int,
     step_minutes: int, patches_per_window: int, eval_patches_per_window: int,
-    batch_size: int, cache: str,
+    batch_size: int, cache: str, shuffle_block: int | None,
 ) -> None:
     """Raise :class:`DataConfigError` naming the first bad argument."""
     problems = [
@@ -370,6 +394,8 @@ def _check_config(
         (min(patches_per_window, eval_patches_per_window) < 1,
          "patches_per_window and eval_patches_per_window must be >= 1"),
         (batch_size < 1, f"batch_size={batch_size} must be >= 1"),
+        (shuffle_block is not None and shuffle_block < 1,
+         f"shuffle_block={shuffle_block} must be >= 1"),
         (cache not in ("memory", "lazy"), f"cache={cache!r} must be 'memory' or 'lazy'"),
     ]
     for bad, message in problems:
