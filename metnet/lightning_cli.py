@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import (
     ProgressBar,
     RichProgressBar,
 )
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from metnet.atomic import atomic_write
@@ -33,6 +33,18 @@ from metnet.calibration import fit_calibration
 from metnet.checkpoint import Checkpoint
 from metnet.data.datamodule import NowcastDataModule
 from metnet.training import NowcastModule
+
+
+class SaveConfigWithoutSecrets(SaveConfigCallback):
+    """Lightning's ``config.yaml`` of a run, less ``data.storage_options``: fsspec options may
+    hold credentials (an S3 key and secret, a token), which a log folder must not keep.
+    A run from that file takes them again on the command line or from the environment."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.config.get("data") is not None and "storage_options" in self.config.data:
+            self.config = self.config.clone()
+            self.config.data.storage_options = None
+        super().setup(trainer, pl_module, stage)
 
 
 class MetNetCLI(LightningCLI):
@@ -277,6 +289,7 @@ def run_lightning(argv: Sequence[str]) -> int:
             NowcastModule,
             NowcastDataModule,
             args=list(argv),
+            save_config_callback=SaveConfigWithoutSecrets,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"exit_on_error": False},  # a usage error is one line (metnet.cli)
         )

@@ -232,9 +232,14 @@ def test_no_writable_cache_folder_is_one_line(tmp_path):
 def test_fit_and_forecast_from_a_url(served, synthetic_url, tiny_checkpoint, tmp_path,
                                      monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    result = run_metnet("fit", *tiny_fit(synthetic_url), cwd=tmp_path)
+    secret = "Bearer secret-token-8d1f"  # fsspec options may carry credentials
+    result = run_metnet("fit", *tiny_fit(synthetic_url), "--data.storage_options",
+                        f"{{headers: {{Authorization: {secret}}}}}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "outputs/checkpoints/last.ckpt").is_file()
+    written = [f for f in (tmp_path / "outputs").rglob("*") if f.is_file()]
+    assert any(f.name == "config.yaml" for f in written)
+    assert not [str(f) for f in written if secret.encode() in f.read_bytes()]
     # the motion cache of the remote store is in the user cache, nothing beside the store
     assert list((tmp_path / "xdg" / "metnet").glob("*/synthetic.motion-*.zarr"))
     root, _ = served
