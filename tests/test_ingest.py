@@ -1,12 +1,20 @@
-"""Ingest of the real archives in ../shared/data, compared with pysteps read directly."""
+"""Ingest of the real archives in ../shared/data, compared with pysteps read directly.
+
+The rules of ingest (order, idempotence, the writer lock, kill-and-resume, nothing lost) are
+tested in this process and, through the ``workers`` fixture, on a Dask cluster of 2 worker
+processes.
+"""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +27,7 @@ from pysteps.utils import to_rainrate
 from metnet.io.ingest import IngestError, block_mean, ingest
 from metnet.io.sources import UnknownSourceError, get_source
 from metnet.io.store import open_store
+from tests.conftest import run_metnet
 
 # source, folder, (start, end) of a small subset, importer kwargs for the direct read
 CASES = [
@@ -40,6 +49,27 @@ def _read_direct(source: str, path: str, kwargs: dict) -> tuple[np.ndarray, dict
     if metadata.get("accutime") is None:
         metadata["accutime"] = spec.step_minutes
     return to_rainrate(field, metadata)
+
+
+@pytest.fixture(scope="module")
+def dask_scheduler() -> Iterator[str]:
+    """The address of a local Dask cluster of 2 single-threaded worker processes."""
+    import logging
+
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(params=["in-process", "2 workers"])
+def workers(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Keyword arguments of ``ingest``: in this process, or on the 2 workers of a running
+    cluster (``--scheduler``; ``--workers 2`` starts one per ingest, tested apart)."""
+    if request.param == "in-process":
+        return {}
+    return {"scheduler": request.getfixturevalue("dask_scheduler")}
 
 
 @pytest.mark.parametrize(("source", "folder", "period", "kwargs"), CASES, ids=[c[0] for c in CASES])
@@ -119,23 +149,29 @@ def fmi_copy(shared_data, tmp_path):
     return src
 
 
-def test_truncated_file_is_skipped_with_a_warning_naming_it(fmi_copy, tmp_path):
+def test_truncated_file_is_skipped_with_a_warning_naming_it(fmi_copy, tmp_path, workers):
     bad = sorted(fmi_copy.iterdir())[3]
     bad.write_bytes(bad.read_bytes()[:500])
     warnings = []
-    report = ingest(fmi_copy, "fmi", tmp_path / "s.zarr", progress=False, warn=warnings.append)
+    report = ingest(fmi_copy, "fmi", tmp_path / "s.zarr", progress=False,
+                    warn=warnings.append, **workers)
     assert report.written == 7
     assert [p for p, _ in report.skipped] == [bad]
     assert len(warnings) == 1 and bad.name in warnings[0]
     ds = open_store(tmp_path / "s.zarr")
     assert len(ds.missing_times) == 1  # the bad frame's time is a recorded gap, not filled
+    after = sorted(fmi_copy.iterdir())[4]  # the frame after the gap is the store's 4th
+    assert ds.attrs["source_files"][3] == str(after)
+    rate, _ = _read_direct("fmi", str(after), {"gzipped": True})
+    np.testing.assert_allclose(ds.rain_rate.isel(time=3).values, rate.astype(np.float32),
+                               rtol=1e-6, equal_nan=True)
 
 
-def test_strict_stops_at_a_bad_file_and_leaves_no_store(fmi_copy, tmp_path):
+def test_strict_stops_at_a_bad_file_and_leaves_no_store(fmi_copy, tmp_path, workers):
     bad = sorted(fmi_copy.iterdir())[5]
     bad.write_bytes(b"not a pgm")
     with pytest.raises(IngestError, match=bad.name):
-        ingest(fmi_copy, "fmi", tmp_path / "s.zarr", strict=True, progress=False)
+        ingest(fmi_copy, "fmi", tmp_path / "s.zarr", strict=True, progress=False, **workers)
     # Nothing but the writer lock file (kept: removing a flock file races with a new writer).
     assert [p.name for p in tmp_path.glob("*s.zarr*")] == [".s.zarr.lock"]
 
@@ -151,23 +187,23 @@ def test_time_off_the_step_is_skipped(fmi_copy, tmp_path):
     assert len(warnings) == 1 and str(off) in warnings[0]
 
 
-def test_grid_that_differs_from_the_store_is_refused(fmi_copy, tmp_path):
+def test_grid_that_differs_from_the_store_is_refused(fmi_copy, tmp_path, workers):
     out = tmp_path / "s.zarr"
     ingest(fmi_copy, "fmi", out, end="2016-09-28T15:00", window="rows=0:100,cols=0:100",
-           progress=False)
+           progress=False, **workers)
     with pytest.raises(IngestError, match="grid or projection differs"):
-        ingest(fmi_copy, "fmi", out, strict=True, progress=False)
+        ingest(fmi_copy, "fmi", out, strict=True, progress=False, **workers)
     with pytest.raises(IngestError, match=r"none of the 4 frames was written \(4 x grid or "
                        r"projection differs .*\); the store holds fmi frames on a 100 x 100 px"):
-        ingest(fmi_copy, "fmi", out, progress=False)
+        ingest(fmi_copy, "fmi", out, progress=False, **workers)
     assert open_store(out).sizes["time"] == 4
 
 
-def test_rerun_adds_only_missing_times(fmi_copy, tmp_path):
+def test_rerun_adds_only_missing_times(fmi_copy, tmp_path, workers):
     out = tmp_path / "s.zarr"
-    first = ingest(fmi_copy, "fmi", out, end="2016-09-28T15:00", progress=False)
-    second = ingest(fmi_copy, "fmi", out, progress=False)
-    third = ingest(fmi_copy, "fmi", out, progress=False)
+    first = ingest(fmi_copy, "fmi", out, end="2016-09-28T15:00", progress=False, **workers)
+    second = ingest(fmi_copy, "fmi", out, progress=False, **workers)
+    third = ingest(fmi_copy, "fmi", out, progress=False, **workers)
     assert (first.written, second.written, second.already_present) == (4, 4, 4)
     assert (third.written, third.already_present) == (0, 8)
     assert open_store(out).sizes["time"] == 8
@@ -189,27 +225,37 @@ def _committed_frames(path: Path) -> int:
         return 0
 
 
-def _ingest_process(src: Path, out: Path) -> subprocess.Popen:
+def _ingest_process(src: Path, out: Path, workers: int) -> subprocess.Popen:
+    """``metnet ingest`` of KNMI files in a process of its own (with ``--workers``: and the
+    local cluster's worker processes it starts)."""
     command = [sys.executable, "-m", "metnet.cli", "ingest", str(src), "--source", "knmi",
-               "--out", str(out)]
+               "--out", str(out), "--workers", str(workers)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _kill_after(process: subprocess.Popen, path: Path, frames: int, timeout: float = 120) -> None:
+    """SIGKILL the ingest once ``path`` has ``frames`` committed; the worker processes it
+    started must end with it."""
+    import psutil
+
     deadline = time.monotonic() + timeout
     while _committed_frames(path) < frames and process.poll() is None:
         assert time.monotonic() < deadline, "ingest made no progress"
         time.sleep(0.02)
+    children = psutil.Process(process.pid).children(recursive=True)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"worker processes outlived the killed ingest: {alive}"
 
 
-def test_sigkill_during_a_new_store_leaves_no_store_and_rerun_completes(shared_data, tmp_path):
+def test_sigkill_during_a_new_store_leaves_no_store_and_rerun_completes(shared_data, tmp_path,
+                                                                        workers):
     src, out = shared_data / "radar/KNMI", tmp_path / "k.zarr"
-    process = _ingest_process(src, out)
+    process = _ingest_process(src, out, workers=2 if workers else 1)
     _kill_after(process, tmp_path / ".k.zarr.partial", 24)
     assert not out.exists()
-    report = ingest(src, "knmi", out, progress=False)
+    report = ingest(src, "knmi", out, progress=False, **workers)
     assert report.already_present >= 24
     ds = open_store(out)
     assert ds.sizes["time"] == 92
@@ -221,10 +267,11 @@ def test_sigkill_during_a_new_store_leaves_no_store_and_rerun_completes(shared_d
     )
 
 
-def test_sigkill_while_extending_a_store_keeps_every_committed_frame(shared_data, tmp_path):
+def test_sigkill_while_extending_a_store_keeps_every_committed_frame(shared_data, tmp_path,
+                                                                     workers):
     src, out = shared_data / "radar/KNMI", tmp_path / "k.zarr"
-    ingest(src, "knmi", out, end="2010-08-26T00:35", progress=False)
-    process = _ingest_process(src, out)
+    ingest(src, "knmi", out, end="2010-08-26T00:35", progress=False, **workers)
+    process = _ingest_process(src, out, workers=2 if workers else 1)
     _kill_after(process, out, 24)
     ds = xr.open_zarr(out)  # plain xarray opens it, with a complete prefix
     n = ds.sizes["time"]
@@ -232,29 +279,31 @@ def test_sigkill_while_extending_a_store_keeps_every_committed_frame(shared_data
     assert np.isfinite(ds.rain_rate.isel(time=n - 1)).any()
     np.testing.assert_array_equal(
         ds.time.values, pd.date_range("2010-08-26T00:00", periods=n, freq="5min").values)
-    ingest(src, "knmi", out, progress=False)
+    ingest(src, "knmi", out, progress=False, **workers)
     assert open_store(out).sizes["time"] == 92
 
 
-def test_a_second_writer_is_refused_naming_the_first(fmi_copy, tmp_path):
+def test_a_second_writer_is_refused_naming_the_first(fmi_copy, tmp_path, workers):
     from metnet.io.ingest import writer_lock
 
     out = tmp_path / "s.zarr"
     with writer_lock(out), pytest.raises(IngestError, match=r"s.zarr: another ingest is "
                                          r"writing this store \(pid \d+ on .*, since "):
-        ingest(fmi_copy, "fmi", out, progress=False)
+        ingest(fmi_copy, "fmi", out, progress=False, **workers)
     assert not out.exists()
-    assert ingest(fmi_copy, "fmi", out, progress=False).written == 8
+    assert ingest(fmi_copy, "fmi", out, progress=False, **workers).written == 8
 
 
-def test_frames_in_a_recorded_gap_are_skipped_and_later_frames_appended(fmi_copy, tmp_path):
+def test_frames_in_a_recorded_gap_are_skipped_and_later_frames_appended(fmi_copy, tmp_path,
+                                                                         workers):
     out = tmp_path / "s.zarr"
     gap = sorted(fmi_copy.iterdir())[2]
     held = gap.rename(tmp_path / gap.name)
-    ingest(fmi_copy, "fmi", out, end="2016-09-28T15:00", progress=False)
+    ingest(fmi_copy, "fmi", out, end="2016-09-28T15:00", progress=False, **workers)
     held.rename(gap)
     warnings = []
-    report = ingest(fmi_copy, "fmi", out, progress=False, warn=warnings.append)
+    report = ingest(fmi_copy, "fmi", out, progress=False,
+                    warn=warnings.append, **workers)
     assert report.written == 4 and [p for p, _ in report.skipped] == [gap]
     assert len(warnings) == 1 and "recorded gaps" in warnings[0] and str(gap) in warnings[0]
     assert open_store(out).sizes["time"] == 7
@@ -268,10 +317,10 @@ def test_frames_in_a_recorded_gap_are_skipped_and_later_frames_appended(fmi_copy
     (None, 2000, r"--coarsen 2000 is larger than the grid \(1226 rows x 760 columns\)"),
 ])
 def test_windows_and_coarsening_outside_the_grid_are_refused(fmi_copy, tmp_path, window,
-                                                             coarsen, message):
+                                                             coarsen, message, workers):
     with pytest.raises(IngestError, match=message):
         ingest(fmi_copy, "fmi", tmp_path / "s.zarr", window=window, coarsen=coarsen,
-               progress=False)
+               progress=False, **workers)
     assert not (tmp_path / "s.zarr").exists()
 
 
@@ -295,7 +344,7 @@ def test_leftovers_of_a_killed_ingest_are_removed_by_the_next(fmi_copy, tmp_path
     assert (tmp_path / ".other.1a2b3c4d.tmp.zarr").exists()
 
 
-def test_a_full_disk_is_named_by_the_store(fmi_copy, tmp_path, monkeypatch):
+def test_a_full_disk_is_named_by_the_store(fmi_copy, tmp_path, monkeypatch, workers):
     import metnet.io.ingest as ingest_module
 
     out = tmp_path / "s.zarr"
@@ -308,5 +357,46 @@ def test_a_full_disk_is_named_by_the_store(fmi_copy, tmp_path, monkeypatch):
     monkeypatch.setattr(ingest_module, "append_frames", full)
     with pytest.raises(IngestError, match=r"s.zarr: cannot write \(No space left on device\); "
                        r"the 0 frames committed before are kept"):
-        ingest(fmi_copy, "fmi", out, window="rows=0:10,cols=0:10", progress=False)
+        ingest(fmi_copy, "fmi", out, window="rows=0:10,cols=0:10", progress=False, **workers)
     assert open_store(out).sizes["time"] == 4
+
+
+def test_two_workers_write_the_store_that_one_process_writes(shared_data, tmp_path):
+    """``--workers 2`` (a local cluster started by the ingest): the same frames, in the same
+    order, bit for bit, in a new store (its first batch) and in the batches appended to it."""
+    src = shared_data / "radar/KNMI"
+    serial, parallel = tmp_path / "serial.zarr", tmp_path / "parallel.zarr"
+    ingest(src, "knmi", serial, end="2010-08-26T02:00", progress=False)
+    report = ingest(src, "knmi", parallel, end="2010-08-26T02:00", workers=2, progress=False)
+    assert report.written == 25
+    a, b = open_store(serial), open_store(parallel)
+    np.testing.assert_array_equal(a.time.values, b.time.values)
+    np.testing.assert_array_equal(a.rain_rate.values, b.rain_rate.values)
+    assert a.attrs["source_files"] == b.attrs["source_files"]
+    np.testing.assert_array_equal(a.missing_times.values, b.missing_times.values)
+
+
+def test_a_bad_scheduler_address_is_named_in_one_sentence(fmi_copy, tmp_path):
+    import dask
+
+    for address in ("nonsense", "tcp://127.0.0.1:1"):
+        sentence = (rf"^--scheduler {re.escape(address)}: no Dask scheduler answers at this "
+                    r"address \([^\n]*\)$")
+        with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(
+                IngestError, match=sentence):
+            ingest(fmi_copy, "fmi", tmp_path / "s.zarr", scheduler=address, progress=False)
+    result = run_metnet("ingest", fmi_copy, "--source", "fmi", "--out", "s.zarr",
+                        "--scheduler", "nonsense", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        "metnet ingest: error: --scheduler nonsense: no Dask scheduler answers")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"workers": 0}, "--workers must be >= 1, got 0"),
+    ({"workers": 2, "scheduler": "tcp://127.0.0.1:8786"}, "not both"),
+])
+def test_workers_and_scheduler_are_checked(fmi_copy, tmp_path, options, message):
+    with pytest.raises(IngestError, match=message):
+        ingest(fmi_copy, "fmi", tmp_path / "s.zarr", progress=False, **options)

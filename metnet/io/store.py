@@ -42,6 +42,7 @@ import hashlib
 import itertools
 import os
 import re
+import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -113,7 +114,8 @@ def make_dataset(
     """Build a store-conformant dataset.
 
     Args:
-        precip: rain rate (T, H, W) in mm/h, NaN where nothing was observed.
+        precip: rain rate (T, H, W) in mm/h, NaN where nothing was observed: an array, or a
+            Dask array, kept lazy (its chunks are computed where they are written).
         times: T UTC instants (naive, or tz-aware which are converted to UTC).
         x: W pixel-centre abscissae in projection units.
         y: H pixel-centre ordinates in projection units (row order of ``precip``).
@@ -125,7 +127,7 @@ def make_dataset(
         provenance: extra global attributes (``license``, ``mlcast_created_by``, ...).
         geolocate: add the 2-D ``lat``/``lon`` coordinates (frames to append need not).
     """
-    precip = np.asarray(precip, dtype=np.float32)
+    precip = precip.astype(np.float32) if _is_dask(precip) else np.asarray(precip, np.float32)
     time_index = utc_index(times)
     crs_obj = pyproj.CRS.from_user_input(crs)
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -263,7 +265,9 @@ def write_store(ds: xr.Dataset, path: str | Path) -> Path:
     if path.exists():
         raise StoreError(f"{path}: already exists; remove it or choose another --out")
     with atomic_write(path) as tmp:
-        ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=_encoding(ds))
+        # an absolute path: the workers of a Dask cluster write a Dask array's chunks
+        ds.to_zarr(tmp.absolute(), mode="w-", zarr_format=3, consolidated=True,
+                   encoding=_encoding(ds))
     return path
 
 
@@ -275,7 +279,7 @@ def append_frames(path: str | Path, new: xr.Dataset) -> None:
     the store exactly as it was.
     """
     path = Path(path)
-    group = zarr.open_group(path, mode="r+", use_consolidated=True)
+    group = zarr.open_group(path.absolute(), mode="r+", use_consolidated=True)
     # Hold the array objects: each group[...] lookup rebuilds one from the stale consolidated
     # metadata, which would silently drop writes beyond the old shape.
     try:
@@ -290,7 +294,7 @@ def append_frames(path: str | Path, new: xr.Dataset) -> None:
         )
     encoded_time = _encode_times(time_array, new["time"].values)
     precip.resize((n_old + n_new, *precip.shape[1:]))
-    precip[n_old:] = new[VARIABLE].values.astype(np.float32)
+    _write_frames(precip, n_old, new[VARIABLE].data)
     time_array.resize((n_old + n_new,))
     time_array[n_old:] = encoded_time
     all_times = _decode_times(time_array)
@@ -307,6 +311,25 @@ def append_frames(path: str | Path, new: xr.Dataset) -> None:
         attrs["time_gaps"] = _stretches(missing, int(attrs["step_minutes"]))
     group.attrs.update(attrs)
     zarr.consolidate_metadata(path)
+
+
+def _write_frames(array: zarr.Array, first: int, values: Any) -> None:
+    """Write frames into ``array[first:]``. A Dask array, into an array of one frame per
+    stored object, is written chunk by chunk where its chunks are (on a cluster's workers;
+    writes of different frames touch different objects); anything else is computed here and
+    written at once."""
+    if _is_dask(values) and (array.shards or array.chunks)[0] == 1:
+        import dask.array as da
+
+        da.store(values.astype(np.float32), array, regions=(slice(first, None),), lock=False)
+    else:
+        array[first:] = np.asarray(values, dtype=np.float32)
+
+
+def _is_dask(values: Any) -> bool:
+    """Whether ``values`` is a Dask collection (there is none before Dask is imported)."""
+    dask = sys.modules.get("dask")
+    return dask is not None and dask.is_dask_collection(values)
 
 
 def on_disk_variable(group: zarr.Group) -> str:
