@@ -37,6 +37,7 @@ from torch import nn
 from metnet.atomic import atomic_write
 from metnet.calibration import Calibration
 from metnet.data.frames import PIXEL_SIZE_RTOL, pixel_size
+from metnet.data.inputs import channel_names
 from metnet.models import MetNet
 
 FORMAT_VERSION = 1
@@ -48,10 +49,6 @@ PIXEL_KEY = "metnet_pixel_size"
 DATA_KEY = "datamodule_hyper_parameters"
 #: The network classes a checkpoint may name, by their import path.
 NETWORKS: dict[str, type[nn.Module]] = {"metnet.models.MetNet": MetNet}
-#: The context channels of a radar-only model, which forecasts build from one store.
-RADAR_CHANNELS = 2
-#: Data settings that add context channels forecasts do not build yet.
-EXTRA_INPUTS = ("satellite_stores", "static_channels", "time_channels")
 #: Network settings of earlier releases that the network no longer has, with the value that
 #: meant "off": a checkpoint with that value loads; with another it is refused.
 RETIRED = {"extrapolation_skip": (False, "the extrapolation skip, replaced by the "
@@ -226,7 +223,8 @@ class Checkpoint:
 
         Args:
             data: an opened store (``xr.Dataset``, for ``forecast`` and ``evaluate``, which
-                read consecutive store frames) or a configured datamodule (``calibrate``).
+                build the training samples' channels from it) or a configured datamodule
+                (``calibrate``).
 
         Raises:
             CheckpointError: what differs.
@@ -257,34 +255,67 @@ class Checkpoint:
 def store_problems(config: Mapping[str, Any], settings: Mapping[str, Any],
                    store: xr.Dataset, pixel: tuple[float, str] | None = None) -> list[str]:
     """Why a network (its ``config``, trained with data ``settings`` on stores of ``pixel``
-    size and unit, if known) cannot forecast from the consecutive frames of ``store``; empty
-    when it can."""
+    size and unit, if known) cannot forecast from ``store``; empty when it can."""
     step = int(store.attrs["step_minutes"])
-    problems = []
-    if pixel is not None:
-        size, unit = pixel_size(store["x"].values, str(store["x"].attrs.get("units", "m")))
-        if unit != pixel[1] or not math.isclose(size, pixel[0], rel_tol=PIXEL_SIZE_RTOL):
-            problems.append(f"the model was trained on {pixel[0]:g} {pixel[1]} pixels; the "
-                            f"store's are {size:g} {unit} (ingest the data at the model's "
-                            "pixel size, e.g. with --coarsen, or train on the store's)")
-    context_step = settings.get("context_step_minutes") or settings.get("step_minutes")
-    if context_step and int(context_step) != step:
-        problems.append(f"the model was trained on context frames {context_step} min apart; "
-                        f"the store steps every {step} min (forecasts read consecutive store "
-                        "frames)")
-    extras = [name for name in EXTRA_INPUTS if settings.get(name)]
-    if extras:
-        problems.append(f"the model was trained with {', '.join(extras)}; forecasts support "
-                        "radar-only models")
-    elif int(config.get("input_channels", RADAR_CHANNELS)) != RADAR_CHANNELS:
-        problems.append(f"the model expects {config['input_channels']} input channels per "
-                        f"frame; forecasts build the radar channels [rain, rain_mask] only "
-                        f"({RADAR_CHANNELS})")
-    lead_step = int(config.get("lead_step_minutes", step))
-    if lead_step % step:
-        problems.append(f"the model's lead-time step ({lead_step} min) is not a multiple of "
-                        f"the store's {step}-minute step: it was trained on another time grid")
-    return problems
+    found = [_pixel_problem(store, pixel), spacing_problem(settings, step),
+             channel_problem(config, settings_channel_names(settings)),
+             lead_step_problem(config, step)]
+    return [problem for problem in found if problem]
+
+
+def context_step(settings: Mapping[str, Any], store_step: int) -> int:
+    """Minutes between the context frames of a network trained with data ``settings``
+    (``context_step_minutes``, else ``step_minutes``; without either, ``store_step``)."""
+    return int(settings.get("context_step_minutes") or settings.get("step_minutes")
+               or store_step)
+
+
+def spacing_problem(settings: Mapping[str, Any], store_step: int) -> str | None:
+    """Why a store stepping every ``store_step`` minutes cannot give the context frames of a
+    network trained with data ``settings`` (its step must divide their spacing), or None."""
+    spacing = context_step(settings, store_step)
+    if spacing % store_step == 0:
+        return None
+    return (f"the model was trained on context frames {spacing} min apart; the store steps "
+            f"every {store_step} min, which does not divide it (forecasts take every k-th "
+            "store frame)")
+
+
+def settings_channel_names(settings: Mapping[str, Any]) -> list[str]:
+    """The context channels of the samples of data ``settings`` (empty: radar only)."""
+    return channel_names(len(settings.get("satellite_stores") or []),
+                         bool(settings.get("static_channels")),
+                         bool(settings.get("time_channels")))
+
+
+def channel_problem(config: Mapping[str, Any], names: list[str]) -> str | None:
+    """Why a network (its ``config``) cannot take inputs of channels ``names``, or None."""
+    expected = int(config.get("input_channels", len(names)))
+    if expected == len(names):
+        return None
+    return (f"the model expects {expected} input channels per frame; its data settings give "
+            f"{len(names)} ({', '.join(names)})")
+
+
+def lead_step_problem(config: Mapping[str, Any], store_step: int) -> str | None:
+    """Why a network (its ``config``) cannot forecast on a store's time grid, or None."""
+    lead_step = int(config.get("lead_step_minutes", store_step))
+    if lead_step % store_step == 0:
+        return None
+    return (f"the model's lead-time step ({lead_step} min) is not a multiple of the store's "
+            f"{store_step}-minute step: it was trained on another time grid")
+
+
+def _pixel_problem(store: xr.Dataset, pixel: tuple[float, str] | None) -> str | None:
+    """Why the store's pixels differ from the training stores' ``pixel``, or None."""
+    if pixel is None:
+        return None
+    size, unit = pixel_size(store["x"].values, str(store["x"].attrs.get("units", "m")))
+    if unit == pixel[1] and math.isclose(size, pixel[0], rel_tol=PIXEL_SIZE_RTOL):
+        return None
+    return (f"the model was trained on {pixel[0]:g} {pixel[1]} pixels; the store's are "
+            f"{size:g} {unit} (ingest the data at the model's pixel size, e.g. with "
+            "--coarsen, or train on the store's)")
 
 
 def datamodule_problems(config: Mapping[str, Any], datamodule: Any) -> list[str]:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import xarray as xr
     from torch import nn
 
+    from metnet.data.inputs import StoreContext
     from metnet.io.forecast_file import ForecastOutput
 
 USAGE_ERRORS = (ValueError, RuntimeError, OSError)
@@ -88,7 +89,8 @@ def _ingest(a: Namespace) -> None:
 
     report = ingest(a.src_dir, source, a.out, start=a.start, end=a.end, window=a.window,
                     coarsen=a.coarsen, strict=a.strict, warn=message("warning"),
-                    note=message("note"), creator=a.creator)
+                    note=message("note"), creator=a.creator, workers=a.workers,
+                    scheduler=a.scheduler)
     print(f"{report.store}: {report.written} frames written, "
           f"{report.already_present} already present, {len(report.skipped)} files skipped")
 
@@ -115,10 +117,10 @@ def _forecast(a: Namespace) -> None:
         complete_init_times,
         iter_forecasts,
         resolve_lead_times,
+        store_context,
     )
     from metnet.io.forecast_file import ForecastOutput
     from metnet.io.store import is_remote, local_path, open_store
-    from metnet.nowcasts.model import frames_needed
     from metnet.times import utc_time
 
     _check_watch(a)
@@ -130,6 +132,12 @@ def _forecast(a: Namespace) -> None:
     store = open_store(a.store, a.storage_options)
     checkpoint.check(store)
     net = checkpoint.net
+
+    def make_context(ds: xr.Dataset) -> StoreContext:
+        return store_context(ds, net, checkpoint.data_settings, a.satellite_stores,
+                             a.storage_options)
+
+    context = make_context(store)
     leads = resolve_lead_times(
         net, store, a.lead_times or (calibration.lead_times if calibration else None))
     output = ForecastOutput(a.out, {
@@ -143,20 +151,22 @@ def _forecast(a: Namespace) -> None:
                    calibration=calibration, calibrated_decisions=a.decision == "calibrated",
                    warn=_warning("forecast"))
     if a.watch:
-        _watch(a, net, leads, output, options)
+        _watch(a, net, leads, output, {**options, "make_context": make_context})
         return
-    frames = frames_needed(net)
-    inits = _as_list(a.init_time) or complete_init_times(store, a.start, a.end, frames)
+    frames, step = context.past_frames, context.step_minutes
+    inits = _as_list(a.init_time) or complete_init_times(store, a.start, a.end, frames,
+                                                         context_step_minutes=step)
     if not inits:
         raise ValueError(f"no init time from {a.start} to {a.end} has {frames} past "
-                         f"frames in {a.store}")
+                         f"frames every {step} min in {a.store}")
     wanted = sorted({utc_time(t) for t in inits})  # each once, in time order
     todo = [t for t in wanted if t not in output.done]
     if len(todo) < len(wanted):
         print(f"{a.out}: {len(wanted) - len(todo)} init times already written, "
               f"{len(todo)} to go", file=sys.stderr)
     written = 0
-    for forecast in iter_forecasts(net, store, todo, leads, progress=True, **options):
+    for forecast in iter_forecasts(net, store, todo, leads, context=context, progress=True,
+                                   **options):
         written += 1
         output.write(forecast)
         _plot(a.plot, forecast, store)
@@ -243,11 +253,14 @@ def _plot(folder: str | None, forecast: xr.Dataset, store: xr.Dataset) -> None:
 
 def _evaluate(a: Namespace) -> None:
     from metnet.checkpoint import Checkpoint
-    from metnet.forecast import check_settings, complete_init_times, resolve_lead_times
+    from metnet.forecast import check_settings, resolve_lead_times, store_context
     from metnet.io.store import open_store
-    from metnet.nowcasts.extrapolation import MOTION_FRAMES
-    from metnet.nowcasts.model import frames_needed
-    from metnet.verification import check_evaluation_out, evaluate, write_evaluation
+    from metnet.verification import (
+        check_evaluation_out,
+        evaluate,
+        evaluation_init_times,
+        write_evaluation,
+    )
 
     check_settings(batch_tiles=a.batch_tiles)
     check_evaluation_out(a.out)
@@ -256,18 +269,20 @@ def _evaluate(a: Namespace) -> None:
     store = open_store(a.store, a.storage_options)
     checkpoint.check(store)
     net = checkpoint.net
+    context = store_context(store, net, checkpoint.data_settings, a.satellite_stores,
+                            a.storage_options)
     wanted = a.lead_times or (calibration.lead_times if calibration else None)
     leads = resolve_lead_times(net, store, wanted)
-    frames = max(frames_needed(net), MOTION_FRAMES)
-    inits = complete_init_times(store, a.start, a.end, frames, leads)
+    inits = evaluation_init_times(store, a.start, a.end, leads, context)
     if not inits:
-        raise ValueError(f"no init time from {a.start} to {a.end} has {frames} past "
-                         f"frames and every target up to +{leads[-1]} min in {a.store}")
+        raise ValueError(f"no init time from {a.start} to {a.end} has the model's "
+                         f"{context.past_frames} past frames every {context.step_minutes} "
+                         f"min and every target up to +{leads[-1]} min in {a.store}")
     result = evaluate(net, store, inits, leads, thresholds=a.thresholds,
                       scales_km=a.scales, event_threshold=a.event_threshold,
                       batch_tiles=a.batch_tiles, progress=True,
                       steps_members=a.steps_members, steps_seed=a.steps_seed,
-                      calibration=calibration, warn=_warning("evaluate"))
+                      calibration=calibration, context=context, warn=_warning("evaluate"))
     for path in write_evaluation(result, a.out):
         print(f"wrote {path}")
 
@@ -379,6 +394,12 @@ def _ingest_parser() -> ArgumentParser:
     p.add_argument("--creator", type=str | None, default=None,
                    help="'Name <email>' of who makes the store (mlcast_created_by)")
     _flag(p, "--strict", "fail on the first bad file instead of skipping it")
+    p.add_argument("--workers", type=int, default=1, help="read and convert files in N "
+                   "processes of a local Dask cluster, which write them to the store (1: in this "
+                   "process, without Dask)")
+    p.add_argument("--scheduler", type=str | None, default=None, help="address of a running "
+                   "dask.distributed scheduler (tcp://HOST:8786) whose workers read, convert and "
+                   "write the frames; they must see the files and the store at these paths")
     return p
 
 
@@ -405,6 +426,9 @@ def _model_and_store(p: ArgumentParser) -> None:
     p.add_argument("--store", type=str, required=True, help="radar store: STORE.zarr, or a "
                    "URL (https://, s3://, gs://)")
     _storage_options(p)
+    p.add_argument("--satellite_stores", type=list[str] | None, default=None,
+                   help="satellite stores of a model trained with them, in training order, "
+                   "e.g. [sat.zarr] (default: the paths its data settings record)")
     p.add_argument("--lead_times", type=list[int] | None, default=None,
                    help="lead times in minutes, e.g. [15,30,60] (default: the calibrated "
                    "ones, else every store step up to the checkpoint's longest lead)")
@@ -418,8 +442,9 @@ def _model_and_store(p: ArgumentParser) -> None:
 def _forecast_parser() -> ArgumentParser:
     p = _command(
         "Forecast a store's whole domain with a checkpoint, into a CF netCDF or zarr file. "
-        "Context: the checkpoint's context_frames consecutive frames on the store's step "
-        "grid ending at each init time; a checkpoint trained with motion inputs gets them "
+        "Context: the checkpoint's context_frames frames ending at each init time, as far "
+        "apart as in training, with every channel of its training samples (satellite "
+        "stores, lat/lon, time); a checkpoint trained with motion inputs gets them "
         "computed on the whole domain; the checkpoint's calibration (temperature per lead) "
         "is applied unless --uncalibrated.")
     _model_and_store(p)

@@ -7,11 +7,18 @@ distribution per pixel and lead time, from which the forecast file's fields foll
 
 Conventions:
 
-* the context is the network's ``context_frames`` consecutive frames of the store's step
-  grid (``step_minutes`` attribute) ending at the init time, and 3 for the motion of a
-  network trained with motion inputs; a checkpoint's data settings are checked against the
-  store with :meth:`metnet.checkpoint.Checkpoint.check` (another context spacing, or
-  satellite, static or time channels, are refused);
+* the network's input is built as its training samples were: :func:`store_context` sets up
+  the sources of every channel the datamodule built (satellite stores aligned to the radar
+  grid, lat/lon and time channels) through the datamodule's own code, from the
+  checkpoint's data settings, and :class:`metnet.data.inputs.StoreContext` writes them over
+  the whole domain with the code that writes a training sample; satellite stores are those
+  the settings record unless others are given (``--satellite_stores``);
+* the context is the network's ``context_frames`` frames ending at the init time, as far
+  apart as in training (``context_step_minutes``): every k-th frame of a store whose step
+  divides that spacing (another store is refused, as is a store of another pixel size:
+  :meth:`metnet.checkpoint.Checkpoint.check`), and 3 for the motion of a network trained
+  with motion inputs; a network given without its data settings reads the store's
+  consecutive frames, radar channels only (:class:`RadarContext`);
 * lead times default to every store step up to the network's longest lead;
 * a checkpoint's post-hoc calibration (:mod:`metnet.calibration`), when given, tempers
   the distribution and sets the cut of each lead's rain/no-rain decision;
@@ -29,11 +36,12 @@ Conventions:
 
 from __future__ import annotations
 
+import inspect
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,10 +53,25 @@ import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm
 
-from metnet.checkpoint import store_problems
+from metnet.checkpoint import (
+    channel_problem,
+    context_step,
+    lead_step_problem,
+    settings_channel_names,
+    spacing_problem,
+)
+from metnet.data.datamodule import NowcastDataModule
+from metnet.data.inputs import StoreContext, channel_names
 from metnet.distribution import RainRateDistribution
 from metnet.io.forecast_file import forecast_dataset_from_fields
-from metnet.io.store import METADATA_DOCUMENTS, VARIABLE, StoreError, open_store
+from metnet.io.store import (
+    METADATA_DOCUMENTS,
+    VARIABLE,
+    StoreError,
+    is_remote,
+    local_path,
+    open_store,
+)
 from metnet.nowcasts import get_method
 from metnet.nowcasts.model import frames_needed
 from metnet.times import context_times, iso, utc_time, valid_times
@@ -59,6 +82,9 @@ if TYPE_CHECKING:
 
 DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 DEFAULT_THRESHOLDS = (0.1, 1.0, 4.0, 8.0)
+#: Data settings a forecast sets itself rather than taking from the checkpoint.
+OWN_SETTINGS = ("stores", "satellite_stores", "cache", "storage_options", "cache_dir",
+                "motion_cache_dir")
 
 
 class ForecastError(ValueError):
@@ -104,14 +130,16 @@ def store_step(store_ds: xr.Dataset) -> int:
     return int(store_ds.attrs["step_minutes"])
 
 
-def check_init_times(store_ds: xr.Dataset, init_times: Sequence, context_frames: int) -> list:
+def check_init_times(store_ds: xr.Dataset, init_times: Sequence, context_frames: int,
+                     context_step_minutes: int | None = None) -> list:
     """Init times as datetime64[ns], each once and in time order, refusing any that is not in
-    the store or lacks context.
+    the store or lacks context (``context_frames`` frames ``context_step_minutes`` apart,
+    default the store's step).
 
     Raises:
         ForecastError: naming the init time and, for an incomplete context, the missing times.
     """
-    step = store_step(store_ds)
+    step = context_step_minutes or store_step(store_ds)
     available = set(store_ds["time"].values.astype("datetime64[ns]").tolist())
     checked = []
     for text in init_times:
@@ -120,7 +148,7 @@ def check_init_times(store_ds: xr.Dataset, init_times: Sequence, context_frames:
             first, last = store_ds["time"].values[[0, -1]]
             raise ForecastError(
                 f"init time {iso(init)} is not a time of the store (frames from {iso(first)} "
-                f"to {iso(last)} every {step} min)"
+                f"to {iso(last)} every {store_step(store_ds)} min)"
             )
         if missing := missing_context(available, init, context_frames, step):
             raise ForecastError(
@@ -141,16 +169,17 @@ def missing_context(available: set[int], init: np.datetime64, frames: int,
 
 def complete_init_times(
     store_ds: xr.Dataset, start: str, end: str, context_frames: int,
-    lead_times: Sequence[int] = (),
+    lead_times: Sequence[int] = (), context_step_minutes: int | None = None,
 ) -> list[np.datetime64]:
     """Store times in ``[start, end]`` with a complete context and, if given, every target.
 
     Args:
         start, end: ISO bounds (inclusive; naive = UTC).
-        context_frames: frames of context on the store's step grid.
+        context_frames: frames of context.
         lead_times: lead times in minutes whose observations must be in the store.
+        context_step_minutes: minutes between context frames (default: the store's step).
     """
-    step = store_step(store_ds)
+    step = context_step_minutes or store_step(store_ds)
     times = store_ds["time"].values.astype("datetime64[ns]")
     available = set(times.tolist())
     chosen = []
@@ -168,12 +197,12 @@ def resolve_lead_times(net: nn.Module, store_ds: xr.Dataset,
     longest lead (every ``lead_step_minutes`` for a one-hot conditioned net).
 
     Raises:
-        ForecastError: the net and the store do not fit (channels, time step), or a lead
-            time is not a positive multiple of the step or beyond the net's longest lead.
+        ForecastError: the net's lead-time step does not fit the store's time step, or a
+            lead time is not a positive multiple of the step or beyond the net's longest lead.
     """
     config, step = net.config, store_step(store_ds)
-    if problems := store_problems(config, {}, store_ds):
-        raise ForecastError("; ".join(problems))
+    if problem := lead_step_problem(config, step):
+        raise ForecastError(problem)
     lead_step, longest = int(config["lead_step_minutes"]), int(config["max_lead_minutes"])
     grid = lead_step if config.get("conditioning") == "onehot" else step
     leads = list(range(grid, longest + 1, grid)) if lead_times is None else list(lead_times)
@@ -184,6 +213,109 @@ def resolve_lead_times(net: nn.Module, store_ds: xr.Dataset,
             f"longest lead {longest} min; got {bad or leads}"
         )
     return [int(t) for t in leads]
+
+
+@dataclass(frozen=True)
+class RadarContext:
+    """The context of a network given without its data settings: ``past_frames``
+    consecutive frames of an opened store, the network's radar channels built by the nowcast
+    method (:func:`metnet.nowcasts.model.radar_input`)."""
+
+    store_ds: xr.Dataset
+    past_frames: int
+
+    @property
+    def step_minutes(self) -> int:
+        """Minutes between context frames: the store's step."""
+        return store_step(self.store_ds)
+
+    def read(self, init_time: np.datetime64) -> tuple[np.ndarray, None]:
+        """The rain rate (N, H, W) mm/h of the frames ending at ``init_time``, and no model
+        input (the nowcast method builds it)."""
+        return read_context(self.store_ds, init_time, self.past_frames), None
+
+
+#: Where a forecast's context comes from (both read ``(rate, inputs)`` per init time).
+Context = StoreContext | RadarContext
+
+
+def radar_context(store_ds: xr.Dataset, net: nn.Module) -> RadarContext:
+    """The :class:`RadarContext` of ``net`` on an opened store.
+
+    Raises:
+        ForecastError: the net takes other channels than the radar's two.
+    """
+    if problem := channel_problem(net.config, channel_names()):
+        raise ForecastError(f"{problem}; give the checkpoint's data settings")
+    return RadarContext(store_ds, frames_needed(net))
+
+
+def store_context(
+    store_ds: xr.Dataset, net: nn.Module, settings: Mapping[str, Any],
+    satellite_stores: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> StoreContext:
+    """The context of ``net``, trained with data ``settings``, over an opened store's whole
+    domain: the channels of its training samples, set up by the datamodule that built them.
+
+    Args:
+        store_ds: the radar store (:func:`metnet.io.store.open_store`).
+        net: the network (its context frames, input channels, per-lead inputs).
+        settings: the data settings it was trained with
+            (:attr:`metnet.checkpoint.Checkpoint.data_settings`; empty: radar channels,
+            consecutive store frames).
+        satellite_stores: the satellite stores, in training order, instead of those the
+            settings record (None: those).
+        storage_options: fsspec options of URL stores.
+
+    Raises:
+        ForecastError: a context spacing the store's step does not divide, channels that do
+            not fit the net, or a satellite store missing or of another count.
+    """
+    step = store_step(store_ds)
+    problems = [spacing_problem(settings, step),
+                channel_problem(net.config, settings_channel_names(settings))]
+    if found := [problem for problem in problems if problem]:
+        raise ForecastError("; ".join(found))
+    store = store_ds.encoding["source"]
+    datamodule = _datamodule(store, settings, _satellite_stores(settings, satellite_stores),
+                             storage_options)
+    sources = datamodule.context_sources(datamodule.open_frames(store),
+                                         datamodule.open_satellites())
+    return StoreContext(sources, context_step(settings, step),
+                        int(net.config["context_frames"]), frames_needed(net))
+
+
+def _datamodule(store: str, settings: Mapping[str, Any], satellite_stores: list[str],
+                storage_options: dict[str, Any] | None) -> NowcastDataModule:
+    """The datamodule of data ``settings`` over ``store`` and ``satellite_stores``, reading
+    frames lazily (the settings it no longer has, and :data:`OWN_SETTINGS`, left out)."""
+    known = inspect.signature(NowcastDataModule).parameters
+    kept = {name: value for name, value in settings.items()
+            if name in known and name not in OWN_SETTINGS}
+    return NowcastDataModule(stores=[store], satellite_stores=satellite_stores, cache="lazy",
+                             storage_options=storage_options, **kept)
+
+
+def _satellite_stores(settings: Mapping[str, Any], given: Sequence[str] | None) -> list[str]:
+    """The satellite stores of a forecast: ``given``, else those the data settings record.
+
+    Raises:
+        ForecastError: a local store that does not exist, or a count other than the
+            settings'.
+    """
+    recorded = [str(path) for path in settings.get("satellite_stores") or []]
+    stores = recorded if given is None else [str(path) for path in given]
+    if len(stores) != len(recorded):
+        raise ForecastError(f"the model was trained with {len(recorded)} satellite store(s) "
+                            f"({', '.join(recorded) or 'none'}); --satellite_stores gives "
+                            f"{len(stores)}")
+    for path in stores:
+        if not is_remote(path) and not local_path(path).exists():
+            raise ForecastError(f"{path}: no such satellite store (the model was trained "
+                                f"with satellite stores {', '.join(recorded)}; give their "
+                                "paths here with --satellite_stores, in that order)")
+    return stores
 
 
 def read_rate(store_ds: xr.Dataset, times: Sequence) -> np.ndarray:
@@ -288,6 +420,7 @@ def iter_forecasts(
     stride: tuple[int, int] | None = None,
     calibration: Calibration | None = None,
     calibrated_decisions: bool = True,
+    context: Context | None = None,
     progress: bool = False,
     warn: Callable[[str], None] = warn_user,
 ) -> Iterator[xr.Dataset]:
@@ -295,7 +428,7 @@ def iter_forecasts(
     init time as it completes (so a long period runs in the memory of one).
 
     Args:
-        net: a film- or onehot-conditioned MetNet in eval mode with 2 input channels.
+        net: a film- or onehot-conditioned MetNet in eval mode.
         store_ds: an opened store (:func:`metnet.io.store.open_store`).
         init_times: ISO strings or datetimes (UTC), each a store time with a full context
             (forecast once each, in time order).
@@ -308,6 +441,8 @@ def iter_forecasts(
         calibration: the checkpoint's calibration (temperature per lead, decision cuts), or
             None (raw probabilities, decisions at 0.5).
         calibrated_decisions: decide with the calibration's cuts (False: at 0.5).
+        context: the network's input over the store (:func:`store_context`, which builds
+            every channel of its training samples); None: :func:`radar_context`.
         progress: show progress bars over init times and tiles.
         warn: called with a line naming each init time skipped because its last context
             frame has no radar data.
@@ -322,16 +457,16 @@ def iter_forecasts(
     """
     check_settings(quantiles, batch_tiles)
     leads = resolve_lead_times(net, store_ds, lead_times)
-    frames = frames_needed(net)
-    inits = check_init_times(store_ds, init_times, frames)
+    context = context or radar_context(store_ds, net)
+    inits = check_init_times(store_ds, init_times, context.past_frames, context.step_minutes)
     cuts = decision_cuts(calibration if calibrated_decisions else None, leads, thresholds)
     model = get_method("model")
     for init in tqdm(inits, desc="init times", unit="init", disable=not progress):
-        rate = read_context(store_ds, init, frames)
+        rate, inputs = context.read(init)
         if not has_radar_data(rate):
             warn(no_radar_data(init))
             continue
-        dist = model(rate, leads, step_minutes=store_step(store_ds), net=net,
+        dist = model(rate, leads, step_minutes=context.step_minutes, net=net, inputs=inputs,
                      calibration=calibration, batch_tiles=batch_tiles, stride=stride,
                      progress=progress)
         fields = summaries(dist, ~np.isnan(rate[-1]), quantiles, thresholds, cuts,
@@ -406,6 +541,7 @@ def watch_forecasts(
     start: str | None = None,
     poll_seconds: float = 10.0,
     timeout: float | None = None,
+    make_context: Callable[[xr.Dataset], Context] | None = None,
     warn: Callable[[str], None] = warn_user,
     **options: Any,
 ) -> Iterator[WatchedForecast]:
@@ -430,6 +566,9 @@ def watch_forecasts(
         poll_seconds: seconds between polls.
         timeout: stop after this many seconds of watching: a forecast in progress ends
             first, none is begun after (a backlog is left for the next watch); None: never.
+        make_context: the network's context over the store as (re)opened (e.g.
+            :func:`store_context` with the checkpoint's data settings); None:
+            :func:`radar_context`.
         warn: called with a line per init time skipped and per failed poll.
         options: keyword arguments of :func:`iter_forecasts` (quantiles, calibration, ...).
 
@@ -441,7 +580,7 @@ def watch_forecasts(
     def expired() -> bool:
         return deadline is not None and time.monotonic() >= deadline
 
-    frames = frames_needed(net)
+    make_context = make_context or (lambda ds: radar_context(ds, net))
     poll = MetadataPoll(store, storage_options)
     poll.changed()  # before opening: a change from here on is seen at the next poll
     seen, written, at_start = time.time(), None, True
@@ -453,18 +592,20 @@ def watch_forecasts(
         times = store_ds["time"].values.astype("datetime64[ns]")
         new = times if newest is None else times[times > newest]
         newest = times[-1]
-        available, step, ready = set(times.tolist()), store_step(store_ds), []
+        context, available, ready = make_context(store_ds), set(times.tolist()), []
         for init in new:
             if (after is not None and init <= after) or (first is not None and init < first):
                 continue
-            if missing := missing_context(available, init, frames, step):
+            if missing := missing_context(available, init, context.past_frames,
+                                          context.step_minutes):
                 warn(f"init time {iso(init)}: its context lacks frames {', '.join(missing)}; "
                      "skipped")
             else:
                 ready.append(init)
         if ready and expired():
             return
-        for forecast in iter_forecasts(net, store_ds, ready, lead_times, warn=warn, **options):
+        for forecast in iter_forecasts(net, store_ds, ready, lead_times, context=context,
+                                       warn=warn, **options):
             yield WatchedForecast(forecast, store_ds, seen, written, at_start)
             if expired():  # checked before the next forecast is begun
                 return

@@ -75,10 +75,13 @@ from metnet.data.frames import pixel_size
 from metnet.distribution import RainRateDistribution
 from metnet.forecast import (
     DEFAULT_THRESHOLDS,
+    Context,
     ForecastError,
     check_settings,
+    complete_init_times,
     has_radar_data,
     no_radar_data,
+    radar_context,
     read_context,
     read_observations,
     resolve_lead_times,
@@ -87,7 +90,6 @@ from metnet.forecast import (
 )
 from metnet.nowcasts import get_method
 from metnet.nowcasts.extrapolation import MOTION_FRAMES, motion_field
-from metnet.nowcasts.model import frames_needed
 from metnet.nowcasts.steps import MEMBERS as STEPS_MEMBERS
 
 METHODS = ("model", "model_calibrated", "neighbourhood", "steps", "persistence",
@@ -349,20 +351,20 @@ def scale_pixels(store_ds: xr.Dataset, scales_km: Sequence[float]) -> dict[float
     return {float(s): max(1, round(s / km)) for s in scales_km}
 
 
-def init_forecasts(rate: np.ndarray, obs: np.ndarray, net: nn.Module, setup: Setup,
-                   k: int, batch_tiles: int = 8) -> dict[str, MethodForecast]:
+def init_forecasts(rate: np.ndarray, obs: np.ndarray, dist: RainRateDistribution,
+                   setup: Setup, k: int) -> dict[str, MethodForecast]:
     """Every method's forecast from one init time (the ``k``-th), by the nowcast methods.
 
     Args:
-        rate: context rates (T >= 3, H, W) mm/h, ending at the init time.
+        rate: context rates (T >= 3, H, W) mm/h on the store's step, ending at the init time.
         obs: observations (L, H, W) mm/h.
-        net: the network of the ``model`` method.
+        dist: the ``model`` method's distribution (batch shape (L, H, W)), from the
+            network's own context (:func:`model_distribution`).
     """
     thresholds, event, leads = setup.thresholds, setup.event, setup.leads
     options = {"step_minutes": setup.step_minutes, "velocity": motion_field(rate),
                "km_per_pixel": setup.km_per_pixel, "members": setup.steps_members,
-               "seed": setup.steps_seed + k, "net": net, "batch_tiles": batch_tiles}
-    dist = get_method("model")(rate, leads, **options)
+               "seed": setup.steps_seed + k}
     forecasts = {"model": distribution_forecast(dist, obs, leads, thresholds, event)}
     if setup.calibration is not None:
         forecasts["model_calibrated"] = distribution_forecast(dist, obs, leads, thresholds,
@@ -376,6 +378,27 @@ def init_forecasts(rate: np.ndarray, obs: np.ndarray, net: nn.Module, setup: Set
         forecasts[method] = point_forecast(get_method(method)(rate, leads, **options), obs,
                                            thresholds, event)
     return forecasts
+
+
+def model_distribution(net: nn.Module, context: Context, init: np.datetime64,
+                       lead_times: Sequence[int], batch_tiles: int = 8) -> RainRateDistribution:
+    """The ``model`` method's distribution (batch shape (L, H, W)) at ``init``, from the
+    network's context (its channels, its frames)."""
+    rate, inputs = context.read(init)
+    return get_method("model")(rate, lead_times, step_minutes=context.step_minutes, net=net,
+                               inputs=inputs, batch_tiles=batch_tiles)
+
+
+def evaluation_init_times(store_ds: xr.Dataset, start: str, end: str,
+                          lead_times: Sequence[int], context: Context) -> list[np.datetime64]:
+    """Store times in ``[start, end]`` where every method forecasts and is scored: the
+    baselines' past frames on the store's step (at least 3, for the motion), the network's
+    context (its frames, its spacing) and every target."""
+    frames = max(context.past_frames, MOTION_FRAMES)
+    ready = set(complete_init_times(store_ds, start, end, context.past_frames,
+                                    context_step_minutes=context.step_minutes))
+    return [init for init in complete_init_times(store_ds, start, end, frames, lead_times)
+            if init in ready]
 
 
 def evaluate(
@@ -392,14 +415,15 @@ def evaluate(
     steps_members: int = STEPS_MEMBERS,
     steps_seed: int = 0,
     calibration: DecisionCalibration | None = None,
+    context: Context | None = None,
     warn: Callable[[str], None] = warn_user,
 ) -> Evaluation:
     """Score the model and the baselines at each init time (see module doc).
 
     Args:
-        net: MetNet in eval mode (2 input channels).
+        net: MetNet in eval mode.
         store_ds: the opened store, holding context and targets of every init time (see
-            :func:`metnet.forecast.complete_init_times` with ``max(context_frames, 3)``).
+            :func:`evaluation_init_times`).
         init_times: init times (UTC).
         lead_times: minutes (default: every store step up to the net's longest lead).
         thresholds: categorical thresholds (mm/h).
@@ -411,6 +435,9 @@ def evaluate(
         steps_seed: STEPS seed of the first init time (the k-th init time uses + k).
         calibration: adds ``model_calibrated``; it must know every lead time and every
             threshold (the categorical ones and the event threshold).
+        context: the network's input over the store
+            (:func:`metnet.forecast.store_context`); None:
+            :func:`metnet.forecast.radar_context`.
         warn: called with a line naming each init time skipped because its last context
             frame has no radar data.
 
@@ -428,7 +455,8 @@ def evaluate(
     scales = scale_pixels(store_ds, scales_km)
     acc = {m: ScoreAccumulator(len(leads), thresholds, scales, event_threshold,
                                m in PROBABILISTIC) for m in setup.methods}
-    frames = max(frames_needed(net), MOTION_FRAMES)
+    context = context or radar_context(store_ds, net)
+    frames = max(context.past_frames, MOTION_FRAMES)
     inits = []
     for k, init in enumerate(tqdm(init_times, desc="evaluate", unit="init",
                                   disable=not progress)):
@@ -439,7 +467,8 @@ def evaluate(
         inits.append(init)
         obs = read_observations(store_ds, init, leads)
         valid = np.isfinite(obs) & np.isfinite(rate[-1])
-        for method, forecast in init_forecasts(rate, obs, net, setup, k, batch_tiles).items():
+        dist = model_distribution(net, context, init, leads, batch_tiles)
+        for method, forecast in init_forecasts(rate, obs, dist, setup, k).items():
             acc[method].add(forecast, obs, valid)
     if not inits:
         raise ForecastError(f"none of the {len(init_times)} init times has radar data in its "

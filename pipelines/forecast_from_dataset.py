@@ -21,7 +21,7 @@ import torch
 import xarray as xr
 
 from metnet.checkpoint import Checkpoint
-from metnet.forecast import complete_init_times, forecast_dataset
+from metnet.forecast import complete_init_times, forecast_dataset, store_context
 from metnet.io.forecast_file import write_forecast
 from metnet.io.store import open_store
 from metnet.plotting import plot_forecast
@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt_path", required=True, help="checkpoint of `metnet fit`")
     p.add_argument("--store", required=True, help="radar store (STORE.zarr)")
+    p.add_argument("--satellite_stores", nargs="+", help="satellite stores of a model trained "
+                   "with them (default: the paths its data settings record)")
     p.add_argument("--start", required=True, help="first init time, ISO, UTC")
     p.add_argument("--end", required=True, help="last init time, ISO, UTC")
     p.add_argument("--out", help="OUT.nc or OUT.zarr to write (default: none)")
@@ -49,13 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     store = open_store(args.store)
     checkpoint.check(store)
     net = checkpoint.net.to(args.device)
-    inits = complete_init_times(store, args.start, args.end, int(net.config["context_frames"]))
+    context = store_context(store, net, checkpoint.data_settings, args.satellite_stores)
+    inits = complete_init_times(store, args.start, args.end, context.past_frames,
+                                context_step_minutes=context.step_minutes)
     if not inits:
         sys.exit(f"no init time from {args.start} to {args.end} has a full context")
     parts, seconds = [], []
     for init in inits:
         start = time.perf_counter()
-        parts.append(forecast_dataset(net, store, [init], args.lead_times,
+        parts.append(forecast_dataset(net, store, [init], args.lead_times, context=context,
                                       batch_tiles=args.batch_tiles,
                                       stride=(args.stride,) * 2 if args.stride else None))
         if args.device.startswith("cuda"):

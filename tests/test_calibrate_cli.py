@@ -169,12 +169,12 @@ def test_test_scores_the_calibrated_model_and_extrapolation(trained: Path,
 def test_forecast_refuses_a_store_on_another_time_grid(trained: Path, stores: dict[str, Path],
                                                         tmp_path: Path) -> None:
     checkpoint = torch.load(trained, map_location="cpu", weights_only=True)
-    checkpoint["datamodule_hyper_parameters"]["context_step_minutes"] = 15
-    ckpt = tmp_path / "15min.ckpt"
+    checkpoint["datamodule_hyper_parameters"]["context_step_minutes"] = 12
+    ckpt = tmp_path / "12min.ckpt"
     torch.save(checkpoint, ckpt)
     result = run_metnet("forecast", "--ckpt_path", str(ckpt), "--store", str(stores["same"]),
                     "--init_time", "2024-06-01T15:00", "--out", str(tmp_path / "f.nc"),
                     cwd=tmp_path)
     assert result.returncode == 1 and not (tmp_path / "f.nc").exists()
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("metnet forecast: error:") and "15 min apart" in last
+    assert last.startswith("metnet forecast: error:") and "12 min apart" in last

@@ -84,12 +84,12 @@ def test_batch_tiles_below_one_is_refused(command, tiny_store, tiny_checkpoint, 
 
 def test_the_same_init_time_twice_is_forecast_once(tiny_store, tiny_checkpoint, tmp_path,
                                                    monkeypatch):
-    import metnet.forecast
+    from metnet.data.inputs import StoreContext
 
     calls = []
-    real = metnet.forecast.read_context
-    monkeypatch.setattr(metnet.forecast, "read_context",
-                        lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    real = StoreContext.read
+    monkeypatch.setattr(StoreContext, "read",
+                        lambda self, init: calls.append(init) or real(self, init))
     out = tmp_path / "out.nc"
     result = _forecast(tiny_store, tiny_checkpoint, out,
                        init="[2024-06-01T12:35,2024-06-01T12:30,2024-06-01T14:30+02:00]")

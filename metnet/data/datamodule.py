@@ -39,8 +39,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from metnet.data.alignment import Interpolation, SatelliteAlignment, lonlat
-from metnet.data.dataset import Domain, NowcastDataset, SampleSpec, channel_names, collate
+from metnet.data.dataset import Domain, NowcastDataset, SampleSpec, collate
 from metnet.data.frames import LAZY_CACHE_MB, PIXEL_SIZE_RTOL, Cache, StoreFrames, pixel_size
+from metnet.data.inputs import ContextSources, channel_names
 from metnet.data.motion import MOTION_FRAMES, MotionCache, lead_channel_names
 from metnet.data.patches import PatchWeights
 from metnet.data.sampler import EpochSampler, ResumableDataLoader
@@ -308,17 +309,9 @@ class NowcastDataModule(L.LightningDataModule):
         plan = [self._plan(path) for path in self.stores]
         _check_pixel_sizes(self.stores, [size for _, size in plan])
         self.pixel_size = plan[0][1]
-        domains = [self._domain(path, keep) for path, (keep, _) in zip(self.stores, plan,
-                                                                       strict=True)]
-        satellites = [StoreFrames(p, cache=hp.cache, max_rate=hp.max_rate,
-                                  storage_options=self.storage_options,
-                                  lazy_cache_mb=hp.lazy_cache_mb)
-                      for p in self.satellite_stores]
-        for domain in domains:
-            domain.satellites = [
-                SatelliteAlignment(domain.frames, sat, hp.satellite_tolerance_minutes,
-                                   hp.satellite_interpolation) for sat in satellites
-            ]
+        satellites = self.open_satellites()
+        domains = [self._domain(path, keep, satellites)
+                   for path, (keep, _) in zip(self.stores, plan, strict=True)]
         per_split: dict[str, list[Windows]] = {split: [] for split in SPLITS}
         for domain in domains:
             times = domain.frames.times
@@ -360,18 +353,37 @@ class NowcastDataModule(L.LightningDataModule):
                            int(ds.attrs["step_minutes"]), self.hparams.step_minutes, path)
         return keep, pixel_size(ds["x"].values, str(ds["x"].attrs.get("units", "m")))
 
-    def _domain(self, path: str, keep: np.ndarray) -> Domain:
+    def open_frames(self, path: str, keep: np.ndarray | None = None) -> StoreFrames:
+        """The frames ``keep`` (None: all) of a store, read as the data settings say."""
         hp = self.hparams
-        frames = StoreFrames(path, keep, cache=hp.cache, max_rate=hp.max_rate,
-                             storage_options=self.storage_options,
-                             lazy_cache_mb=hp.lazy_cache_mb)
+        return StoreFrames(path, keep, cache=hp.cache, max_rate=hp.max_rate,
+                           storage_options=self.storage_options,
+                           lazy_cache_mb=hp.lazy_cache_mb)
+
+    def open_satellites(self) -> list[StoreFrames]:
+        """The frames of every satellite store, in ``satellite_stores`` order."""
+        return [self.open_frames(path) for path in self.satellite_stores]
+
+    def context_sources(self, frames: StoreFrames,
+                        satellites: list[StoreFrames]) -> ContextSources:
+        """What the context channels of a radar store are built from: ``satellites`` aligned
+        to its grid, its lat/lon with ``static_channels``, and ``time_channels``. Training
+        samples and forecasts (:mod:`metnet.forecast`) both come from here."""
+        hp = self.hparams
+        aligned = [SatelliteAlignment(frames, sat, hp.satellite_tolerance_minutes,
+                                      hp.satellite_interpolation) for sat in satellites]
+        coords = lonlat(frames.x, frames.y, frames.crs) if hp.static_channels else None
+        return ContextSources(frames, aligned, coords, hp.time_channels)
+
+    def _domain(self, path: str, keep: np.ndarray, satellites: list[StoreFrames]) -> Domain:
+        hp = self.hparams
+        frames = self.open_frames(path, keep)
         lattice = PatchLattice(*frames.shape, self.spec.context_size, self.spec.target_size,
                                self.patch_stride)
         wet, cover = sample_fractions(path, lattice, hp.rain_threshold, hp.max_rate, keep,
                                       self.storage_options, self.cache_dir, note=_note)
         patches = PatchWeights(lattice, wet, cover)
-        coords = lonlat(frames.x, frames.y, frames.crs) if hp.static_channels else None
-        return Domain(frames, patches, [], coords)
+        return Domain(self.context_sources(frames, satellites), patches)
 
 
 def _note(line: str) -> None:

@@ -21,14 +21,9 @@ T = ``context_frames``, S = ``context_size``, St = ``target_size``, L = number
 of lead times; the target square is the central St x St of the context
 square (offset ``(S - St) // 2``).
 
-Context channels, per frame (see :func:`channel_names`):
-
-1. ``rain``: :func:`metnet.transforms.rate_to_input` of the rain rate, 0 where not observed
-2. ``rain_mask``: 1 where the radar observed, 0 elsewhere
-3. per satellite store k: ``sat{k}`` (same transform, on the radar grid) and ``sat{k}_mask``
-4. with ``static_channels``: ``lat`` / 90 and ``lon`` / 180 (degrees, pixel centres)
-5. with ``time_channels``: ``sin_tod``, ``cos_tod``, ``sin_doy``, ``cos_doy`` of the frame's
-   time of day and day of year (constant planes)
+The context channels (rain, rain mask, satellites, lat/lon with ``static_channels``, time
+of day and year with ``time_channels``) are written by
+:meth:`metnet.data.inputs.ContextSources.fill`, the code forecasts build their input with.
 
 Randomness: a training sample's patch (and, with ``augment``, the rotation or reflection
 of the square it is seen under, :mod:`metnet.data.augment`) is drawn from a generator
@@ -46,28 +41,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from metnet.data.alignment import SatelliteAlignment
 from metnet.data.augment import SYMMETRIES, transform_inplace
 from metnet.data.frames import StoreFrames
+from metnet.data.inputs import ContextSources, channel_names
 from metnet.data.motion import MotionCache, lead_channel_names
 from metnet.data.patches import PatchWeights
 from metnet.data.windows import SPLITS, Windows
-from metnet.transforms import rate_to_input_
-
-NS_PER_DAY = 86_400 * 10**9
-DAYS_PER_YEAR = 365.2425
-
-
-def channel_names(n_satellites: int = 0, static: bool = False, time: bool = False) -> list[str]:
-    """The context channels in order (see the module docstring)."""
-    names = ["rain", "rain_mask"]
-    for k in range(n_satellites):
-        names += [f"sat{k}", f"sat{k}_mask"]
-    if static:
-        names += ["lat", "lon"]
-    if time:
-        names += ["sin_tod", "cos_tod", "sin_doy", "cos_doy"]
-    return names
 
 
 @dataclass(frozen=True)
@@ -99,13 +78,17 @@ class Pick:
 
 @dataclass
 class Domain:
-    """One radar store with what its samples need: frames, patch weights, extra sources."""
+    """One radar store with what its samples need: the sources of its context channels,
+    patch weights, per-lead inputs."""
 
-    frames: StoreFrames
+    sources: ContextSources
     patches: PatchWeights
-    satellites: list[SatelliteAlignment]
-    lonlat: tuple[np.ndarray, np.ndarray] | None = None
     motion: MotionCache | None = None
+
+    @property
+    def frames(self) -> StoreFrames:
+        """The radar store's frames."""
+        return self.sources.frames
 
 
 class NowcastDataset(Dataset):
@@ -130,7 +113,7 @@ class NowcastDataset(Dataset):
         self.split_code = SPLITS.index(split)
         self.seed, self.repeats = seed, repeats
         self.offsets = np.cumsum([0] + [len(w) for w in self.windows])
-        n_sat = len(self.domains[0].satellites) if self.domains else 0
+        n_sat = len(self.domains[0].sources.satellites) if self.domains else 0
         self.channels = channel_names(n_sat, spec.static_channels, spec.time_channels)
 
     def __len__(self) -> int:
@@ -192,26 +175,12 @@ class NowcastDataset(Dataset):
         return {**sample, **{name: int(sample[name]) for name in ("init_time", "row", "col")}}
 
     def _fill_context(self, out: np.ndarray, pick: Pick) -> None:
-        """Write the (T, C, S, S) float32 model input of ``pick`` into ``out``."""
-        domain = self.domains[pick.store]
-        frames = self.windows[pick.store].context[pick.window]
+        """Write the (T, C, S, S) float32 model input of ``pick`` into ``out``, as forecasts
+        build theirs (:meth:`metnet.data.inputs.ContextSources.fill`)."""
         size = self.spec.context_size
-        rows, cols = slice(pick.row, pick.row + size), slice(pick.col, pick.col + size)
-        domain.frames.read_input(frames, rows, cols, out)
-        channel = 2
-        for satellite in domain.satellites:
-            rate = torch.from_numpy(satellite.sample(frames, rows, cols))
-            out[:, channel + 1] = ~torch.isnan(rate).numpy()
-            out[:, channel] = rate_to_input_(rate).numpy()
-            channel += 2
-        if domain.lonlat is not None:
-            lon, lat = domain.lonlat
-            out[:, channel] = lat[rows, cols] / 90.0
-            out[:, channel + 1] = lon[rows, cols] / 180.0
-            channel += 2
-        if self.spec.time_channels:
-            features = _time_features(domain.frames.times[frames])
-            out[:, channel:channel + 4] = features[..., None, None]
+        self.domains[pick.store].sources.fill(
+            out, self.windows[pick.store].context[pick.window],
+            slice(pick.row, pick.row + size), slice(pick.col, pick.col + size))
 
     def _lead_inputs(self, picks: Sequence[Pick]) -> torch.Tensor:
         """(B, L, Cl, S, S) per-lead inputs over each pick's context square."""
@@ -252,16 +221,3 @@ def _empty(shape: tuple[int, ...]) -> torch.Tensor:
     numel = int(np.prod(shape))
     storage = torch.empty(0)._typed_storage()._new_shared(numel, device="cpu")
     return torch.empty(0).new(storage).view(shape)
-
-
-def _time_features(times: np.ndarray) -> np.ndarray:
-    """(n, 4) float32 sin/cos of time of day and of day of year for datetime64[ns] ``times``."""
-    ns = times.astype("datetime64[ns]").astype(np.int64)
-    day_fraction = (ns % NS_PER_DAY) / NS_PER_DAY
-    year_start = times.astype("datetime64[Y]").astype("datetime64[ns]").astype(np.int64)
-    year_fraction = (ns - year_start) / NS_PER_DAY / DAYS_PER_YEAR
-    angles = 2 * np.pi * np.stack([day_fraction, year_fraction], axis=1)
-    return np.stack(
-        [np.sin(angles[:, 0]), np.cos(angles[:, 0]), np.sin(angles[:, 1]), np.cos(angles[:, 1])],
-        axis=1,
-    ).astype(np.float32)

@@ -17,7 +17,7 @@ name               kind          options
 ``extrapolation``  deterministic ``velocity`` (2, H, W) pixels per step (default: LK motion)
 ``steps``          ensemble      ``km_per_pixel``, ``members``, ``seed``, ``velocity``
 ``neighbourhood``  distribution  ``velocity``, ``radius`` (the extrapolated neighbourhood)
-``model``          distribution  ``net``, ``calibration``, ``batch_tiles``, ``stride``
+``model``          distribution  ``net``, ``inputs``, ``calibration``, ``batch_tiles``, ``stride``
 =================  ============  ==========================================================
 
 Options a method does not take are ignored, so one set of options can drive every method.

@@ -16,8 +16,13 @@ blend is seamless; blending probabilities (not summary statistics) keeps each pi
 distribution a proper distribution, from which the mean, quantiles and exceedance
 probabilities follow.
 
-A network with per-lead inputs (``lead_channels``, trained with motion inputs) gets them
-computed here on the whole domain (:func:`metnet.data.motion.lead_planes`), before tiling.
+The network's input is ``inputs``, its training samples' channels over the whole domain
+(:class:`metnet.data.inputs.StoreContext` builds them, satellites, lat/lon and time
+channels included), or, without it, the radar channels [rain, rain_mask] of ``rate``.
+Beyond the domain, the observation channels are padded as "not observed" (0) and the others
+(lat/lon, time) continue their edge values. A network with per-lead inputs (``lead_channels``,
+trained with motion inputs) gets them computed here on the whole domain
+(:func:`metnet.data.motion.lead_planes`), before tiling.
 A checkpoint's post-hoc calibration (:mod:`metnet.calibration`) tempers the blended
 distribution: the logs of its bin probabilities are divided by the lead's temperature.
 """
@@ -31,9 +36,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from metnet.data.inputs import ModelInput
 from metnet.data.motion import lead_channel_names, lead_planes
 from metnet.distribution import RainRateDistribution
 from metnet.nowcasts.extrapolation import MOTION_FRAMES
@@ -145,21 +152,36 @@ def motion_velocity(net: nn.Module) -> bool:
     return known.get(channels, False)
 
 
-def padded_input(rate: np.ndarray, tiling: Tiling) -> torch.Tensor:
-    """Model input (T, 2, Hp, Wp) of context rates (T, H, W): [rain, rain_mask], padded with
-    no coverage (0, 0) to ``tiling.padded``."""
+def radar_input(rate: np.ndarray) -> ModelInput:
+    """The radar channels [rain, rain_mask] (T, 2, H, W) of context rates (T, H, W) mm/h."""
     values = torch.from_numpy(np.array(rate, dtype=np.float32))
     planes = torch.stack([torch.zeros_like(values), (~torch.isnan(values)).float()], dim=1)
     planes[:, 0] = rate_to_input_(values)
-    return pad_planes(planes, tiling)
+    return ModelInput(planes.numpy(), observed_channels=2)
 
 
-def pad_planes(planes: np.ndarray | torch.Tensor, tiling: Tiling) -> torch.Tensor:
-    """Input planes (N, C, H, W) padded with zeros (no coverage) to (N, C, *tiling.padded)."""
+def padded_input(rate: np.ndarray, tiling: Tiling,
+                 inputs: ModelInput | None = None) -> torch.Tensor:
+    """Model input (T, C, Hp, Wp) padded to ``tiling.padded``: ``inputs``, or
+    :func:`radar_input` of the context rates ``rate`` (T, H, W) when None."""
+    inputs = radar_input(rate) if inputs is None else inputs
+    return pad_planes(inputs.planes, tiling, inputs.observed_channels)
+
+
+def pad_planes(planes: np.ndarray | torch.Tensor, tiling: Tiling,
+               observed_channels: int | None = None) -> torch.Tensor:
+    """Input planes (N, C, H, W) padded to (N, C, *tiling.padded): the first
+    ``observed_channels`` (None: all) with zeros (no coverage), the others with their edge
+    values."""
     planes = torch.as_tensor(planes)
     (top, left), (height, width) = tiling.margin, planes.shape[-2:]
     out = torch.zeros((*planes.shape[:2], *tiling.padded))
     out[..., top:top + height, left:left + width] = planes
+    if observed_channels is not None and observed_channels < planes.shape[1]:
+        bottom, right = (p - m - n for p, m, n in zip(tiling.padded, (top, left),
+                                                      (height, width), strict=True))
+        out[:, observed_channels:] = F.pad(planes[:, observed_channels:],
+                                           (left, right, top, bottom), mode="replicate")
     return out
 
 
@@ -177,17 +199,19 @@ def _batches(items: list, size: int) -> Iterator[list]:
 def blended_probabilities(
     net: nn.Module, rate: np.ndarray, lead_times: Sequence[int], tiling: Tiling,
     batch_tiles: int = 8, progress: bool = False, per_lead: np.ndarray | None = None,
+    inputs: ModelInput | None = None,
 ) -> torch.Tensor:
     """Bin probabilities (L, K, H, W) over the domain, blended from overlapping tiles.
 
     Args:
-        net: a MetNet (eval mode) taking (B, T, 2, S, S) inputs.
+        net: a MetNet (eval mode) taking (B, T, C, S, S) inputs.
         rate: (T, H, W) context rain rate in mm/h, NaN where not observed.
         lead_times: L lead times in minutes.
         tiling: the tiling of the (H, W) domain.
         batch_tiles: tiles per network call; the encoder runs once per tile and all leads
             are decoded in one batched pass.
         per_lead: (L, Cl, H, W) per-lead inputs over the domain, for a net that takes them.
+        inputs: the network's input (default: :func:`radar_input` of ``rate``).
 
     Returns:
         float32 probabilities, summing to 1 over K at every pixel covered in the last frame
@@ -196,7 +220,7 @@ def blended_probabilities(
     if batch_tiles < 1:
         raise ValueError(f"batch_tiles must be >= 1, got {batch_tiles}")
     device = next(net.parameters()).device
-    x = padded_input(rate, tiling).to(device)
+    x = padded_input(rate, tiling, inputs).to(device)
     planes = pad_planes(per_lead, tiling).to(device) if per_lead is not None else None
     histograms = prior_histograms(net, planes, lead_times, tiling)
     (th, tw), (sh, sw) = tiling.target_size, tiling.input_size
@@ -228,7 +252,7 @@ def blended_probabilities(
 
 def whole_domain_probabilities(
     net: nn.Module, rate: np.ndarray, lead_times: Sequence[int], progress: bool = False,
-    per_lead: np.ndarray | None = None,
+    per_lead: np.ndarray | None = None, inputs: ModelInput | None = None,
 ) -> torch.Tensor:
     """Bin probabilities (L, K, H, W) over the domain from one pass of an :attr:`any_size`
     network: one encoding of the padded domain, then the leads decoded in chunks.
@@ -239,13 +263,14 @@ def whole_domain_probabilities(
         lead_times: L lead times in minutes.
         progress: show a progress bar over the chunks of leads.
         per_lead: (L, Cl, H, W) per-lead inputs over the domain, for a net that takes them.
+        inputs: the network's input (default: :func:`radar_input` of ``rate``).
 
     Returns:
         float32 probabilities on the CPU, summing to 1 over K at every pixel.
     """
     tiling = one_pass_tiling(net, rate.shape[1:])
     device = next(net.parameters()).device
-    x = padded_input(rate, tiling).to(device)[None]
+    x = padded_input(rate, tiling, inputs).to(device)[None]
     planes = pad_planes(per_lead, tiling).to(device) if per_lead is not None else None
     height, width = rate.shape[1:]
     chunk = max(1, DECODE_PIXELS // math.prod(tiling.covered))
@@ -287,7 +312,8 @@ def probabilities_to_logits(probs: torch.Tensor) -> torch.Tensor:
 
 
 def forecast(rate: np.ndarray, lead_times: Sequence[int], *, step_minutes: float,
-             net: nn.Module, calibration: Calibration | None = None, batch_tiles: int = 8,
+             net: nn.Module, inputs: ModelInput | None = None,
+             calibration: Calibration | None = None, batch_tiles: int = 8,
              stride: tuple[int, int] | None = None, progress: bool = False,
              **_: object) -> RainRateDistribution:
     """The network's rain-rate distribution over the whole domain of context rates.
@@ -297,8 +323,11 @@ def forecast(rate: np.ndarray, lead_times: Sequence[int], *, step_minutes: float
             NaN where not observed; at least :func:`frames_needed` frames (the network
             reads its last ``context_frames``).
         lead_times: L lead times in minutes, each one the network was trained for.
-        step_minutes: time between context frames.
-        net: a MetNet in eval mode whose input channels are [rain, rain_mask].
+        step_minutes: time between context frames (the network's context spacing).
+        net: a MetNet in eval mode.
+        inputs: the network's input over the domain, of the last ``context_frames`` frames
+            of ``rate`` (:meth:`metnet.data.inputs.StoreContext.read`); None: the radar
+            channels [rain, rain_mask] of ``rate``, for a radar-only network.
         calibration: a checkpoint's calibration: each lead's temperature tempers the
             blended distribution (None: raw).
         batch_tiles: tiles per network call (tiled networks only).
@@ -319,11 +348,12 @@ def forecast(rate: np.ndarray, lead_times: Sequence[int], *, step_minutes: float
                                motion_velocity(net))
     context = rate[-int(net.config["context_frames"]):]
     if getattr(net, "any_size", False):
-        probs = whole_domain_probabilities(net, context, lead_times, progress, per_lead)
+        probs = whole_domain_probabilities(net, context, lead_times, progress, per_lead,
+                                           inputs)
     else:
         tiling = make_tiling(net, rate.shape[1:], stride)
         probs = blended_probabilities(net, context, lead_times, tiling, batch_tiles, progress,
-                                      per_lead)
+                                      per_lead, inputs)
     logits = probabilities_to_logits(probs)
     if calibration is not None:
         logits = calibration.scale_logits(logits, lead_times, dim=1)
