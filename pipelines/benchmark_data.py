@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--context-size", type=int, default=256)
     p.add_argument("--target-size", type=int, default=64)
     p.add_argument("--context-frames", type=int, default=7)
+    p.add_argument("--shuffle-block", type=int, default=None,
+                   help="data.shuffle_block (default: the datamodule's)")
     p.add_argument("--memory-cap-gb", type=float, default=None,
                    help="run in a memory cgroup of this many GB")
     return p.parse_args(argv)
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
                 [str(store)], context_frames=args.context_frames,
                 context_size=args.context_size, target_size=args.target_size, cache=cache,
                 batch_size=args.batch_size, num_workers=workers, patches_per_window=4,
+                shuffle_block=args.shuffle_block,
             )
             start = time.perf_counter()
             dm.setup("fit")

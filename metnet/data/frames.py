@@ -137,10 +137,15 @@ class StoreFrames:
             return
         if self._data is None:
             self._decode_missing(frames)
-        for k, frame in enumerate(frames):  # frame by frame: no temporary copies
-            rate, model_input = self._frame(frame)
-            np.copyto(out[k, 0], model_input[rows, cols])
-            np.logical_not(np.isnan(rate[rows, cols]), out=out[k, 1], casting="unsafe")
+            for k, frame in enumerate(frames):  # frame by frame: no temporary copies
+                model_input, observed = self._recent.model_input(frame)
+                np.copyto(out[k, 0], model_input[rows, cols])
+                np.copyto(out[k, 1], observed[rows, cols])
+            return
+        for k, frame in enumerate(frames):
+            np.copyto(out[k, 0], self._input[frame, rows, cols])
+            np.logical_not(np.isnan(self._data[frame, rows, cols]), out=out[k, 1],
+                           casting="unsafe")
 
     def iter_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(first, rates)`` for consecutive blocks of whole frames, first to last."""
@@ -150,16 +155,10 @@ class StoreFrames:
             yield first, (self.read(frames, whole, whole) if self._data is not None
                           else self._decode(frames, whole, whole))
 
-    def _frame(self, frame: int) -> tuple[np.ndarray, np.ndarray]:
-        """(H, W) rain rate and model input of selected frame ``frame`` (lazy: decoded)."""
-        if self._data is not None:
-            return self._data[frame], self._input[frame]
-        return self._recent.rate(frame), self._recent.model_input(frame)
-
     def _keeps(self, frames: np.ndarray) -> bool:
-        """Whether the decoded frames of ``frames`` (rate and input) fit in the lazy cache."""
+        """Whether the decoded frames of ``frames`` (rate, input, mask) fit in the lazy cache."""
         height, width = self.shape
-        return 2 * 4 * height * width * len(np.unique(frames)) <= self._recent.capacity
+        return 3 * 4 * height * width * len(np.unique(frames)) <= self._recent.capacity
 
     def _decode_missing(self, frames: np.ndarray) -> None:
         """Decode, in one read, the whole frames of ``frames`` that are not kept yet (the
@@ -210,7 +209,8 @@ class DecodedFrames:
     """The last whole frames decoded, least recently used dropped first, within a byte budget.
 
     Each holds its (H, W) float32 rain rate in mm/h and, once asked for, its model input
-    (:func:`metnet.transforms.rate_to_input_`, computed once per frame rather than per patch).
+    (:func:`metnet.transforms.rate_to_input_`) and observed mask, computed once per frame
+    rather than once per patch.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -232,14 +232,16 @@ class DecodedFrames:
         self._frames.move_to_end(frame)
         return self._frames[frame][0]
 
-    def model_input(self, frame: int) -> np.ndarray:
-        """(H, W) model input of a kept frame, computed on first use (do not modify it)."""
+    def model_input(self, frame: int) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W) model input and observed mask (float32 1 or 0) of a kept frame, computed
+        on first use (do not modify them)."""
         arrays = self._frames[frame]
         if len(arrays) == 1:
             arrays.append(rate_to_input_(torch.from_numpy(arrays[0].copy())).numpy())
-            self._bytes += arrays[1].nbytes
+            arrays.append((~np.isnan(arrays[0])).astype(np.float32))
+            self._bytes += arrays[1].nbytes + arrays[2].nbytes
         self._frames.move_to_end(frame)
-        return arrays[1]
+        return arrays[1], arrays[2]
 
     def _shrink(self) -> None:
         # the newest frame stays even alone over budget: a read needs it next
