@@ -142,6 +142,19 @@ class Workers:
                 cluster has no worker.
         """
         import dask
+
+        # a Client makes itself Dask's default scheduler and does not always undo it (after
+        # an error): later Dask computations in this process would then need a client
+        previous = dask.config.get("scheduler", None)
+        try:
+            with self._client() as client:
+                yield client
+        finally:
+            dask.config.set(scheduler=previous)
+
+    @contextmanager
+    def _client(self) -> Iterator[Client]:
+        import dask
         from distributed import Client, LocalCluster
 
         if self.scheduler is None:  # its HTTP server on a free port (8787 may be taken)
