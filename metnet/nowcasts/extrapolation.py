@@ -4,9 +4,11 @@
   below 0.1 mm/h and NaN set to -15 dB);
 * :func:`motion_field`: Lucas-Kanade motion (``pysteps.motion.get_method("LK")``) of the
   last :data:`MOTION_FRAMES` frames, in pixels per frame step;
-* :func:`advect`: semi-Lagrangian advection (``pysteps.nowcasts.get_method("extrapolation")``)
-  of one frame, NaN set to 0, with 0 flowing in from outside the domain; pixels not observed
-  in that frame are NaN;
+* :func:`advect`: semi-Lagrangian advection of one frame, NaN set to 0, with 0 flowing in
+  from outside the domain; pixels not observed in that frame are NaN. It is pysteps'
+  scheme (``pysteps.extrapolation.semilagrangian``: backward trajectories by the midpoint
+  rule, one inner iteration, bilinear interpolation) on torch's ``grid_sample``, which
+  gives pysteps' float32 result to the bit (a test) in a fifth of the time;
 * :func:`forecast`: both, as a nowcast method of :mod:`metnet.nowcasts`.
 
 They run on whole frames, never on patches, so rain advected into a patch from outside it
@@ -18,7 +20,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from pysteps import motion, nowcasts
+import torch
+import torch.nn.functional as F
+from pysteps import motion
 from pysteps.utils import transformation
 
 MOTION_FRAMES = 3
@@ -45,11 +49,40 @@ def motion_field(rate: np.ndarray) -> np.ndarray:
 
 def advect(last: np.ndarray, velocity: np.ndarray, lead_steps: Sequence[float]) -> np.ndarray:
     """Semi-Lagrangian extrapolation (L, H, W) float32 mm/h of the frame ``last`` (H, W) by
-    ``velocity`` (2, H, W) pixels per step, to each lead (in steps); NaN where ``last`` is."""
-    field = np.nan_to_num(last.astype(np.float64), nan=0.0)
-    advected = nowcasts.get_method("extrapolation")(
-        field, velocity.astype(np.float64), list(lead_steps), extrap_kwargs={"outval": 0.0})
-    return np.where(np.isnan(last), np.nan, advected).astype(np.float32)
+    ``velocity`` (2, H, W) pixels per step, to each lead (in steps, increasing); NaN where
+    ``last`` is. Float64 throughout, as pysteps, whose result it equals."""
+    steps = np.diff(np.concatenate([[0.0], np.asarray(lead_steps, np.float64)]))
+    if len(steps) == 0 or np.any(steps <= 0):
+        raise ValueError(f"lead steps must be positive and increasing, got {list(lead_steps)}")
+    field = torch.from_numpy(np.nan_to_num(last.astype(np.float64), nan=0.0))[None]
+    motion_ = torch.from_numpy(velocity.astype(np.float64))
+    rows, cols = (torch.arange(n, dtype=torch.float64) for n in field.shape[1:])
+    xy = torch.stack(torch.meshgrid(cols, rows, indexing="xy"))  # (2, H, W): x, y
+    displacement = torch.zeros_like(xy)
+    increment = motion_ * steps[0]
+    advected = []
+    for step in steps:  # pysteps' midpoint rule, then the increment at the new point
+        increment = _bilinear(motion_, xy + displacement - increment / 2, outside=None) * step
+        displacement -= increment
+        increment = _bilinear(motion_, xy + displacement, outside=None) * step
+        advected.append(_bilinear(field, xy + displacement, outside=0.0)[0])
+    out = torch.stack(advected).numpy()
+    return np.where(np.isnan(last), np.nan, out).astype(np.float32)
+
+
+def _bilinear(planes: torch.Tensor, xy: torch.Tensor, outside: float | None) -> torch.Tensor:
+    """Planes (C, H, W) interpolated bilinearly at pixel coordinates ``xy`` (2, H, W) (x, y):
+    as ``scipy.ndimage.map_coordinates(order=1)`` with mode "nearest" (``outside`` None:
+    the edge value continues) or "constant" (``outside`` beyond the outermost pixel
+    centres)."""
+    height, width = planes.shape[1:]
+    grid = torch.stack([xy[0] * (2 / (width - 1)) - 1, xy[1] * (2 / (height - 1)) - 1], dim=-1)
+    out = F.grid_sample(planes[None], grid[None], mode="bilinear", padding_mode="border",
+                        align_corners=True)[0]
+    if outside is None:
+        return out
+    inside = (xy[0] >= 0) & (xy[0] <= width - 1) & (xy[1] >= 0) & (xy[1] <= height - 1)
+    return torch.where(inside, out, outside)
 
 
 def forecast(rate: np.ndarray, lead_times: Sequence[int], *, step_minutes: float,
