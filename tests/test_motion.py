@@ -11,6 +11,7 @@ import pytest
 import torch
 from pysteps import motion, nowcasts
 from pysteps.utils import transformation
+from torch import nn
 
 from metnet.data import motion as motion_module
 from metnet.data.augment import FLIP_COLS, FLIP_ROWS, TRANSPOSE, transform
@@ -21,6 +22,7 @@ from metnet.data.windows import DataConfigError, complete_windows
 from metnet.distribution import RainRateDistribution, masked_cross_entropy, rain_to_bin
 from metnet.io.store import append_frames, make_dataset, open_store, write_store
 from metnet.models import MetNet
+from metnet.models.lead_inputs import LeadInputEncoder
 from metnet.transforms import input_to_rate
 
 LEADS = [5, 10, 15]
@@ -212,6 +214,18 @@ def test_network_refuses_missing_or_misshapen_lead_inputs() -> None:
         MetNet(input_channels=2, lead_channels=2, conditioning="onehot")
 
 
+def test_lead_input_encoder_is_space_to_depth_then_a_projection() -> None:
+    """Each of the 8 x 8 input pixels under a latent pixel has its own projection weights,
+    as ``PixelUnshuffle`` then a 1x1 convolution would give them."""
+    torch.manual_seed(0)
+    encoder = LeadInputEncoder(channels=4, dim=32, factor=8)
+    nn.init.normal_(encoder.project.weight)
+    x = torch.randn(3, 4, 40, 48)
+    packed = nn.PixelUnshuffle(8)(encoder.stem(x))
+    expected = encoder.project(packed).permute(0, 2, 3, 1)
+    torch.testing.assert_close(encoder(x), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_lead_input_term_starts_at_zero_and_learns() -> None:
     net, x = _lead_net(), torch.randn(2, 4, 2, 48, 48)
     planes = torch.rand(2, 3, 2, 48, 48)
@@ -262,7 +276,7 @@ def test_an_untrained_prior_network_forecasts_the_probabilistic_extrapolation() 
     k = len(edges) - 1
     for j, lead in enumerate(LEADS):
         r = int(1 + lead / 10)
-        for y, x in [(0, 0), (7, 7), (15, 9), (3, 12)]:  # target = context rows 16-31
+        for y, x in np.ndindex(16, 16):  # every target pixel (context rows 16-31)
             window = rate[0, j, 16 + y - r:17 + y + r, 16 + x - r:17 + x + r].reshape(-1)
             plain = torch.bincount(rain_to_bin(window, edges), minlength=k) / len(window)
             median = int((plain.cumsum(0) < 0.5).sum())

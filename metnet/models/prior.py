@@ -78,7 +78,7 @@ class ExtrapolationPrior(nn.Module):
         (N, 2, K, Ht, Wt) are those of :meth:`histograms` (centred, plain)."""
         weight = torch.sigmoid(mix.float())[:, None]
         centred, plain = histograms.float().unbind(1)
-        return torch.log(weight * centred + (1 - weight) * plain + FLOOR)
+        return torch.log(torch.lerp(plain, centred, weight) + FLOOR)
 
     @torch.no_grad()
     def histograms(self, planes: Tensor, lead_minutes: Tensor) -> Tensor:
@@ -94,34 +94,50 @@ class ExtrapolationPrior(nn.Module):
         known = planes[:, 1].float() > 0.5
         rate = torch.where(known, input_to_rate(planes[:, 0].float()), 0.0).clamp_min(0)
         n, height, width = rate.shape
-        ht, wt = height - 2 * self.margin, width - 2 * self.margin
-        k = len(self.edges) - 1
+        ht, wt, k = height - 2 * self.margin, width - 2 * self.margin, len(self.edges) - 1
         bins = rain_to_bin(rate, self.edges)  # (N, H, W), once per pixel, not per member
-        counts = torch.zeros(n, k, height, width, dtype=torch.int32, device=rate.device)
-        counts.scatter_(1, bins[:, None], 1)  # (N, K, H, W) one-hot
-        # integral image; int32 holds any count of a radar domain, and int64 doubles the cost
-        table = F.pad(counts.cumsum(2, dtype=torch.int32).cumsum(3, dtype=torch.int32),
-                      (1, 0, 1, 0))
-        plain = rate.new_empty(n, k, ht, wt)
-        radii = [neighbourhood_radius(m, self.radius) for m in lead_minutes.tolist()]
-        for i, r in enumerate(radii):  # a box sum per bin: four corners of the table
-            lo, size = self.margin - r, 2 * r + 1
-            rows, cols = slice(lo + size, lo + size + ht), slice(lo + size, lo + size + wt)
-            before_r, before_c = slice(lo, lo + ht), slice(lo, lo + wt)
-            box = (table[i, :, rows, cols] - table[i, :, before_r, cols]
-                   - table[i, :, rows, before_c] + table[i, :, before_r, before_c])
-            plain[i] = box / size**2
-        centre = bins[:, self.margin:self.margin + ht, self.margin:self.margin + wt]
-        centred = _recentre(plain.reshape(n, k, -1), centre.reshape(n, 1, -1))
-        return torch.stack([centred.reshape(n, k, ht, wt), plain], dim=1)
+        ks = torch.arange(k, dtype=bins.dtype, device=bins.device)[:, None, None]
+        out = rate.new_empty(n, 2, k, ht, wt)
+        for i, minutes in enumerate(lead_minutes.tolist()):
+            r = neighbourhood_radius(minutes, self.radius)
+            below = _box_counts(bins[i] <= ks, self.margin - r, 2 * r + 1, (ht, wt))
+            centre = bins[i, self.margin:self.margin + ht, self.margin:self.margin + wt]
+            size = (2 * r + 1) ** 2
+            _bin_fractions(_recentred_cumulative(below, centre, size), size, out[i, 0])
+            _bin_fractions(below, size, out[i, 1])
+        return out
 
 
-def _recentre(histogram: Tensor, centre: Tensor) -> Tensor:
-    """Histograms (n, K, P) moved along the bins so that their median bin is ``centre``
-    (n, 1, P): each bin's mass goes ``centre - median`` bins up (mass moved past either end
-    stays in the end bin). The compact bins are close to evenly spaced in log rate, so this
-    is the neighbourhood's spread around the pixel's own extrapolated rate."""
-    k = histogram.shape[1]
-    median = (histogram.cumsum(1) < 0.5).sum(1, keepdim=True)  # first bin reaching half
-    target = (torch.arange(k, device=histogram.device)[None, :, None] + centre - median)
-    return torch.zeros_like(histogram).scatter_add_(1, target.clamp(0, k - 1), histogram)
+def _box_counts(indicator: Tensor, first: int, size: int, shape: tuple[int, int]) -> Tensor:
+    """Sums (C, h, w) int16 of the boolean planes ``indicator`` (C, H, W) over the square of
+    side ``size`` whose top-left corner is ``first`` pixels down and right of each output
+    pixel's: running sums along columns, then rows (a separable box filter, exact in
+    integers; int16 holds a row's running count of any radar domain's box)."""
+    (h, w), last = shape, first + size
+    sums = F.pad(indicator.cumsum(2, dtype=torch.int16), (1, 0))
+    sums = sums[..., last:last + w] - sums[..., first:first + w]
+    sums = F.pad(sums.cumsum(1, dtype=torch.int16), (0, 0, 1, 0))
+    return sums[:, last:last + h] - sums[:, first:first + h]
+
+
+def _recentred_cumulative(below: Tensor, centre: Tensor, size: int) -> Tensor:
+    """Cumulative counts (K, h, w) of neighbourhoods moved along the bins so that their
+    median bin is ``centre`` (h, w): each bin's count goes ``centre - median`` bins up, mass
+    moved past either end staying in the end bin. ``below`` (K, h, w) counts the members in
+    bins ``<= k`` of a neighbourhood of ``size`` members. The compact bins are close to
+    evenly spaced in log rate, so this is the neighbourhood's spread around the pixel's own
+    extrapolated rate."""
+    k = below.shape[0]
+    median = (2 * below < size).sum(0, dtype=below.dtype)  # the first bin holding half
+    bins = torch.arange(k, dtype=below.dtype, device=below.device)[:, None, None]
+    source = (bins - centre.to(below.dtype) + median + 1).clamp_(0, k)  # 0: none below
+    source[-1] = k  # the last bin holds every member
+    return F.pad(below, (0, 0, 0, 0, 1, 0)).gather(0, source.long())
+
+
+def _bin_fractions(cumulative: Tensor, size: int, out: Tensor) -> None:
+    """Write into ``out`` (K, h, w) the fraction of ``size`` members in each bin, from their
+    cumulative counts (K, h, w) over the bins."""
+    out[0] = cumulative[0]
+    torch.sub(cumulative[1:], cumulative[:-1], out=out[1:])
+    out.div_(size)

@@ -250,12 +250,13 @@ def blended_probabilities(
     return blended[..., :height, :width].cpu()
 
 
-def whole_domain_probabilities(
+def whole_domain_logits(
     net: nn.Module, rate: np.ndarray, lead_times: Sequence[int], progress: bool = False,
     per_lead: np.ndarray | None = None, inputs: ModelInput | None = None,
 ) -> torch.Tensor:
-    """Bin probabilities (L, K, H, W) over the domain from one pass of an :attr:`any_size`
-    network: one encoding of the padded domain, then the leads decoded in chunks.
+    """Log bin probabilities (L, K, H, W) over the domain from one pass of an
+    :attr:`any_size` network: one encoding of the padded domain, then the leads decoded in
+    chunks.
 
     Args:
         net: a MetNet (eval mode) with ``any_size``.
@@ -266,7 +267,7 @@ def whole_domain_probabilities(
         inputs: the network's input (default: :func:`radar_input` of ``rate``).
 
     Returns:
-        float32 probabilities on the CPU, summing to 1 over K at every pixel.
+        float32 log-probabilities on the CPU (log-softmax of the network's logits).
     """
     tiling = one_pass_tiling(net, rate.shape[1:])
     device = next(net.parameters()).device
@@ -274,7 +275,7 @@ def whole_domain_probabilities(
     planes = pad_planes(per_lead, tiling).to(device) if per_lead is not None else None
     height, width = rate.shape[1:]
     chunk = max(1, DECODE_PIXELS // math.prod(tiling.covered))
-    probs = torch.empty((len(lead_times), len(net.bin_edges) - 1, height, width))
+    out = torch.empty((len(lead_times), len(net.bin_edges) - 1, height, width))
     firsts = range(0, len(lead_times), chunk)
     with torch.inference_mode():
         latent = net.encode(x)
@@ -286,8 +287,12 @@ def whole_domain_probabilities(
             logits = net.decode(latent, torch.tensor(leads, device=device),
                                 None if extra is None else extra[None],
                                 None if histograms is None else histograms[None])
-            probs[part] = torch.softmax(logits[0].float(), dim=1)[..., :height, :width].cpu()
-    return probs
+            logits = logits[0, ..., :height, :width].float()
+            if logits.device == out.device:
+                torch.log_softmax(logits, dim=1, out=out[part])
+            else:
+                out[part] = torch.log_softmax(logits, dim=1).cpu()
+    return out
 
 
 def prior_histograms(net: nn.Module, planes: torch.Tensor | None, lead_times: Sequence[int],
@@ -301,9 +306,7 @@ def prior_histograms(net: nn.Module, planes: torch.Tensor | None, lead_times: Se
         return None
     (top, left), (height, width), r = tiling.margin, tiling.covered, prior.margin
     region = planes[..., top - r:top + height + r, left - r:left + width + r]
-    leads = torch.tensor(lead_times, device=planes.device)
-    return torch.cat([prior.histograms(region[j:j + 1], leads[j:j + 1])
-                      for j in range(len(lead_times))])
+    return prior.histograms(region, torch.tensor(lead_times, device=planes.device))
 
 
 def probabilities_to_logits(probs: torch.Tensor) -> torch.Tensor:
@@ -348,13 +351,11 @@ def forecast(rate: np.ndarray, lead_times: Sequence[int], *, step_minutes: float
                                motion_velocity(net))
     context = rate[-int(net.config["context_frames"]):]
     if getattr(net, "any_size", False):
-        probs = whole_domain_probabilities(net, context, lead_times, progress, per_lead,
-                                           inputs)
+        logits = whole_domain_logits(net, context, lead_times, progress, per_lead, inputs)
     else:
         tiling = make_tiling(net, rate.shape[1:], stride)
-        probs = blended_probabilities(net, context, lead_times, tiling, batch_tiles, progress,
-                                      per_lead, inputs)
-    logits = probabilities_to_logits(probs)
+        logits = probabilities_to_logits(blended_probabilities(
+            net, context, lead_times, tiling, batch_tiles, progress, per_lead, inputs))
     if calibration is not None:
         logits = calibration.scale_logits(logits, lead_times, dim=1)
     return RainRateDistribution(logits, net.bin_edges, dim=1)
