@@ -121,12 +121,14 @@ def _forecast(a: Namespace) -> None:
     )
     from metnet.io.forecast_file import ForecastOutput
     from metnet.io.store import is_remote, local_path, open_store
+    from metnet.runtime import keep_freed_memory
     from metnet.times import utc_time
 
     _check_watch(a)
     if not a.watch and (bool(a.init_time) == bool(a.start) or bool(a.start) != bool(a.end)):
         raise ValueError("give either --init_time or both --start and --end")
     check_settings(a.quantiles, a.batch_tiles)
+    keep_freed_memory()
     checkpoint = Checkpoint.load(a.ckpt_path)
     calibration = None if a.uncalibrated else checkpoint.calibration
     store = open_store(a.store, a.storage_options)
@@ -255,6 +257,7 @@ def _evaluate(a: Namespace) -> None:
     from metnet.checkpoint import Checkpoint
     from metnet.forecast import check_settings, resolve_lead_times, store_context
     from metnet.io.store import open_store
+    from metnet.runtime import keep_freed_memory
     from metnet.verification import (
         check_evaluation_out,
         evaluate,
@@ -264,6 +267,7 @@ def _evaluate(a: Namespace) -> None:
 
     check_settings(batch_tiles=a.batch_tiles)
     check_evaluation_out(a.out)
+    keep_freed_memory()
     checkpoint = Checkpoint.load(a.ckpt_path)
     calibration = None if a.uncalibrated else checkpoint.calibration
     store = open_store(a.store, a.storage_options)

@@ -25,6 +25,7 @@ from metnet.forecast import complete_init_times, forecast_dataset, store_context
 from metnet.io.forecast_file import write_forecast
 from metnet.io.store import open_store
 from metnet.plotting import plot_forecast
+from metnet.runtime import keep_freed_memory
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # as metnet forecast
     checkpoint = Checkpoint.load(args.ckpt_path)
     store = open_store(args.store)
     checkpoint.check(store)

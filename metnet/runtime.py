@@ -1,0 +1,41 @@
+"""Process settings that make CPU inference faster.
+
+:func:`keep_freed_memory`: by default glibc hands every allocation above 32 MB straight to
+the kernel (``mmap``) and gives it back when freed (``munmap``), so each large tensor of a
+forecast (a 12-lead, 25-bin distribution of a 256 x 256 px domain is 79 MB) is new memory
+whose every page faults on first touch. Serving them from the heap and keeping freed memory
+for the next one (PyTorch's CPU tuning guide recommends an allocator that does, such as
+jemalloc) halves the network's part of a one-pass forecast on the machine of
+``BENCHMARKS.md``. The cost: the process keeps up to :data:`KEEP_BYTES` of freed memory
+instead of returning it, after its peak.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+#: glibc's ``mallopt`` parameters (``<malloc.h>``).
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+#: Freed memory at the top of the heap kept for reuse before it is returned to the system.
+KEEP_BYTES = 2**30
+
+
+def keep_freed_memory() -> bool:
+    """Serve large allocations from the heap and keep up to :data:`KEEP_BYTES` of freed
+    memory for reuse, for the rest of this process (and the processes it forks).
+
+    Returns:
+        whether it took effect: True with glibc (Linux), False elsewhere (another C
+        library keeps its own policy).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
