@@ -25,6 +25,8 @@ real stores at given init times::
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import os
 import statistics
 import threading
@@ -37,12 +39,14 @@ import torch
 import yaml
 from pysteps import nowcasts as pysteps_nowcasts
 
+from metnet.data.motion import lead_planes
 from metnet.forecast import read_context
 from metnet.io.store import open_store
 from metnet.io.synthetic import synthesize
 from metnet.models import MetNet
 from metnet.nowcasts import get_method
-from metnet.nowcasts.extrapolation import motion_field
+from metnet.nowcasts.extrapolation import MOTION_FRAMES, advect, motion_field
+from metnet.nowcasts.model import one_pass_tiling, pad_planes, padded_input, prior_histograms
 from metnet.runtime import keep_freed_memory
 
 LEADS = list(range(5, 61, 5))
@@ -59,21 +63,44 @@ def network(one_pass: bool) -> MetNet:
     return MetNet(**config).eval()
 
 
-def rss() -> int:
-    """Resident memory of this process in bytes."""
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _glibc_mallinfo2() -> Callable[[], _MallInfo2] | None:
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    function.restype = _MallInfo2
+    return function
+
+
+MALLINFO2 = _glibc_mallinfo2()
+
+
+def memory_in_use() -> int:
+    """Bytes this process has allocated and not freed (glibc's heap and mapped blocks): memory
+    kept for reuse after a free (``keep_freed_memory``) does not count, so one domain's
+    figure does not depend on the domains measured before it. Resident memory without
+    glibc."""
+    if MALLINFO2 is not None:
+        info = MALLINFO2()
+        return info.uordblks + info.hblkhd
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def measure(call: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """(median seconds over ``repeats`` runs after a warm-up, peak RSS in MB above that
-    before the warm-up, which, as the first init time of a forecast, finds no freed memory
-    to reuse), RSS sampled every 2 ms in a thread."""
-    start, peak, done = rss(), [0], threading.Event()
+    """(median seconds over ``repeats`` runs after a warm-up, peak memory in use in MB above
+    that before the calls), memory sampled every 2 ms in a thread."""
+    start, peak, done = memory_in_use(), [0], threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], rss())
+            peak[0] = max(peak[0], memory_in_use())
             time.sleep(0.002)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -116,18 +143,51 @@ def main() -> None:
     p.add_argument("--steps-max-side", type=int, default=1024)
     p.add_argument("--default-malloc", action="store_true",
                    help="keep glibc's allocation policy (not what metnet forecast runs)")
+    p.add_argument("--parts", action="store_true",
+                   help="also time each part of the one-pass forecast, on every domain")
     args = p.parse_args()
     if not args.default_malloc:
         keep_freed_memory()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     nets = {"one pass": network(True), "tiled": network(False)}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"seconds per init time (median of {args.repeats}) and peak RSS (MB)\n")
+          f"seconds per init time (median of {args.repeats}) and peak memory in use (MB)\n")
     print("| domain | pysteps LK | one pass | one pass MB | tiled | tiled MB "
           "| STEPS 20 | STEPS / one pass | one pass / pysteps LK |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, rate, km in domains(args):
         print(row(name, rate, km, nets, args), flush=True)
+    if args.parts:
+        print("\n| domain | " + " | ".join(PARTS) + " |")
+        print("| --- |" + " ---: |" * len(PARTS))
+        for name, rate, _ in domains(args):
+            print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in parts(
+                nets["one pass"], rate, args.repeats)) + " |", flush=True)
+
+
+PARTS = ("LK motion", "advection", "encoder", "prior histograms", "decoder and head",
+         "log-softmax")
+
+
+def parts(net: MetNet, rate: np.ndarray, repeats: int) -> list[float]:
+    """Seconds (median) of each of :data:`PARTS` of a one-pass forecast of context rates
+    (T, H, W) mm/h, all leads decoded at once."""
+    steps = [lead / 5 for lead in LEADS]
+    velocity = motion_field(rate)
+    per_lead = lead_planes(rate[-MOTION_FRAMES:], steps, velocity=True)
+    context = rate[-DATA["context_frames"]:]
+    tiling = one_pass_tiling(net, context.shape[1:])
+    x, planes = padded_input(context, tiling)[None], pad_planes(per_lead, tiling)
+    leads = torch.tensor(LEADS)
+    with torch.inference_mode():
+        latent = net.encode(x)
+        histograms = prior_histograms(net, planes, LEADS, tiling)
+        logits = net.decode(latent, leads, planes[None], histograms[None])
+        calls = [lambda: motion_field(rate), lambda: advect(rate[-1], velocity, steps),
+                 lambda: net.encode(x), lambda: prior_histograms(net, planes, LEADS, tiling),
+                 lambda: net.decode(latent, leads, planes[None], histograms[None]),
+                 lambda: torch.log_softmax(logits, dim=2)]
+        return [measure(call, repeats)[0] for call in calls]
 
 
 def pysteps_extrapolation(rate: np.ndarray) -> np.ndarray:
