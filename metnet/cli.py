@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from metnet.io.sources import PRESETS
+from metnet.runtime import keep_freed_memory
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 USAGE_ERRORS = (ValueError, RuntimeError, OSError)
 #: What LightningCLI commands report in one line (a RuntimeError there is a bug: traceback).
 LIGHTNING_ERRORS = (ValueError, OSError)
+#: Commands besides Lightning's that run the network.
+MODEL_COMMANDS = ("calibrate", "forecast", "evaluate")
 LIGHTNING_COMMANDS = {
     "fit": "train a model (LightningCLI; `metnet fit --help` lists every option)",
     "validate": "score a checkpoint on the validation split, next to the baselines",
@@ -121,14 +124,12 @@ def _forecast(a: Namespace) -> None:
     )
     from metnet.io.forecast_file import ForecastOutput
     from metnet.io.store import is_remote, local_path, open_store
-    from metnet.runtime import keep_freed_memory
     from metnet.times import utc_time
 
     _check_watch(a)
     if not a.watch and (bool(a.init_time) == bool(a.start) or bool(a.start) != bool(a.end)):
         raise ValueError("give either --init_time or both --start and --end")
     check_settings(a.quantiles, a.batch_tiles)
-    keep_freed_memory()
     checkpoint = Checkpoint.load(a.ckpt_path)
     calibration = None if a.uncalibrated else checkpoint.calibration
     store = open_store(a.store, a.storage_options)
@@ -257,7 +258,6 @@ def _evaluate(a: Namespace) -> None:
     from metnet.checkpoint import Checkpoint
     from metnet.forecast import check_settings, resolve_lead_times, store_context
     from metnet.io.store import open_store
-    from metnet.runtime import keep_freed_memory
     from metnet.verification import (
         check_evaluation_out,
         evaluate,
@@ -267,7 +267,6 @@ def _evaluate(a: Namespace) -> None:
 
     check_settings(batch_tiles=a.batch_tiles)
     check_evaluation_out(a.out)
-    keep_freed_memory()
     checkpoint = Checkpoint.load(a.ckpt_path)
     calibration = None if a.uncalibrated else checkpoint.calibration
     store = open_store(a.store, a.storage_options)
@@ -580,6 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metnet`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
+    if command in (*LIGHTNING_COMMANDS, *MODEL_COMMANDS):
+        keep_freed_memory()  # large tensors reuse freed memory: faster training and forecasts
     if command in REMOVED:
         print(f"metnet {command}: error: {REMOVED[command]}", file=sys.stderr)
         return 2
