@@ -19,10 +19,16 @@ from metnet.data.datamodule import NowcastDataModule
 from metnet.data.frames import StoreFrames
 from metnet.data.motion import VELOCITY_SCALE, MotionCache, lead_planes
 from metnet.data.windows import DataConfigError, complete_windows
-from metnet.distribution import RainRateDistribution, masked_cross_entropy, rain_to_bin
+from metnet.distribution import (
+    RainRateDistribution,
+    compact_bins,
+    masked_cross_entropy,
+    rain_to_bin,
+)
 from metnet.io.store import append_frames, make_dataset, open_store, write_store
 from metnet.models import MetNet
 from metnet.models.lead_inputs import LeadInputEncoder
+from metnet.models.prior import ExtrapolationPrior
 from metnet.transforms import input_to_rate
 
 LEADS = [5, 10, 15]
@@ -212,6 +218,28 @@ def test_network_refuses_missing_or_misshapen_lead_inputs() -> None:
         net(x, LEADS, torch.zeros(1, 3, 2, 32, 32))
     with pytest.raises(ValueError, match="need conditioning='film'"):
         MetNet(input_channels=2, lead_channels=2, conditioning="onehot")
+
+
+def test_prior_histograms_are_exact_for_neighbourhoods_of_thirty_thousand_pixels() -> None:
+    """A 14 h lead gives a 179 x 179 px neighbourhood (32041 members): box sums whose
+    running totals pass int16's range still count every member, and the median of the
+    centred histogram is that of the members."""
+    prior = ExtrapolationPrior(compact_bins(dry=True), max_lead_minutes=880)
+    assert prior.margin == 89
+    gen = torch.Generator().manual_seed(2)
+    side = 2 * prior.margin + 8
+    rate = torch.rand(1, side, side, generator=gen) ** 4 * 30
+    planes = torch.stack([torch.log1p(rate) / 4.0, torch.ones_like(rate)], dim=1)
+    histograms = prior.histograms(planes, torch.tensor([880]))
+    edges, k, r = prior.edges, len(prior.edges) - 1, prior.margin
+    for y, x in [(0, 0), (3, 5), (7, 7)]:
+        window = rate[0, y:y + 2 * r + 1, x:x + 2 * r + 1].reshape(-1)
+        plain = torch.bincount(rain_to_bin(window, edges), minlength=k) / len(window)
+        median = int((plain.cumsum(0) < 0.5).sum())
+        shift = int(rain_to_bin(rate[0, r + y, r + x], edges)) - median
+        centred = torch.zeros(k).index_add_(0, (torch.arange(k) + shift).clamp(0, k - 1), plain)
+        torch.testing.assert_close(histograms[0, 1, :, y, x], plain, atol=1e-6, rtol=0)
+        torch.testing.assert_close(histograms[0, 0, :, y, x], centred, atol=1e-6, rtol=0)
 
 
 def test_lead_input_encoder_is_space_to_depth_then_a_projection() -> None:

@@ -107,6 +107,20 @@ def test_advection_equals_pysteps_to_the_bit_on_real_radar(ingested_store):
     np.testing.assert_array_equal(ours, pysteps_advection(rate[-1], velocity, steps))
 
 
+def test_advection_of_a_one_pixel_wide_strip_equals_pysteps() -> None:
+    strip = np.array([[0.0], [2.0], [5.0], [np.nan], [1.0]])
+    velocity = np.stack([np.full(strip.shape, 0.4), np.full(strip.shape, 0.7)])
+    np.testing.assert_array_equal(advect(strip, velocity, [1.0, 2.0]),
+                                  pysteps_advection(strip, velocity, [1.0, 2.0]))
+
+
+def test_advection_refuses_a_motion_field_with_gaps(context):
+    velocity = np.zeros((2, *context.shape[1:]))
+    velocity[0, 3, 4] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        advect(context[-1], velocity, [1.0])
+
+
 def test_advection_refuses_leads_out_of_order(context):
     with pytest.raises(ValueError, match="positive and increasing"):
         advect(context[-1], np.zeros((2, *context.shape[1:])), [2.0, 1.0])

@@ -109,14 +109,18 @@ class ExtrapolationPrior(nn.Module):
 
 
 def _box_counts(indicator: Tensor, first: int, size: int, shape: tuple[int, int]) -> Tensor:
-    """Sums (C, h, w) int16 of the boolean planes ``indicator`` (C, H, W) over the square of
-    side ``size`` whose top-left corner is ``first`` pixels down and right of each output
-    pixel's: running sums along columns, then rows (a separable box filter, exact in
-    integers; int16 holds a row's running count of any radar domain's box)."""
+    """Sums (C, h, w) of the boolean planes ``indicator`` (C, H, W) over the square of side
+    ``size`` whose top-left corner is ``first`` pixels down and right of each output pixel's:
+    running sums along columns, then rows (a separable box filter, exact in integers). The
+    running sums reach W and ``size`` x H: int16 (half the memory traffic) where they fit,
+    int32 otherwise."""
     (h, w), last = shape, first + size
-    sums = F.pad(indicator.cumsum(2, dtype=torch.int16), (1, 0))
+    height, width = indicator.shape[1:]
+    dtype = (torch.int16 if max(width, size * height) <= torch.iinfo(torch.int16).max
+             else torch.int32)
+    sums = F.pad(indicator.cumsum(2, dtype=dtype), (1, 0))
     sums = sums[..., last:last + w] - sums[..., first:first + w]
-    sums = F.pad(sums.cumsum(1, dtype=torch.int16), (0, 0, 1, 0))
+    sums = F.pad(sums.cumsum(1, dtype=dtype), (0, 0, 1, 0))
     return sums[:, last:last + h] - sums[:, first:first + h]
 
 
@@ -128,7 +132,7 @@ def _recentred_cumulative(below: Tensor, centre: Tensor, size: int) -> Tensor:
     evenly spaced in log rate, so this is the neighbourhood's spread around the pixel's own
     extrapolated rate."""
     k = below.shape[0]
-    median = (2 * below < size).sum(0, dtype=below.dtype)  # the first bin holding half
+    median = (below <= size // 2).sum(0, dtype=below.dtype)  # first bin holding half (size odd)
     bins = torch.arange(k, dtype=below.dtype, device=below.device)[:, None, None]
     source = (bins - centre.to(below.dtype) + median + 1).clamp_(0, k)  # 0: none below
     source[-1] = k  # the last bin holds every member

@@ -54,6 +54,8 @@ def advect(last: np.ndarray, velocity: np.ndarray, lead_steps: Sequence[float]) 
     steps = np.diff(np.concatenate([[0.0], np.asarray(lead_steps, np.float64)]))
     if len(steps) == 0 or np.any(steps <= 0):
         raise ValueError(f"lead steps must be positive and increasing, got {list(lead_steps)}")
+    if not np.isfinite(velocity).all():
+        raise ValueError("the motion field holds non-finite values")
     field = torch.from_numpy(np.nan_to_num(last.astype(np.float64), nan=0.0))[None]
     motion_ = torch.from_numpy(velocity.astype(np.float64))
     rows, cols = (torch.arange(n, dtype=torch.float64) for n in field.shape[1:])
@@ -76,7 +78,10 @@ def _bilinear(planes: torch.Tensor, xy: torch.Tensor, outside: float | None) -> 
     the edge value continues) or "constant" (``outside`` beyond the outermost pixel
     centres)."""
     height, width = planes.shape[1:]
-    grid = torch.stack([xy[0] * (2 / (width - 1)) - 1, xy[1] * (2 / (height - 1)) - 1], dim=-1)
+    # grid_sample's [-1, 1] spans the outer pixel centres (a 1-pixel side maps everything
+    # to its one pixel)
+    grid = torch.stack([xy[0] * (2 / max(width - 1, 1)) - 1,
+                        xy[1] * (2 / max(height - 1, 1)) - 1], dim=-1)
     out = F.grid_sample(planes[None], grid[None], mode="bilinear", padding_mode="border",
                         align_corners=True)[0]
     if outside is None:
