@@ -378,7 +378,7 @@ def test_two_workers_write_the_store_that_one_process_writes(shared_data, tmp_pa
 
 def test_a_bad_scheduler_address_is_named_in_one_sentence(fmi_copy, tmp_path):
     import dask
-    import distributed  # noqa: F401  (its configuration defaults, before they are overridden)
+    import distributed  # (also its configuration defaults, before they are overridden)
 
     for address in ("nonsense", "tcp://127.0.0.1:1"):
         sentence = (rf"^--scheduler {re.escape(address)}: no Dask scheduler answers at this "
@@ -387,7 +387,10 @@ def test_a_bad_scheduler_address_is_named_in_one_sentence(fmi_copy, tmp_path):
                 IngestError, match=sentence):
             ingest(fmi_copy, "fmi", tmp_path / "s.zarr", scheduler=address, progress=False)
     # the failed client does not stay Dask's scheduler: later computations run as before
+    # (they used to wait for it, forever, until it was garbage-collected)
     assert dask.config.get("scheduler", None) is None
+    with pytest.raises(ValueError, match="No clients found"):
+        distributed.default_client()
     result = run_metnet("ingest", fmi_copy, "--source", "fmi", "--out", "s.zarr",
                         "--scheduler", "nonsense", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -134,23 +134,19 @@ class Workers:
 
     @contextmanager
     def client(self) -> Iterator[Client]:
-        """A Dask client of the cluster, the default scheduler of Dask computations while the
-        block runs; a local cluster is started for the block and closed after it.
+        """A Dask client of the cluster, the default scheduler of Dask computations made in
+        this thread while the block runs; a local cluster is started for the block and
+        closed after it.
 
         Raises:
             IngestError: naming a scheduler address that no scheduler answers at, or whose
                 cluster has no worker.
         """
-        import dask
-
-        # a Client makes itself Dask's default scheduler and does not always undo it (after
-        # an error): later Dask computations in this process would then need a client
-        previous = dask.config.get("scheduler", None)
-        try:
-            with self._client() as client:
-                yield client
-        finally:
-            dask.config.set(scheduler=previous)
+        # never the process's default client: one that failed to connect stays alive until
+        # garbage collection, and every later Dask computation in the process would wait
+        # for it
+        with self._client() as client, client.as_current():
+            yield client
 
     @contextmanager
     def _client(self) -> Iterator[Client]:
@@ -161,11 +157,11 @@ class Workers:
             with dask.config.set(_WORKER_ENVIRONMENT), LocalCluster(
                     n_workers=self.count, threads_per_worker=1, processes=True,
                     dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
-                    Client(cluster) as client:
+                    Client(cluster, set_as_default=False) as client:
                 yield client
             return
         try:
-            client = Client(self.scheduler)
+            client = Client(self.scheduler, set_as_default=False)
         except (OSError, ValueError) as err:
             raise IngestError(f"--scheduler {self.scheduler}: no Dask scheduler answers at "
                               f"this address ({err})") from None
