@@ -518,9 +518,11 @@ COMMANDS: dict[str, tuple[str, Callable[[], ArgumentParser], Callable[[Namespace
 }
 
 
-def build_parser() -> ArgumentParser:
+def build_parser(command: str | None = None) -> ArgumentParser:
     """``metnet``: every sub-command (LightningCLI's and ``calibrate`` listed, parsed by
-    LightningCLI)."""
+    LightningCLI). Only ``command``'s own options are built (every command's when None):
+    the others are listed by their summaries, and ``ingest``'s list of pysteps' importers
+    costs a pysteps import (about 2 s) that other commands need not wait for."""
     parser = ArgumentParser(
         prog="metnet", exit_on_error=False,
         description="Probabilistic precipitation nowcasting from radar and satellite archives.")
@@ -528,7 +530,9 @@ def build_parser() -> ArgumentParser:
     for name, summary in {**LIGHTNING_COMMANDS, "calibrate": CALIBRATE_HELP}.items():
         sub.add_subcommand(name, ArgumentParser(add_help=False), help=summary)
     for name, (summary, make, _) in COMMANDS.items():
-        sub.add_subcommand(name, make(), help=summary)
+        built = command is None or name == command
+        sub.add_subcommand(name, make() if built else ArgumentParser(add_help=False),
+                           help=summary)
     return parser
 
 
@@ -600,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for note in notes:
             print(f"metnet {command}: {note}", file=sys.stderr)
         argv = [command, *rest]
-    parser = build_parser()
+    parser = build_parser(command)
     try:
         args = parser.parse_args(argv)
     except Exception as err:  # jsonargparse's ArgumentError, or a bad --config file
