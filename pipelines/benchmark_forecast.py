@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import os
 import statistics
 import threading
@@ -71,7 +70,7 @@ class _MallInfo2(ctypes.Structure):
 
 def _glibc_mallinfo2() -> Callable[[], _MallInfo2] | None:
     try:
-        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+        function = ctypes.CDLL(None).mallinfo2
     except (OSError, AttributeError):
         return None
     function.restype = _MallInfo2

@@ -287,11 +287,7 @@ def whole_domain_logits(
             logits = net.decode(latent, torch.tensor(leads, device=device),
                                 None if extra is None else extra[None],
                                 None if histograms is None else histograms[None])
-            logits = logits[0, ..., :height, :width].float()
-            if logits.device == out.device:
-                torch.log_softmax(logits, dim=1, out=out[part])
-            else:
-                out[part] = torch.log_softmax(logits, dim=1).cpu()
+            out[part] = torch.log_softmax(logits[0, ..., :height, :width].float(), dim=1).cpu()
     return out
 
 
