@@ -18,7 +18,7 @@ from torch import nn
 from metnet.cli import main
 from metnet.distribution import rain_to_bin
 from metnet.forecast import ForecastError, complete_init_times, forecast_dataset
-from metnet.io.forecast_file import write_forecast
+from metnet.io.forecast_file import ForecastOutput, part_compression, write_forecast
 from metnet.io.store import open_store
 from metnet.models import MetNet
 from metnet.nowcasts.model import make_tiling
@@ -163,6 +163,27 @@ def test_netcdf_carries_cf_attributes(forecast, tmp_path):
         header = subprocess.run(["ncdump", "-h", str(path)], capture_output=True, text=True,
                                 check=True).stdout
         assert "precip_rate_mean:standard_name = \"rainfall_rate\"" in header
+
+
+def test_kept_netcdf_is_zlib_and_its_hidden_parts_are_compressed_fast(forecast, tmp_path):
+    """What a user keeps opens in every netCDF reader (zlib); the parts an ``OUT.nc`` is
+    assembled from, read back only by metnet, use the faster codec, and the assembled file
+    equals the forecast written."""
+    output = ForecastOutput(tmp_path / "out.nc", settings={"test": 1})
+    for i in range(forecast.sizes["init_time"]):
+        output.write(forecast.isel(init_time=[i]))
+    fast = part_compression()
+    for part in output._part_files():
+        with netCDF4.Dataset(part) as nc:
+            filters = nc["precip_rate_mean"].filters()
+            assert filters.get(fast.get("compression", "zlib")), filters
+    with netCDF4.Dataset(output.close()) as nc:
+        assert nc["precip_rate_mean"].filters()["zlib"]
+        assert not nc["precip_rate_mean"].filters().get("zstd")
+    back = xr.open_dataset(tmp_path / "out.nc").load()
+    xr.testing.assert_identical(back.drop_vars("crs"),
+                                forecast.drop_vars("crs").assign_attrs(back.attrs))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nc"]
 
 
 def test_a_failed_write_leaves_nothing_behind(forecast, tmp_path):
