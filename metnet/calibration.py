@@ -16,12 +16,14 @@ a lower cut. MetNet (Sønderby et al., 2020; Espeholt et al., 2022) chose its pr
 thresholds this way, per lead time and rain rate, to maximise the categorical score on
 held-out data. The cut leaves the distribution itself untouched.
 
-Fitting: :class:`CalibrationStatistics` accumulates, in one pass over batches, the
+Fitting: :func:`fit_calibration` feeds batches to
+:class:`metnet.metrics.CalibrationStatistics` (a torchmetrics metric, kept with the others so
+that reading a calibration does not import torchmetrics), which accumulates in one pass the
 cross-entropy for every candidate temperature and histograms of the exceedance
-probabilities with their observed outcomes; :meth:`CalibrationStatistics.compute` turns
-them into a :class:`Calibration`. Its states are sums reduced across DDP ranks. Feed it
-only VALIDATION batches: fitted on training data it calibrates the training fit, and
-fitted on test data it makes the test scores optimistic.
+probabilities with their observed outcomes, and turns them into a :class:`Calibration`. Its
+states are sums reduced across DDP ranks. Feed it only VALIDATION batches: fitted on
+training data it calibrates the training fit, and fitted on test data it makes the test
+scores optimistic.
 
 Conventions: lead times are in minutes, rain rates and thresholds in mm/h. As in
 :mod:`metnet.metrics` and pysteps' categorical scores, an observed event is ``rate > t``
@@ -38,17 +40,15 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from torchmetrics import Metric
 from tqdm.auto import tqdm
-
-from metnet.distribution import RainRateDistribution, check_edges, fraction_below, rain_to_bin
 
 #: Candidate temperatures; 1.0 (the uncalibrated network) must be among them.
 DEFAULT_TEMPERATURES: tuple[float, ...] = (
     0.6, 0.7, 0.8, 0.9, 1.0, 1.15, 1.3, 1.5, 1.75, 2.0, 2.5,
 )  # fmt: skip
 
-#: Keys of :attr:`Calibration.report` written by :meth:`CalibrationStatistics.compute`;
+#: Keys of :attr:`Calibration.report` written by
+#: :meth:`metnet.metrics.CalibrationStatistics.compute`;
 #: ``_raw`` is T = 1 and p = 0.5, ``_calibrated`` the chosen T and p*.
 REPORT_KEYS: tuple[str, ...] = (
     "csi_raw", "csi_calibrated", "reliability_raw", "reliability_calibrated",
@@ -188,191 +188,6 @@ def _grid(values: Sequence[Sequence[float]], leads: list[int], thresholds: list[
     return [[float(v) for v in r] for r in rows]
 
 
-class CalibrationStatistics(Metric):
-    """Sufficient statistics for fitting a :class:`Calibration` (feed validation batches).
-
-    Args:
-        bin_edges: K+1 bin edges in mm/h of the network's logits.
-        lead_times: L lead times in minutes that batches may contain.
-        thresholds: N rain-rate thresholds in mm/h for the probability cuts.
-        temperatures: M candidate temperatures; must include 1.0.
-        probability_bins: P equal bins of [0, 1] for the exceedance histograms; even, so
-            that 0.5 is a bin edge (a candidate cut).
-        criterion: what the temperature minimises (:data:`CRITERIA`).
-
-    States (float64, summed across ranks): ``ce_sum`` and ``crps_sum`` (M, L) and ``count``
-    (L,) for the mean cross-entropy and CRPS; per (M, L, N, P) histogram bin ``hist_count``
-    (pixels), ``hist_events`` (observed events) and ``hist_prob`` (sum of P(R > t)); and
-    ``brier_sum`` (M, L, N), the exact sum of squared probability errors.
-    """
-
-    full_state_update = False
-
-    def __init__(self, bin_edges: Sequence[float], lead_times: Sequence[int],
-                 thresholds: Sequence[float] = (0.1, 1.0, 4.0, 8.0),
-                 temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
-                 probability_bins: int = 100, criterion: str = "cross_entropy") -> None:
-        super().__init__()
-        if criterion not in CRITERIA:
-            raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
-        self.criterion = criterion
-        check_edges(bin_edges)
-        _check_arguments(lead_times, thresholds, temperatures, probability_bins)
-        self.lead_values = [int(m) for m in lead_times]
-        self.threshold_values = [float(t) for t in thresholds]
-        self.temperature_values = [float(t) for t in temperatures]
-        self.probability_bins = probability_bins
-        edges = torch.tensor([float(e) for e in bin_edges], dtype=torch.float64)
-        self.register_buffer("edges", edges.float(), persistent=False)
-        self.register_buffer("leads", torch.tensor(self.lead_values), persistent=False)
-        self.register_buffer("thresholds", torch.tensor(self.threshold_values),
-                             persistent=False)
-        self.register_buffer("above", _fraction_above(edges, self.threshold_values).float(),
-                             persistent=False)
-        self.register_buffer("cuts", torch.arange(probability_bins + 1, dtype=torch.float64)
-                             / probability_bins, persistent=False)
-        m, n, k = len(temperatures), len(lead_times), len(thresholds)
-        shapes = {"ce_sum": (m, n), "crps_sum": (m, n), "count": (n,),
-                  "hist_count": (m, n, k, probability_bins),
-                  "hist_events": (m, n, k, probability_bins),
-                  "hist_prob": (m, n, k, probability_bins), "brier_sum": (m, n, k)}
-        for name, shape in shapes.items():
-            self.add_state(name, default=torch.zeros(shape, dtype=torch.float64),
-                           dist_reduce_fx="sum")
-
-    def update(self, logits: Tensor, target: Tensor, lead_times: Tensor) -> None:
-        """Add one batch.
-
-        Args:
-            logits: (B, L', K, H, W) bin logits (cast to float32).
-            target: (B, L', H, W) observed rain rate in mm/h, NaN where not observed.
-            lead_times: (B, L') or (L',) lead times in minutes, each one of ``lead_times``
-                given at construction (else ``ValueError``).
-        """
-        if logits.ndim != 5 or logits.shape[:2] + logits.shape[3:] != target.shape:
-            raise ValueError(f"logits (B, L, K, H, W) and target (B, L, H, W) do not match: "
-                             f"{tuple(logits.shape)} and {tuple(target.shape)}")
-        if logits.shape[2] != self.edges.numel() - 1:
-            raise ValueError(f"{self.edges.numel() - 1} bins expected, got {logits.shape[2]}")
-        lead = self._lead_index(lead_times, target.shape[:2])  # (B, L')
-        valid = ~torch.isnan(target)
-        x = logits.float().movedim(2, -1)[valid]  # (V, K)
-        rate = target[valid].float()  # (V,)
-        lead = lead[:, :, None, None].expand_as(target)[valid]  # (V,)
-        self.count += torch.bincount(lead, minlength=len(self.lead_values)).double()
-        events = (rate[:, None] > self.thresholds).double()  # (V, N)
-        bins = rain_to_bin(rate, self.edges)[:, None]  # (V, 1)
-        for i, temperature in enumerate(self.temperature_values):
-            log_p = torch.log_softmax(x / temperature, dim=-1)  # (V, K)
-            ce = -log_p.gather(-1, bins).squeeze(-1)
-            self.ce_sum[i] += torch.bincount(lead, ce.double(), minlength=len(self.lead_values))
-            crps = RainRateDistribution(log_p, self.edges, dim=-1).crps(rate)
-            self.crps_sum[i] += torch.bincount(lead, crps.double(),
-                                               minlength=len(self.lead_values))
-            exceed = (log_p.exp() @ self.above).double().clamp(0.0, 1.0)  # (V, N)
-            self._add_histograms(i, lead, exceed, events)
-
-    def _lead_index(self, lead_times: Tensor, shape: torch.Size) -> Tensor:
-        """(B, L') index into ``lead_times`` of each batch lead; ``ValueError`` if unknown."""
-        minutes = torch.as_tensor(lead_times, device=self.leads.device).expand(shape)
-        match = minutes[..., None] == self.leads  # (B, L', L)
-        known = match.any(-1)
-        if not bool(known.all()):
-            unknown = sorted(set(minutes[~known].tolist()))
-            raise ValueError(f"lead times {unknown} min are not among the calibrated "
-                             f"{self.lead_values}")
-        return match.long().argmax(-1)
-
-    def _add_histograms(self, i: int, lead: Tensor, exceed: Tensor, events: Tensor) -> None:
-        """Add (V, N) exceedance probabilities and observed events at temperature ``i``."""
-        n, p = len(self.threshold_values), self.probability_bins
-        bucket = torch.bucketize(exceed, self.cuts[1:-1], right=True)  # (V, N) in 0..P-1
-        cell = lead[:, None] * n + torch.arange(n, device=lead.device)  # (V, N)
-        flat = (cell * p + bucket).flatten()
-        size = len(self.lead_values) * n * p
-        shape = self.hist_count.shape[1:]
-        self.hist_count[i] += torch.bincount(flat, minlength=size).double().reshape(shape)
-        self.hist_events[i] += torch.bincount(flat, events.flatten(), size).reshape(shape)
-        self.hist_prob[i] += torch.bincount(flat, exceed.flatten(), size).reshape(shape)
-        squared = (exceed - events).square().flatten()
-        self.brier_sum[i] += torch.bincount(cell.flatten(), squared, size // p).reshape(shape[:2])
-
-    def compute(self) -> Calibration:
-        """The temperature with the lowest mean criterion per lead, then at that
-        temperature the CSI-maximising cut per (lead, threshold), with the report of the
-        raw (T = 1, p = 0.5) and calibrated scores. A lead without data keeps T = 1; a
-        (lead, threshold) without observed events keeps p* = 0.5."""
-        lead_range = torch.arange(len(self.lead_values), device=self.count.device)
-        raw = torch.full_like(lead_range, self.temperature_values.index(1.0))
-        mean_ce, mean_crps = self.ce_sum / self.count, self.crps_sum / self.count  # (M, L)
-        criterion = mean_ce if self.criterion == "cross_entropy" else mean_crps
-        chosen = torch.where(self.count > 0, criterion.nan_to_num(math.inf).argmin(0), raw)
-        half = self.probability_bins // 2
-        cut = self._best_cut(chosen, lead_range, default=half)  # (L, N)
-        report = {}
-        for suffix, temp, j in (("raw", raw, torch.full_like(cut, half)),
-                                ("calibrated", chosen, cut)):
-            scores = self._scores(temp, lead_range, j)
-            scores["cross_entropy"] = mean_ce[temp, lead_range][:, None].expand_as(cut)
-            scores["crps"] = mean_crps[temp, lead_range][:, None].expand_as(cut)
-            report.update({f"{k}_{suffix}": v.tolist() for k, v in scores.items()})
-        temperatures = torch.tensor(self.temperature_values)
-        return Calibration(self.lead_values, self.threshold_values,
-                           temperatures[chosen.cpu()].tolist(), self.cuts[cut].tolist(),
-                           {k: report[k] for k in REPORT_KEYS})
-
-    def _csi_by_cut(self, temp: Tensor, lead_range: Tensor) -> Tensor:
-        """(L, N, P) CSI of the forecast ``P >= cuts[j]`` for each cut j; NaN if undefined."""
-        count = self.hist_count[temp, lead_range]
-        events = self.hist_events[temp, lead_range]
-        hits = events.flip(-1).cumsum(-1).flip(-1)  # events with P >= cut
-        forecast = count.flip(-1).cumsum(-1).flip(-1)
-        return hits / (events.sum(-1, keepdim=True) + forecast - hits)
-
-    def _best_cut(self, temp: Tensor, lead_range: Tensor, default: int) -> Tensor:
-        """(L, N) index of the CSI-maximising cut, ties to the cut closest to 0.5;
-        ``default`` where no event was observed. The cut 0 (rain forecast everywhere, the
-        CSI-maximiser of a forecast without skill for a rare event) is not a candidate."""
-        csi = self._csi_by_cut(temp, lead_range).nan_to_num(-1.0)
-        csi[..., 0] = -1.0
-        best = csi == csi.max(-1, keepdim=True).values
-        distance = torch.where(best, (self.cuts[:-1] - 0.5).abs(), math.inf)
-        observed = self.hist_events[temp, lead_range].sum(-1) > 0
-        return torch.where(observed, distance.argmin(-1), default)
-
-    def _scores(self, temp: Tensor, lead_range: Tensor, cut: Tensor) -> dict[str, Tensor]:
-        """(L, N) CSI at ``cut``, reliability and Brier score at temperatures ``temp``."""
-        csi = self._csi_by_cut(temp, lead_range).gather(-1, cut[..., None]).squeeze(-1)
-        count = self.hist_count[temp, lead_range]  # (L, N, P)
-        gap = (self.hist_prob[temp, lead_range] - self.hist_events[temp, lead_range]).square()
-        total = count.sum(-1)
-        reliability = (gap / count.clamp_min(1.0)).sum(-1) / total
-        return {"csi": csi, "reliability": reliability,
-                "brier": self.brier_sum[temp, lead_range] / total}
-
-
-def _check_arguments(lead_times: Sequence[int], thresholds: Sequence[float],
-                     temperatures: Sequence[float], probability_bins: int) -> None:
-    """Raise ``ValueError`` on an unusable :class:`CalibrationStatistics` configuration."""
-    if not lead_times or len(set(lead_times)) != len(lead_times):
-        raise ValueError(f"lead_times must be non-empty and unique, got {list(lead_times)}")
-    if not thresholds:
-        raise ValueError("at least one threshold is needed")
-    if 1.0 not in [float(t) for t in temperatures] or min(temperatures) <= 0:
-        raise ValueError(f"temperatures must be positive and include 1.0, got "
-                         f"{list(temperatures)}")
-    if probability_bins < 2 or probability_bins % 2:
-        raise ValueError(f"probability_bins must be even and >= 2, got {probability_bins}")
-
-
-def _fraction_above(edges: Tensor, thresholds: Sequence[float]) -> Tensor:
-    """(K, N) fraction of each bin above each threshold (mm/h) under the piecewise-uniform
-    density, so that ``probs @ result`` is P(R > t) as in
-    :meth:`~metnet.distribution.RainRateDistribution.exceedance`."""
-    t = torch.tensor(thresholds, dtype=edges.dtype)
-    return 1.0 - fraction_below(t[:, None], edges).T
-
-
 def fit_calibration(
     net: nn.Module,
     batches: Iterable[dict],
@@ -392,6 +207,8 @@ def fit_calibration(
         progress: progress bar over batches.
         criterion: what each lead's temperature minimises: the network's training loss.
     """
+    from metnet.metrics import CalibrationStatistics  # torchmetrics: seconds to import
+
     device = next(net.parameters()).device
     stats = CalibrationStatistics(net.bin_edges, lead_times, thresholds,
                                   criterion=criterion).to(device)

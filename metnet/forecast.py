@@ -9,10 +9,11 @@ Conventions:
 
 * the network's input is built as its training samples were: :func:`store_context` sets up
   the sources of every channel the datamodule built (satellite stores aligned to the radar
-  grid, lat/lon and time channels) through the datamodule's own code, from the
-  checkpoint's data settings, and :class:`metnet.data.inputs.StoreContext` writes them over
-  the whole domain with the code that writes a training sample; satellite stores are those
-  the settings record unless others are given (``--satellite_stores``);
+  grid, lat/lon and time channels) through the code the datamodule sets them up with
+  (:class:`metnet.data.inputs.SourceSettings`), from the checkpoint's data settings, and
+  :class:`metnet.data.inputs.StoreContext` writes them over the whole domain with the code
+  that writes a training sample; satellite stores are those the settings record unless
+  others are given (``--satellite_stores``);
 * the context is the network's ``context_frames`` frames ending at the init time, as far
   apart as in training (``context_step_minutes``): every k-th frame of a store whose step
   divides that spacing (another store is refused, as is a store of another pixel size:
@@ -36,7 +37,6 @@ Conventions:
 
 from __future__ import annotations
 
-import inspect
 import signal
 import threading
 import time
@@ -60,8 +60,7 @@ from metnet.checkpoint import (
     settings_channel_names,
     spacing_problem,
 )
-from metnet.data.datamodule import NowcastDataModule
-from metnet.data.inputs import StoreContext, channel_names
+from metnet.data.inputs import SourceSettings, StoreContext, channel_names
 from metnet.distribution import RainRateDistribution
 from metnet.io.forecast_file import forecast_dataset_from_fields
 from metnet.io.store import (
@@ -82,9 +81,6 @@ if TYPE_CHECKING:
 
 DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 DEFAULT_THRESHOLDS = (0.1, 1.0, 4.0, 8.0)
-#: Data settings a forecast sets itself rather than taking from the checkpoint.
-OWN_SETTINGS = ("stores", "satellite_stores", "cache", "storage_options", "cache_dir",
-                "motion_cache_dir")
 
 
 class ForecastError(ValueError):
@@ -256,7 +252,7 @@ def store_context(
     storage_options: dict[str, Any] | None = None,
 ) -> StoreContext:
     """The context of ``net``, trained with data ``settings``, over an opened store's whole
-    domain: the channels of its training samples, set up by the datamodule that built them.
+    domain: the channels of its training samples, set up as the datamodule set them up.
 
     Args:
         store_ds: the radar store (:func:`metnet.io.store.open_store`).
@@ -277,24 +273,13 @@ def store_context(
                 channel_problem(net.config, settings_channel_names(settings))]
     if found := [problem for problem in problems if problem]:
         raise ForecastError("; ".join(found))
-    store = store_ds.encoding["source"]
-    datamodule = _datamodule(store, settings, _satellite_stores(settings, satellite_stores),
-                             storage_options)
-    sources = datamodule.context_sources(datamodule.open_frames(store),
-                                         datamodule.open_satellites())
-    return StoreContext(sources, context_step(settings, step),
+    sources = SourceSettings.of(settings, cache="lazy")
+    satellites = [sources.open_frames(path, storage_options=storage_options)
+                  for path in _satellite_stores(settings, satellite_stores)]
+    frames = sources.open_frames(store_ds.encoding["source"], storage_options=storage_options)
+    return StoreContext(sources.context_sources(frames, satellites),
+                        context_step(settings, step),
                         int(net.config["context_frames"]), frames_needed(net))
-
-
-def _datamodule(store: str, settings: Mapping[str, Any], satellite_stores: list[str],
-                storage_options: dict[str, Any] | None) -> NowcastDataModule:
-    """The datamodule of data ``settings`` over ``store`` and ``satellite_stores``, reading
-    frames lazily (the settings it no longer has, and :data:`OWN_SETTINGS`, left out)."""
-    known = inspect.signature(NowcastDataModule).parameters
-    kept = {name: value for name, value in settings.items()
-            if name in known and name not in OWN_SETTINGS}
-    return NowcastDataModule(stores=[store], satellite_stores=satellite_stores, cache="lazy",
-                             storage_options=storage_options, **kept)
 
 
 def _satellite_stores(settings: Mapping[str, Any], given: Sequence[str] | None) -> list[str]:

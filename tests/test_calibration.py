@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from metnet.calibration import Calibration, CalibrationStatistics
+from metnet.calibration import Calibration
 from metnet.distribution import RainRateDistribution, compact_bins, pixel_cross_entropy
+from metnet.metrics import CalibrationStatistics
 
 EDGES = compact_bins()
 K = len(EDGES) - 1

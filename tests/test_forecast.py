@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import netCDF4
@@ -215,6 +216,20 @@ def test_complete_init_times_need_context_and_targets(store):
 
 def _cli(*args: str) -> int:
     return main(["forecast", *map(str, args)])
+
+
+def test_a_forecast_imports_neither_lightning_nor_torchmetrics(store, checkpoint, tmp_path):
+    """Forecasting from a checkpoint needs no training library: Lightning and torchmetrics
+    take seconds to import, paid by every forecast started on its own (a cron job per radar
+    frame)."""
+    code = ("import sys; from metnet.cli import main; "
+            f"code = main(['forecast', '--ckpt_path', {str(checkpoint)!r}, '--store', "
+            f"{str(store)!r}, '--init_time', '2024-06-01T12:25', '--out', "
+            f"{str(tmp_path / 'out.nc')!r}]); "
+            "print(code, sorted(m for m in ('lightning', 'torchmetrics') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert run.stdout.splitlines()[-1] == "0 []", run.stderr
 
 
 def test_cli_refusals_are_one_line_and_leave_no_output(store, checkpoint, tmp_path, capsys):

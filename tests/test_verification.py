@@ -13,12 +13,11 @@ from pysteps.utils import transformation
 from pysteps.verification import det_cat_fct, probscores, spatialscores
 
 from metnet import verification
-from metnet.calibration import CalibrationStatistics
 from metnet.cli import main
 from metnet.distribution import RainRateDistribution
 from metnet.forecast import complete_init_times, forecast_dataset
 from metnet.io.store import open_store
-from metnet.metrics import ContingencyScores
+from metnet.metrics import CalibrationStatistics, ContingencyScores
 from metnet.nowcasts import get_method
 from metnet.nowcasts import steps as steps_method
 from metnet.nowcasts.extrapolation import motion_field

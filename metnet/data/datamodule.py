@@ -38,10 +38,10 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from metnet.data.alignment import Interpolation, SatelliteAlignment, lonlat
+from metnet.data.alignment import Interpolation
 from metnet.data.dataset import Domain, NowcastDataset, SampleSpec, collate
-from metnet.data.frames import LAZY_CACHE_MB, PIXEL_SIZE_RTOL, Cache, StoreFrames, pixel_size
-from metnet.data.inputs import ContextSources, channel_names
+from metnet.data.frames import PIXEL_SIZE_RTOL, Cache, StoreFrames, pixel_size
+from metnet.data.inputs import SourceSettings, channel_names
 from metnet.data.motion import MOTION_FRAMES, MotionCache, lead_channel_names
 from metnet.data.patches import PatchWeights
 from metnet.data.sampler import EpochSampler, ResumableDataLoader
@@ -145,8 +145,8 @@ class NowcastDataModule(L.LightningDataModule):
         step_minutes: int = 5,
         context_step_minutes: int | None = None,
         satellite_stores: list[str] | None = None,
-        satellite_tolerance_minutes: int = 15,
-        satellite_interpolation: Interpolation = "nearest",
+        satellite_tolerance_minutes: int = SourceSettings.satellite_tolerance_minutes,
+        satellite_interpolation: Interpolation = SourceSettings.satellite_interpolation,
         static_channels: bool = False,
         time_channels: bool = False,
         motion_inputs: bool = False,
@@ -164,9 +164,9 @@ class NowcastDataModule(L.LightningDataModule):
         patch_stride: int | None = None,
         rain_threshold: float = 0.2,
         rain_weight_eps: float = 0.1,
-        max_rate: float = 200.0,
+        max_rate: float = SourceSettings.max_rate,
         cache: Cache = "memory",
-        lazy_cache_mb: float = LAZY_CACHE_MB,
+        lazy_cache_mb: float = SourceSettings.lazy_cache_mb,
         shuffle_block: int | None = None,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -178,6 +178,8 @@ class NowcastDataModule(L.LightningDataModule):
         self.save_hyperparameters(ignore=["storage_options"])
         #: fsspec options of the stores' file systems (not a hyperparameter).
         self.storage_options = dict(storage_options or {})
+        #: How the stores are read and the context channels built (as for forecasts).
+        self.sources = SourceSettings.of(self.hparams)
         if lead_times is None:
             lead_times = list(range(step_minutes, 61, step_minutes))
         _check_config(stores, context_frames, context_size, target_size, step_minutes,
@@ -353,37 +355,20 @@ class NowcastDataModule(L.LightningDataModule):
                            int(ds.attrs["step_minutes"]), self.hparams.step_minutes, path)
         return keep, pixel_size(ds["x"].values, str(ds["x"].attrs.get("units", "m")))
 
-    def open_frames(self, path: str, keep: np.ndarray | None = None) -> StoreFrames:
-        """The frames ``keep`` (None: all) of a store, read as the data settings say."""
-        hp = self.hparams
-        return StoreFrames(path, keep, cache=hp.cache, max_rate=hp.max_rate,
-                           storage_options=self.storage_options,
-                           lazy_cache_mb=hp.lazy_cache_mb)
-
     def open_satellites(self) -> list[StoreFrames]:
         """The frames of every satellite store, in ``satellite_stores`` order."""
-        return [self.open_frames(path) for path in self.satellite_stores]
-
-    def context_sources(self, frames: StoreFrames,
-                        satellites: list[StoreFrames]) -> ContextSources:
-        """What the context channels of a radar store are built from: ``satellites`` aligned
-        to its grid, its lat/lon with ``static_channels``, and ``time_channels``. Training
-        samples and forecasts (:mod:`metnet.forecast`) both come from here."""
-        hp = self.hparams
-        aligned = [SatelliteAlignment(frames, sat, hp.satellite_tolerance_minutes,
-                                      hp.satellite_interpolation) for sat in satellites]
-        coords = lonlat(frames.x, frames.y, frames.crs) if hp.static_channels else None
-        return ContextSources(frames, aligned, coords, hp.time_channels)
+        return [self.sources.open_frames(path, storage_options=self.storage_options)
+                for path in self.satellite_stores]
 
     def _domain(self, path: str, keep: np.ndarray, satellites: list[StoreFrames]) -> Domain:
         hp = self.hparams
-        frames = self.open_frames(path, keep)
+        frames = self.sources.open_frames(path, keep, self.storage_options)
         lattice = PatchLattice(*frames.shape, self.spec.context_size, self.spec.target_size,
                                self.patch_stride)
         wet, cover = sample_fractions(path, lattice, hp.rain_threshold, hp.max_rate, keep,
                                       self.storage_options, self.cache_dir, note=_note)
         patches = PatchWeights(lattice, wet, cover)
-        return Domain(self.context_sources(frames, satellites), patches)
+        return Domain(self.sources.context_sources(frames, satellites), patches)
 
 
 def _note(line: str) -> None:

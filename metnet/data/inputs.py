@@ -4,8 +4,8 @@
 given frames over a pixel range of one radar store: a training sample's patch
 (:class:`metnet.data.dataset.NowcastDataset`) or, through :class:`StoreContext`, the whole
 domain of a forecast (:mod:`metnet.forecast`). The sources themselves (the satellite stores
-aligned to the radar grid, the lat/lon planes) are set up by
-:meth:`metnet.data.datamodule.NowcastDataModule.context_sources`, for training as for
+aligned to the radar grid, the lat/lon planes) are set up by :class:`SourceSettings` from
+the data settings, for training (:class:`metnet.data.datamodule.NowcastDataModule`) as for
 forecasts, so both see the same channels.
 
 Channels per frame, in order:
@@ -22,13 +22,15 @@ Channels 1-3 are observations (0 beyond what was observed); 4-5 are known everyw
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
 
-from metnet.data.alignment import SatelliteAlignment
-from metnet.data.frames import StoreFrames
+from metnet.data.alignment import Interpolation, SatelliteAlignment, lonlat
+from metnet.data.frames import LAZY_CACHE_MB, Cache, StoreFrames
 from metnet.times import context_times, iso
 from metnet.transforms import rate_to_input_
 
@@ -99,6 +101,47 @@ class ContextSources:
         if self.time_channels:
             features = time_features(self.frames.times[frames])
             out[:, channel:channel + 4] = features[..., None, None]
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """The data settings that decide how stores are read and what the context channels are
+    built from, shared by training samples and forecasts (see
+    :class:`metnet.data.datamodule.NowcastDataModule` for each).
+
+    Plain Python, no Lightning: a forecast builds its input without the datamodule.
+    """
+
+    satellite_tolerance_minutes: int = 15
+    satellite_interpolation: Interpolation = "nearest"
+    static_channels: bool = False
+    time_channels: bool = False
+    max_rate: float = 200.0
+    cache: Cache = "memory"
+    lazy_cache_mb: float = LAZY_CACHE_MB
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any], **overrides: Any) -> SourceSettings:
+        """The source settings among data ``settings`` (a datamodule's hyperparameters, a
+        checkpoint's data settings; the others ignored), then ``overrides``."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in settings.items() if k in names}, **overrides})
+
+    def open_frames(self, path: str, keep: np.ndarray | None = None,
+                    storage_options: dict[str, Any] | None = None) -> StoreFrames:
+        """The frames ``keep`` (None: all) of a store."""
+        return StoreFrames(path, keep, cache=self.cache, max_rate=self.max_rate,
+                           storage_options=storage_options, lazy_cache_mb=self.lazy_cache_mb)
+
+    def context_sources(self, frames: StoreFrames,
+                        satellites: list[StoreFrames]) -> ContextSources:
+        """What the context channels of a radar store's ``frames`` are built from:
+        ``satellites`` aligned to its grid, its lat/lon with ``static_channels``, and
+        ``time_channels``."""
+        aligned = [SatelliteAlignment(frames, sat, self.satellite_tolerance_minutes,
+                                      self.satellite_interpolation) for sat in satellites]
+        coords = lonlat(frames.x, frames.y, frames.crs) if self.static_channels else None
+        return ContextSources(frames, aligned, coords, self.time_channels)
 
 
 @dataclass(frozen=True)
