@@ -143,12 +143,17 @@ def _forecast(a: Namespace) -> None:
     context = make_context(store)
     leads = resolve_lead_times(
         net, store, a.lead_times or (calibration.lead_times if calibration else None))
-    output = ForecastOutput(a.out, {
-        "checkpoint": Path(a.ckpt_path).resolve(),
-        "store": a.store if is_remote(a.store) else local_path(a.store).resolve(),
+    def place(path: str) -> str | Path:
+        return path if is_remote(path) else local_path(path).resolve()
+
+    settings = {
+        "checkpoint": Path(a.ckpt_path).resolve(), "store": place(a.store),
         "lead_times": list(leads), "quantiles": a.quantiles, "thresholds": a.thresholds,
         "bin_probabilities": a.bin_probabilities, "calibrated": calibration is not None,
-        "decision": a.decision})
+        "decision": a.decision}
+    if satellites := [place(s.satellite.path) for s in context.sources.satellites]:
+        settings["satellite_stores"] = satellites  # only then: radar-only outputs resume
+    output = ForecastOutput(a.out, settings)
     options = dict(quantiles=a.quantiles, thresholds=a.thresholds,
                    bin_probabilities=a.bin_probabilities, batch_tiles=a.batch_tiles,
                    calibration=calibration, calibrated_decisions=a.decision == "calibrated",

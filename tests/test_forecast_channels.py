@@ -149,6 +149,12 @@ def test_a_model_with_a_satellite_store_forecasts_and_evaluates(synthetic_store,
                       "--satellite_stores", f"[{moved}]")
     assert given.returncode == 0, given.stderr
     _written(tmp_path / "f.nc")
+    folder = tmp_path / "by_init_time"
+    assert _forecast(synthetic_store, checkpoint, folder, "--satellite_stores",
+                     f"[{moved}]").returncode == 0
+    other = shutil.copytree(moved, tmp_path / "c" / "sat.zarr")
+    resumed = _forecast(synthetic_store, checkpoint, folder, "--satellite_stores", f"[{other}]")
+    assert resumed.returncode == 1 and "made with other settings" in resumed.stderr
 
     scored = run_metnet("evaluate", "--ckpt_path", checkpoint, "--store", synthetic_store,
                         "--start", INIT, "--end", INIT, "--lead_times", "[5,10]",

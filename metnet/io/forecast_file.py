@@ -191,7 +191,7 @@ class ForecastOutput:
     in progress). ``OUT/`` (a path without suffix): one ``OUT/YYYYmmddTHHMM.nc`` per init
     time, each written atomically. ``OUT.nc``: such a folder kept hidden beside it
     (``.OUT.nc.parts``), assembled into ``OUT.nc`` by :meth:`close`. An existing output is
-    resumed when it was made with the same ``settings`` (checkpoint, store, lead times,
+    resumed when it was made with the same ``settings`` (checkpoint, stores, lead times,
     levels); its init times are in :attr:`done`. What killed earlier writers left (hidden
     temporary files beside the output and its parts, :func:`metnet.atomic.remove_leftovers`)
     is removed first.
@@ -242,7 +242,7 @@ class ForecastOutput:
     def _check(self, attrs: dict, where: Path) -> None:
         if attrs.get(SETTINGS_ATTR) != self.settings:
             raise FileExistsError(
-                f"{where}: holds a forecast made with other settings (checkpoint, store, lead "
+                f"{where}: holds a forecast made with other settings (checkpoint, stores, lead "
                 "times or levels); remove it or choose another --out")
 
     def write(self, ds: xr.Dataset) -> None:
