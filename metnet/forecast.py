@@ -72,7 +72,7 @@ from metnet.io.store import (
     open_store,
 )
 from metnet.nowcasts import get_method
-from metnet.nowcasts.model import frames_needed
+from metnet.nowcasts.model import domain_coverage, frames_needed
 from metnet.times import context_times, iso, utc_time, valid_times
 from metnet.transforms import clean_rate
 
@@ -459,7 +459,7 @@ def iter_forecasts(
         yield forecast_dataset_from_fields({name: np.expand_dims(value, -4)
                                             for name, value in fields.items()},
                                            store_ds, [init], leads, quantiles, thresholds,
-                                           net.bin_edges, cuts)
+                                           net.bin_edges, cuts, domain_coverage(net))
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,13 @@ def test_a_wider_stride_gives_the_same_constant_field(net, store):
     xr.testing.assert_allclose(a, b, rtol=1e-5)
 
 
+def test_the_file_says_how_the_network_covered_the_domain(forecast, store):
+    assert forecast.attrs["domain_coverage"].startswith("overlapping tiles")
+    one_pass = MetNet(**{**TINY, "position": "none"}).eval()
+    assert forecast_dataset(one_pass, open_store(store), ["2024-06-01T12:25"], [5]).attrs[
+        "domain_coverage"] == "one pass of the network over the whole domain"
+
+
 # -- files -----------------------------------------------------------------------------
 
 

@@ -79,7 +79,7 @@ FLAG_FILL = np.int8(-1)
 def forecast_dataset_from_fields(
     fields: dict[str, np.ndarray], store_ds: xr.Dataset, init_times: Sequence,
     lead_times: Sequence[int], quantiles: Sequence[float], thresholds: Sequence[float],
-    bin_edges: Sequence[float], decision_probability: np.ndarray,
+    bin_edges: Sequence[float], decision_probability: np.ndarray, coverage: str,
 ) -> xr.Dataset:
     """The CF forecast dataset of forecast fields over a store's grid.
 
@@ -93,6 +93,8 @@ def forecast_dataset_from_fields(
             ``probability_of_exceedance`` and ``rain_forecast``.
         bin_edges: K+1 edges (mm/h) of ``bin_probability`` (written only with it).
         decision_probability: (N, L) probability cuts of ``rain_forecast``.
+        coverage: how the network covered the domain, in words (the ``domain_coverage``
+            attribute; :func:`metnet.nowcasts.model.domain_coverage`).
     """
     base = ("init_time", "lead_time", "y", "x")
     init_index = np.array(init_times, dtype="datetime64[ns]")
@@ -140,7 +142,7 @@ def forecast_dataset_from_fields(
         "pixel_size_x": float(store_ds.attrs["pixel_size_x"]),
         "pixel_size_y": float(store_ds.attrs["pixel_size_y"]),
         "step_minutes": int(store_ds.attrs["step_minutes"]),
-        "probability_blending": "bin probabilities of overlapping tiles, sin^2 taper",
+        "domain_coverage": coverage,
     }
     return ds
 

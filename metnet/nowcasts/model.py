@@ -118,6 +118,13 @@ def make_tiling(net: nn.Module, domain: tuple[int, int],
     return Tiling(tuple(domain), input_size, target_size, tuple(stride))
 
 
+def domain_coverage(net: nn.Module) -> str:
+    """How ``net`` covers a domain, in words (for a forecast file's metadata)."""
+    if getattr(net, "any_size", False):
+        return "one pass of the network over the whole domain"
+    return "overlapping tiles, their bin probabilities blended with a sin^2 taper"
+
+
 def one_pass_tiling(net: nn.Module, domain: tuple[int, int]) -> Tiling:
     """A single "tile" for a network of any input size: the domain rounded up to whole
     latent pixels, and the context margin of its training patches around it."""
