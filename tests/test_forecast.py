@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
 import sys
@@ -192,6 +193,17 @@ def test_kept_netcdf_is_zlib_and_its_hidden_parts_are_compressed_fast(forecast, 
     xr.testing.assert_identical(back.drop_vars("crs"),
                                 forecast.drop_vars("crs").assign_attrs(back.attrs))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nc"]
+
+
+def test_parts_fall_back_to_zlib_where_hdf5_finds_no_zstd_filter(tmp_path):
+    """HDF5 loads its zstd filter from ``HDF5_PLUGIN_PATH`` (which conda and HPC modules
+    set): where the filter is not there, the parts are zlib, so ``OUT.nc`` is still
+    written."""
+    code = ("from metnet.io.forecast_file import KEPT_COMPRESSION, part_compression; "
+            "print(part_compression() == KEPT_COMPRESSION)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "HDF5_PLUGIN_PATH": str(tmp_path)}, check=True)
+    assert run.stdout.strip() == "True"
 
 
 def test_a_failed_write_leaves_nothing_behind(forecast, tmp_path):
