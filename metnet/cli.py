@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from metnet.io.sources import PRESETS
-from metnet.runtime import keep_freed_memory
+from metnet.runtime import inference_device, keep_freed_memory
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -130,11 +130,12 @@ def _forecast(a: Namespace) -> None:
     if not a.watch and (bool(a.init_time) == bool(a.start) or bool(a.start) != bool(a.end)):
         raise ValueError("give either --init_time or both --start and --end")
     check_settings(a.quantiles, a.batch_tiles)
+    device = inference_device(a.device)
     checkpoint = Checkpoint.load(a.ckpt_path)
     calibration = None if a.uncalibrated else checkpoint.calibration
     store = open_store(a.store, a.storage_options)
     checkpoint.check(store)
-    net = checkpoint.net
+    net = checkpoint.net.to(device)
 
     def make_context(ds: xr.Dataset) -> StoreContext:
         return store_context(ds, net, checkpoint.data_settings, a.satellite_stores,
@@ -272,11 +273,12 @@ def _evaluate(a: Namespace) -> None:
 
     check_settings(batch_tiles=a.batch_tiles)
     check_evaluation_out(a.out)
+    device = inference_device(a.device)
     checkpoint = Checkpoint.load(a.ckpt_path)
     calibration = None if a.uncalibrated else checkpoint.calibration
     store = open_store(a.store, a.storage_options)
     checkpoint.check(store)
-    net = checkpoint.net
+    net = checkpoint.net.to(device)
     context = store_context(store, net, checkpoint.data_settings, a.satellite_stores,
                             a.storage_options)
     wanted = a.lead_times or (calibration.lead_times if calibration else None)
@@ -444,6 +446,9 @@ def _model_and_store(p: ArgumentParser) -> None:
                    help="rain-rate thresholds in mm/h")
     p.add_argument("--batch_tiles", type=int, default=8,
                    help="tiles per network call (networks with a positional embedding)")
+    p.add_argument("--device", type=str, default="auto",
+                   help="where the network runs: auto (a CUDA GPU if there is one, else the "
+                   "CPU), cpu, cuda, cuda:N, mps")
     _flag(p, "--uncalibrated", "ignore the checkpoint's calibration (`metnet calibrate`)")
 
 

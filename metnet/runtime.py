@@ -1,4 +1,7 @@
-"""Process settings that make CPU inference faster.
+"""Where and how a command runs the network.
+
+:func:`inference_device`: the device ``forecast`` and ``evaluate`` run the network on
+(``--device``; by default a CUDA GPU where there is one, as Lightning's ``auto``).
 
 :func:`keep_freed_memory`: by default glibc hands every allocation above 32 MB straight to
 the kernel (``mmap``) and gives it back when freed (``munmap``), so each large tensor of a
@@ -15,6 +18,10 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 #: glibc's ``mallopt`` parameters (``<malloc.h>``).
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
@@ -37,3 +44,30 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # musl and other C libraries have no mallopt
         return False
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
+
+
+def inference_device(spec: str = "auto") -> torch.device:
+    """The device named by ``spec``: ``auto`` (the first CUDA GPU where there is one, else
+    the CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps``, or any other device torch knows.
+
+    Raises:
+        ValueError: a name torch does not know, or a GPU this machine does not have.
+    """
+    import torch  # here, not at module level: `metnet --help` does not need it
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"--device {spec}: not a device torch knows (auto, cpu, cuda, "
+                         "cuda:N, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {spec}: this machine has no CUDA GPU that torch can use "
+                         "(use --device cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} "
+                         "CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {spec}: MPS is not available on this machine")
+    return device

@@ -266,6 +266,13 @@ def test_cli_refusals_are_one_line_and_leave_no_output(store, checkpoint, tmp_pa
                 "2024-06-01T12:25", "--out", out) == 1
     assert "expects 3 input channels" in capsys.readouterr().err
 
+    if not torch.cuda.is_available():
+        assert _cli("--ckpt_path", checkpoint, "--store", store, "--init_time",
+                    "2024-06-01T12:25", "--out", out, "--device", "cuda") == 1
+        assert capsys.readouterr().err == ("metnet forecast: error: --device cuda: this "
+                                           "machine has no CUDA GPU that torch can use (use "
+                                           "--device cpu)\n")
+
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     assert _cli("--ckpt_path", tmp_path / "junk.ckpt", "--store", store, "--init_time",
                 "2024-06-01T12:25", "--out", out) == 1

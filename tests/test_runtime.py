@@ -1,4 +1,4 @@
-"""Process settings for CPU inference (:mod:`metnet.runtime`)."""
+"""Where and how commands run the network (:mod:`metnet.runtime`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+from metnet.runtime import inference_device
 
 # Resident memory after a 256 MB array is freed, above that before it was made, in MB.
 PROBE = """
@@ -41,3 +44,17 @@ def test_a_freed_large_tensor_stays_in_the_process_for_the_next():
     new pages); after keep_freed_memory the block stays for reuse."""
     assert kept_mb("keep") > 224
     assert kept_mb("default") < 32
+
+
+def test_the_device_is_a_gpu_where_there_is_one_and_named_devices_are_checked():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert inference_device("auto").type == expected
+    assert inference_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="--device gpu0: not a device torch knows"):
+        inference_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU that torch can use"):
+            inference_device("cuda:1")
+    else:
+        with pytest.raises(ValueError, match="CUDA GPU"):
+            inference_device(f"cuda:{torch.cuda.device_count()}")
