@@ -173,7 +173,9 @@ class Checkpoint:
 
     @cached_property
     def net(self) -> nn.Module:
-        """The network with the checkpoint's weights, in eval mode, on the CPU.
+        """The network with the checkpoint's weights, in eval mode, on the CPU, carrying
+        the data settings it was trained with as ``data_settings`` (from which
+        :func:`metnet.forecast.forecast_dataset` builds its input when given no context).
 
         Raises:
             CheckpointError: an unknown network class, or weights that do not fit it.
@@ -194,6 +196,7 @@ class Checkpoint:
             first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
             raise CheckpointError(f"{self.path}: weights do not fit the configuration "
                                   f"({first})") from err
+        net.data_settings = self.data_settings
         return net.eval()
 
     @property

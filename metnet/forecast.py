@@ -235,12 +235,19 @@ class RadarContext:
 Context = StoreContext | RadarContext
 
 
-def radar_context(store_ds: xr.Dataset, net: nn.Module) -> RadarContext:
-    """The :class:`RadarContext` of ``net`` on an opened store.
+def default_context(store_ds: xr.Dataset, net: nn.Module) -> Context:
+    """The context of ``net`` on an opened store when none is given: built from the data
+    settings it was trained with where it carries them (a network of
+    :attr:`metnet.checkpoint.Checkpoint.net`: :func:`store_context`), else a
+    :class:`RadarContext`.
 
     Raises:
-        ForecastError: the net takes other channels than the radar's two.
+        ForecastError: a net without data settings that takes other channels than the
+            radar's two; those of :func:`store_context`.
     """
+    settings = getattr(net, "data_settings", None)
+    if settings:
+        return store_context(store_ds, net, settings)
     if problem := channel_problem(net.config, channel_names()):
         raise ForecastError(f"{problem}; give the checkpoint's data settings")
     return RadarContext(store_ds, frames_needed(net))
@@ -427,7 +434,7 @@ def iter_forecasts(
             None (raw probabilities, decisions at 0.5).
         calibrated_decisions: decide with the calibration's cuts (False: at 0.5).
         context: the network's input over the store (:func:`store_context`, which builds
-            every channel of its training samples); None: :func:`radar_context`.
+            every channel of its training samples); None: :func:`default_context`.
         progress: show progress bars over init times and tiles.
         warn: called with a line naming each init time skipped because its last context
             frame has no radar data.
@@ -442,7 +449,7 @@ def iter_forecasts(
     """
     check_settings(quantiles, batch_tiles)
     leads = resolve_lead_times(net, store_ds, lead_times)
-    context = context or radar_context(store_ds, net)
+    context = context or default_context(store_ds, net)
     inits = check_init_times(store_ds, init_times, context.past_frames, context.step_minutes)
     cuts = decision_cuts(calibration if calibrated_decisions else None, leads, thresholds)
     model = get_method("model")
@@ -553,7 +560,7 @@ def watch_forecasts(
             first, none is begun after (a backlog is left for the next watch); None: never.
         make_context: the network's context over the store as (re)opened (e.g.
             :func:`store_context` with the checkpoint's data settings); None:
-            :func:`radar_context`.
+            :func:`default_context`.
         warn: called with a line per init time skipped and per failed poll.
         options: keyword arguments of :func:`iter_forecasts` (quantiles, calibration, ...).
 
@@ -565,7 +572,7 @@ def watch_forecasts(
     def expired() -> bool:
         return deadline is not None and time.monotonic() >= deadline
 
-    make_context = make_context or (lambda ds: radar_context(ds, net))
+    make_context = make_context or (lambda ds: default_context(ds, net))
     poll = MetadataPoll(store, storage_options)
     poll.changed()  # before opening: a change from here on is seen at the next poll
     seen, written, at_start = time.time(), None, True

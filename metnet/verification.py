@@ -79,9 +79,9 @@ from metnet.forecast import (
     ForecastError,
     check_settings,
     complete_init_times,
+    default_context,
     has_radar_data,
     no_radar_data,
-    radar_context,
     read_context,
     read_observations,
     resolve_lead_times,
@@ -437,7 +437,7 @@ def evaluate(
             threshold (the categorical ones and the event threshold).
         context: the network's input over the store
             (:func:`metnet.forecast.store_context`); None:
-            :func:`metnet.forecast.radar_context`.
+            :func:`metnet.forecast.default_context`.
         warn: called with a line naming each init time skipped because its last context
             frame has no radar data.
 
@@ -455,7 +455,7 @@ def evaluate(
     scales = scale_pixels(store_ds, scales_km)
     acc = {m: ScoreAccumulator(len(leads), thresholds, scales, event_threshold,
                                m in PROBABILISTIC) for m in setup.methods}
-    context = context or radar_context(store_ds, net)
+    context = context or default_context(store_ds, net)
     frames = max(context.past_frames, MOTION_FRAMES)
     inits = []
     for k, init in enumerate(tqdm(init_times, desc="evaluate", unit="init",

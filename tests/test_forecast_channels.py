@@ -15,9 +15,10 @@ import torch
 import xarray as xr
 from conftest import TINY, run_metnet
 
+from metnet.checkpoint import Checkpoint
 from metnet.data.datamodule import NowcastDataModule
 from metnet.data.inputs import ModelInput
-from metnet.forecast import ForecastError, store_context
+from metnet.forecast import ForecastError, default_context, forecast_dataset, store_context
 from metnet.io.store import make_dataset, open_store, write_store
 from metnet.io.synthetic import synthesize
 from metnet.models import MetNet
@@ -122,6 +123,19 @@ def test_a_model_with_static_and_time_channels_and_spaced_contexts_forecasts(
     result = _forecast(synthetic_store, spaced_checkpoint, tmp_path / "f.nc")
     assert result.returncode == 0, result.stderr
     _written(tmp_path / "f.nc")
+
+
+def test_a_checkpoints_network_forecasts_from_python_with_its_data_settings(
+        synthetic_store, spaced_checkpoint):
+    """``forecast_dataset`` given a checkpoint's network and no context builds the input
+    ``metnet forecast`` builds (contexts 10 min apart, lat/lon and time channels), not
+    consecutive radar frames."""
+    checkpoint = Checkpoint.load(spaced_checkpoint)
+    net, ds = checkpoint.net, open_store(synthetic_store)
+    assert default_context(ds, net).step_minutes == 10
+    given = store_context(ds, net, checkpoint.data_settings)
+    xr.testing.assert_identical(forecast_dataset(net, ds, [INIT], [5, 10]),
+                                forecast_dataset(net, ds, [INIT], [5, 10], context=given))
 
 
 def test_a_store_whose_step_does_not_divide_the_context_spacing_is_refused(
