@@ -173,7 +173,8 @@ class Checkpoint:
 
     @cached_property
     def net(self) -> nn.Module:
-        """The network with the checkpoint's weights, in eval mode, on the CPU, carrying
+        """The network with the checkpoint's weights, in eval mode, on the CPU when first
+        loaded (it is loaded once: moving it moves this network), carrying
         the data settings it was trained with as ``data_settings`` (from which
         :func:`metnet.forecast.forecast_dataset` builds its input when given no context).
 

@@ -235,22 +235,39 @@ class RadarContext:
 Context = StoreContext | RadarContext
 
 
-def default_context(store_ds: xr.Dataset, net: nn.Module) -> Context:
-    """The context of ``net`` on an opened store when none is given: built from the data
-    settings it was trained with where it carries them (a network of
-    :attr:`metnet.checkpoint.Checkpoint.net`: :func:`store_context`), else a
-    :class:`RadarContext`.
+def default_context(store_ds: xr.Dataset, net: nn.Module,
+                    storage_options: dict[str, Any] | None = None) -> Context:
+    """The context of ``net`` on an opened store when none is given.
+
+    A network that carries the data settings it was trained with (one of
+    :attr:`metnet.checkpoint.Checkpoint.net`) and needs more than consecutive radar frames
+    (satellite stores, lat/lon or time channels, contexts further apart than the store's
+    step) gets :func:`store_context` of them, reading the store ``store_ds`` was opened
+    from. Any other gets a :class:`RadarContext` of ``store_ds`` itself (which may be cropped
+    or held in memory).
 
     Raises:
         ForecastError: a net without data settings that takes other channels than the
-            radar's two; those of :func:`store_context`.
+            radar's two; a dataset not opened from a store (by
+            :func:`metnet.io.store.open_store`) or cropped, for a net that needs more;
+            those of :func:`store_context`.
     """
-    settings = getattr(net, "data_settings", None)
-    if settings:
-        return store_context(store_ds, net, settings)
-    if problem := channel_problem(net.config, channel_names()):
-        raise ForecastError(f"{problem}; give the checkpoint's data settings")
-    return RadarContext(store_ds, frames_needed(net))
+    settings = getattr(net, "data_settings", None) or {}
+    step = store_step(store_ds)
+    if (settings_channel_names(settings) == channel_names()
+            and context_step(settings, step) == step):
+        if problem := channel_problem(net.config, channel_names()):
+            raise ForecastError(f"{problem}; give the checkpoint's data settings")
+        return RadarContext(store_ds, frames_needed(net))
+    source = store_ds.encoding.get("source")
+    opened = open_store(source, storage_options) if source else None
+    if opened is None or opened.sizes["y"] != store_ds.sizes["y"] or (
+            opened.sizes["x"] != store_ds.sizes["x"]):
+        raise ForecastError(
+            "the model's input (satellite, lat/lon or time channels, or spaced contexts) is "
+            "read from its store: give a dataset opened whole by metnet.io.store.open_store, "
+            "or context=store_context(...)")
+    return store_context(store_ds, net, settings, storage_options=storage_options)
 
 
 def store_context(
@@ -306,7 +323,8 @@ def _satellite_stores(settings: Mapping[str, Any], given: Sequence[str] | None) 
         if not is_remote(path) and not local_path(path).exists():
             raise ForecastError(f"{path}: no such satellite store (the model was trained "
                                 f"with satellite stores {', '.join(recorded)}; give their "
-                                "paths here with --satellite_stores, in that order)")
+                                "paths, in that order, with --satellite_stores, or from "
+                                "Python as satellite_stores of store_context)")
     return stores
 
 
@@ -572,7 +590,7 @@ def watch_forecasts(
     def expired() -> bool:
         return deadline is not None and time.monotonic() >= deadline
 
-    make_context = make_context or (lambda ds: default_context(ds, net))
+    make_context = make_context or (lambda ds: default_context(ds, net, storage_options))
     poll = MetadataPoll(store, storage_options)
     poll.changed()  # before opening: a change from here on is seen at the next poll
     seen, written, at_start = time.time(), None, True

@@ -1,7 +1,7 @@
 """Where and how a command runs the network.
 
 :func:`inference_device`: the device ``forecast`` and ``evaluate`` run the network on
-(``--device``; by default a CUDA GPU where there is one, as Lightning's ``auto``).
+(``--device``; by default a CUDA GPU where there is one, else the CPU).
 
 :func:`keep_freed_memory`: by default glibc hands every allocation above 32 MB straight to
 the kernel (``mmap``) and gives it back when freed (``munmap``), so each large tensor of a
@@ -48,10 +48,10 @@ def keep_freed_memory() -> bool:
 
 def inference_device(spec: str = "auto") -> torch.device:
     """The device named by ``spec``: ``auto`` (the first CUDA GPU where there is one, else
-    the CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps``, or any other device torch knows.
+    the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
 
     Raises:
-        ValueError: a name torch does not know, or a GPU this machine does not have.
+        ValueError: another name, or a GPU this machine does not have.
     """
     import torch  # here, not at module level: `metnet --help` does not need it
 
@@ -60,14 +60,15 @@ def inference_device(spec: str = "auto") -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise ValueError(f"--device {spec}: not a device torch knows (auto, cpu, cuda, "
-                         "cuda:N, mps)") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {spec}: not one of auto, cpu, cuda, cuda:N, mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {spec}: this machine has no CUDA GPU that torch can use "
                          "(use --device cpu)")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} "
                          "CUDA GPU(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {spec}: MPS is not available on this machine")
+    if device.type == "mps" and (not torch.backends.mps.is_available() or device.index):
+        raise ValueError(f"--device {spec}: no such MPS device on this machine")
     return device

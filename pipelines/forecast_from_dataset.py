@@ -25,7 +25,7 @@ from metnet.forecast import complete_init_times, forecast_dataset, store_context
 from metnet.io.forecast_file import write_forecast
 from metnet.io.store import open_store
 from metnet.plotting import plot_forecast
-from metnet.runtime import keep_freed_memory
+from metnet.runtime import inference_device, keep_freed_memory
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_tiles", type=int, default=8, help="tiles per network call")
     p.add_argument("--stride", type=int, help="tile stride in pixels (default: half the "
                    "target size; the target size: no overlap, 4x fewer tiles, visible seams)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     return p.parse_args(argv)
 
 
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = Checkpoint.load(args.ckpt_path)
     store = open_store(args.store)
     checkpoint.check(store)
-    net = checkpoint.net.to(args.device)
+    device = inference_device(args.device)
+    net = checkpoint.net.to(device)
     context = store_context(store, net, checkpoint.data_settings, args.satellite_stores)
     inits = complete_init_times(store, args.start, args.end, context.past_frames,
                                 context_step_minutes=context.step_minutes)
@@ -64,14 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(forecast_dataset(net, store, [init], args.lead_times, context=context,
                                       batch_tiles=args.batch_tiles,
                                       stride=(args.stride,) * 2 if args.stride else None))
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - start)
     ds = parts[0] if len(parts) == 1 else _concat(parts)
     size = ds.sizes["y"] * ds.sizes["x"] * ds.sizes["lead_time"]
     steady = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
     print(f"{len(inits)} init times x {ds.sizes['lead_time']} leads of {ds.sizes['y']}x"
-          f"{ds.sizes['x']} px on {args.device} (torch threads {torch.get_num_threads()}): "
+          f"{ds.sizes['x']} px on {device} (torch threads {torch.get_num_threads()}): "
           f"first {seconds[0]:.2f} s, then median {steady:.2f} s per init time = "
           f"{size / steady / 1e6:.2f} M pixel-leads/s")
     if args.out:

@@ -329,7 +329,8 @@ def test_prior_histograms_of_the_whole_domain_equal_those_of_each_tile(store, mo
 # -- streaming and resuming ------------------------------------------------------------
 
 PERIOD = ["--start", "2024-06-01T12:40", "--end", "2024-06-01T12:55"]
-SMALL = ["--lead_times", "[5,15]", "--quantiles", "[0.5]", "--thresholds", "[1]"]
+SMALL = ["--lead_times", "[5,15]", "--quantiles", "[0.5]", "--thresholds", "[1]",
+         "--device", "cpu"]  # compared with forecasts made on the CPU
 
 
 def _reference(net, store) -> xr.Dataset:

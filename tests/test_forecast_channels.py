@@ -136,6 +136,8 @@ def test_a_checkpoints_network_forecasts_from_python_with_its_data_settings(
     given = store_context(ds, net, checkpoint.data_settings)
     xr.testing.assert_identical(forecast_dataset(net, ds, [INIT], [5, 10]),
                                 forecast_dataset(net, ds, [INIT], [5, 10], context=given))
+    with pytest.raises(ForecastError, match="opened whole by metnet.io.store.open_store"):
+        default_context(ds.isel(x=slice(0, 64)), net)
 
 
 def test_a_store_whose_step_does_not_divide_the_context_spacing_is_refused(

@@ -50,8 +50,9 @@ def test_the_device_is_a_gpu_where_there_is_one_and_named_devices_are_checked():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert inference_device("auto").type == expected
     assert inference_device("cpu") == torch.device("cpu")
-    with pytest.raises(ValueError, match="--device gpu0: not a device torch knows"):
-        inference_device("gpu0")
+    for name in ("gpu0", "meta", "xpu"):
+        with pytest.raises(ValueError, match=f"--device {name}: not one of auto, cpu"):
+            inference_device(name)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU that torch can use"):
             inference_device("cuda:1")
