@@ -304,11 +304,13 @@ def _calibrate(argv: Sequence[str]) -> None:
     from metnet.lightning_cli import calibration_cli
 
     cli = calibration_cli(argv)
+    device = inference_device(cli.config.device)
     checkpoint = Checkpoint.load(cli.config.ckpt_path)
     dm = cli.datamodule
     checkpoint.check(dm)
     dm.setup("validate")
-    calibration = fit_calibration(checkpoint.net, dm.dataloader("val", num_replicas=1, rank=0),
+    net = checkpoint.net.to(device)
+    calibration = fit_calibration(net, dm.dataloader("val", num_replicas=1, rank=0),
                                   dm.spec.lead_times, checkpoint.thresholds, progress=True,
                                   criterion=checkpoint.loss)
     checkpoint.save_calibration(calibration)

@@ -305,6 +305,9 @@ class CalibrationCLI(MetNetCLI):
         super().add_arguments_to_parser(parser)
         parser.add_argument("--ckpt_path", type=str, required=True,
                             help="checkpoint of `metnet fit` to calibrate (rewritten in place)")
+        parser.add_argument("--device", type=str, default="auto",
+                            help="where the network runs: auto (a CUDA GPU if there is one, "
+                            "else the CPU), cpu, cuda, cuda:N, mps")
 
     def before_instantiate_classes(self) -> None:
         """No trainer callbacks or loggers: nothing is trained."""

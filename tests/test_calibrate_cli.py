@@ -83,7 +83,8 @@ def _calibrate(ckpt: Path, store: Path, tmp_path: Path, name: str) -> str:
     canonical JSON (so that NaN scores compare equal)."""
     copy = tmp_path / f"{name}.ckpt"
     copy.write_bytes(ckpt.read_bytes())
-    result = run_metnet("calibrate", "--ckpt_path", str(copy), *data_overrides(store), cwd=tmp_path)
+    result = run_metnet("calibrate", "--ckpt_path", str(copy), *data_overrides(store),
+                        "--device", "cpu", cwd=tmp_path)  # as fit calibrated it
     assert result.returncode == 0, result.stderr[-3000:]
     assert "probability_threshold" in result.stdout
     return _canonical(Checkpoint.load(copy).calibration)
@@ -110,6 +111,13 @@ def test_calibrate_refuses_data_that_do_not_fit_the_checkpoint(trained: Path,
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("metnet calibrate: error:")
     assert "lead_channels=2 (data gives 0)" in result.stderr
+    if not torch.cuda.is_available():
+        result = run_metnet("calibrate", "--ckpt_path", str(trained),
+                            *data_overrides(stores["same"]), "--device", "cuda", cwd=tmp_path)
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1] == (
+            "metnet calibrate: error: --device cuda: this machine has no CUDA GPU that torch "
+            "can use (use --device cpu)")
 
 
 def test_forecast_applies_the_checkpoint_temperature(trained: Path, stores: dict[str, Path],

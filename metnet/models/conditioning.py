@@ -81,7 +81,8 @@ def one_hot_lead_planes(
     Returns:
         (N, T, num_leads, H, W) constant planes on ``like``'s device and dtype.
     """
-    index = torch.round(lead_minutes.to(torch.float64) / step_minutes).long() - 1
+    # float32 is exact for these integers (and MPS has no float64)
+    index = torch.round(lead_minutes.to(torch.float32) / step_minutes).long() - 1
     onehot = F.one_hot(index, num_leads).to(device=like.device, dtype=like.dtype)
     n, t, _, h, w = like.shape
     return onehot[:, None, :, None, None].expand(n, t, num_leads, h, w)
