@@ -1,8 +1,7 @@
 """Where and how a command runs the network.
 
 :func:`inference_device`: the device ``forecast``, ``evaluate`` and ``calibrate`` run the
-network on
-(``--device``; by default a CUDA GPU where there is one, else the CPU).
+network on (``--device``; by default a CUDA GPU where there is one, else the CPU).
 
 :func:`keep_freed_memory`: by default glibc hands every allocation above 32 MB straight to
 the kernel (``mmap``) and gives it back when freed (``munmap``), so each large tensor of a
