@@ -123,7 +123,7 @@ def _forecast(a: Namespace) -> None:
         store_context,
     )
     from metnet.io.forecast_file import ForecastOutput
-    from metnet.io.store import is_remote, local_path, open_store
+    from metnet.io.store import open_store, store_location
     from metnet.times import utc_time
 
     _check_watch(a)
@@ -144,15 +144,13 @@ def _forecast(a: Namespace) -> None:
     context = make_context(store)
     leads = resolve_lead_times(
         net, store, a.lead_times or (calibration.lead_times if calibration else None))
-    def place(path: str) -> str | Path:
-        return path if is_remote(path) else local_path(path).resolve()
-
     settings = {
-        "checkpoint": Path(a.ckpt_path).resolve(), "store": place(a.store),
+        "checkpoint": Path(a.ckpt_path).resolve(), "store": store_location(a.store),
         "lead_times": list(leads), "quantiles": a.quantiles, "thresholds": a.thresholds,
         "bin_probabilities": a.bin_probabilities, "calibrated": calibration is not None,
         "decision": a.decision}
-    if satellites := [place(s.satellite.path) for s in context.sources.satellites]:
+    if satellites := [store_location(s.satellite.path)
+                      for s in context.sources.satellites]:
         settings["satellite_stores"] = satellites  # only then: radar-only outputs resume
     output = ForecastOutput(a.out, settings)
     options = dict(quantiles=a.quantiles, thresholds=a.thresholds,

@@ -56,11 +56,10 @@ from metnet.io.store import (
     StoreError,
     cache_folder,
     cache_folders,
-    is_remote,
-    local_path,
     open_group,
     open_store,
     rate_source,
+    store_location,
     store_name,
 )
 
@@ -205,7 +204,7 @@ def extend_sample_indexes(store: str | Path, progress: bool = True,
     """Bring every index of a local store in its default cache folders up to date, reading
     only the frames they lack (the hook ``metnet ingest`` calls after writing); remove those
     that no longer match the store (it was rewritten at the same path)."""
-    location = _location(store)
+    location = store_location(store)
     found = [path for folder in cache_folders(store) if folder.is_dir()
              for path in sorted(folder.glob(f"{store_name(store)}.sample-index-*.zarr"))]
     view: _StoreView | None = None
@@ -263,18 +262,13 @@ class _StoreView:
                              "frame") from None
 
 
-def _location(store: str | Path) -> str:
-    """A store's URL, or its local path made absolute."""
-    return str(store) if is_remote(store) else str(local_path(store).resolve())
-
-
 def _settings(store: str | Path, lattice: PatchLattice, threshold: float,
               max_rate: float) -> dict[str, Any]:
     """What an index of ``store`` for these settings states besides the store's identity and
     ``frames``, as it reads back from JSON."""
     return json.loads(json.dumps({
         "metnet_sample_index_version": INDEX_VERSION,
-        "store": _location(store),
+        "store": store_location(store),
         "lattice": lattice.describe(),
         "threshold_mm_h": float(threshold),
         "max_rate_mm_h": float(max_rate),

@@ -381,6 +381,12 @@ def local_path(store: str | Path) -> Path:
     return Path(text[len("file://"):] if text.startswith("file://") else text)
 
 
+def store_location(store: str | Path) -> str:
+    """A store's URL, or its local path made absolute: what names it wherever it is opened
+    from."""
+    return str(store) if is_remote(store) else str(local_path(store).resolve())
+
+
 def store_name(store: str | Path) -> str:
     """A store's short name: its folder's stem (``radar`` for ``s3://bucket/radar.zarr``)."""
     return PurePosixPath(str(store).rstrip("/")).stem
@@ -662,7 +668,7 @@ def cache_folder(store: str | Path, cache_dir: str | Path | None = None) -> Path
 def cache_folders(store: str | Path, cache_dir: str | Path | None = None) -> list[Path]:
     """The folders :func:`cache_folder` tries for a store, in order, neither created nor
     checked (for finding what was derived from a store without creating anything)."""
-    key = str(store) if is_remote(store) else str(local_path(store).resolve())
+    key = store_location(store)
     user = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "metnet"
             / _folder_name(key))
     if cache_dir:
