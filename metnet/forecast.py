@@ -259,15 +259,15 @@ def default_context(store_ds: xr.Dataset, net: nn.Module,
         if problem := channel_problem(net.config, channel_names()):
             raise ForecastError(f"{problem}; give the checkpoint's data settings")
         return RadarContext(store_ds, frames_needed(net))
-    source = store_ds.encoding.get("source")
-    opened = open_store(source, storage_options) if source else None
-    if opened is None or opened.sizes["y"] != store_ds.sizes["y"] or (
-            opened.sizes["x"] != store_ds.sizes["x"]):
+    context = (store_context(store_ds, net, settings, storage_options=storage_options)
+               if store_ds.encoding.get("source") else None)
+    if context is None or context.sources.frames.shape != (store_ds.sizes["y"],
+                                                           store_ds.sizes["x"]):
         raise ForecastError(
             "the model's input (satellite, lat/lon or time channels, or spaced contexts) is "
             "read from its store: give a dataset opened whole by metnet.io.store.open_store, "
             "or context=store_context(...)")
-    return store_context(store_ds, net, settings, storage_options=storage_options)
+    return context
 
 
 def store_context(

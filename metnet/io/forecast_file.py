@@ -194,9 +194,9 @@ class ForecastOutput:
     in progress). ``OUT/`` (a path without suffix): one ``OUT/YYYYmmddTHHMM.nc`` per init
     time, each written atomically. ``OUT.nc``: such a folder kept hidden beside it
     (``.OUT.nc.parts``, compressed by :func:`part_compression`), assembled into ``OUT.nc``
-    by :meth:`close`. An existing output is
-    resumed when it was made with the same ``settings`` (checkpoint, stores, lead times,
-    levels); its init times are in :attr:`done`. What killed earlier writers left (hidden
+    by :meth:`close`. An existing output is resumed when it was made with the same
+    ``settings`` (checkpoint, stores, lead times, levels); its init times are in
+    :attr:`done`. What killed earlier writers left (hidden
     temporary files beside the output and its parts, :func:`metnet.atomic.remove_leftovers`)
     is removed first.
 
