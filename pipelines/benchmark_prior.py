@@ -19,6 +19,7 @@ and CSI at 1 mm/h of ``prior`` (decided at P = 0.5) next to extrapolation's.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -34,15 +35,22 @@ LEADS = (5, 10, 15, 30, 45, 60)
 COLUMNS = ("neighbourhood", "binned", "binned+dry", "prior")
 
 
+def prior_histograms(field: np.ndarray, leads: Sequence[int], prior: ExtrapolationPrior
+                     ) -> torch.Tensor:
+    """The (centred, plain) histograms (L, 2, K, H, W) of ``prior`` for an extrapolated
+    field (L, H, W) mm/h at ``leads`` (minutes), the domain padded with no rain."""
+    r = prior.margin
+    rate = torch.from_numpy(np.pad(np.nan_to_num(field), ((0, 0), (r, r), (r, r))))
+    planes = torch.stack([rate_to_input(rate), torch.ones_like(rate)], dim=1)
+    return prior.histograms(planes, torch.tensor(leads))
+
+
 def prior_distributions(field: np.ndarray) -> dict[str, RainRateDistribution]:
     """The binned neighbourhoods and the prior of an extrapolated field (L, H, W) mm/h."""
     out = {}
     for name, dry in (("binned", False), ("binned+dry", True)):
         prior = ExtrapolationPrior(compact_bins(dry=dry), max(LEADS))
-        r = prior.margin
-        rate = torch.from_numpy(np.pad(np.nan_to_num(field), ((0, 0), (r, r), (r, r))))
-        planes = torch.stack([rate_to_input(rate), torch.ones_like(rate)], dim=1)
-        histograms = prior.histograms(planes, torch.tensor(LEADS))  # (L, 2, K, H, W)
+        histograms = prior_histograms(field, LEADS, prior)  # (L, 2, K, H, W)
         out[name] = RainRateDistribution(histograms[:, 1].clamp_min(1e-12).log(),
                                          prior.edges.double(), dim=1)
         if dry:

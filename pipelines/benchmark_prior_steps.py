@@ -26,6 +26,7 @@ import argparse
 
 import numpy as np
 import torch
+from benchmark_prior import prior_histograms
 
 from metnet.distribution import RainRateDistribution, compact_bins
 from metnet.forecast import complete_init_times, read_context, read_observations
@@ -33,7 +34,7 @@ from metnet.io.store import open_store
 from metnet.models.prior import RADIUS, ExtrapolationPrior
 from metnet.nowcasts import steps
 from metnet.nowcasts.extrapolation import forecast, motion_field
-from metnet.transforms import rate_to_input
+from metnet.verification import ensemble_crps
 
 LEADS = (5, 10, 15, 30, 45, 60)
 STEPS_LEADS = (5, 10, 15)
@@ -41,20 +42,15 @@ CLASSES = (0.1, 1.0, 5.0, 20.0)  # observed-rate class edges, mm/h
 EDGES = compact_bins(dry=True)
 
 
-def histograms(field: np.ndarray, leads: tuple[int, ...],
-               radius: tuple[float, float] = RADIUS) -> torch.Tensor:
+def histograms(field: np.ndarray, radius: tuple[float, float] = RADIUS) -> torch.Tensor:
     """The prior's (centred, plain) histograms (L, 2, K, H, W) of an extrapolated field."""
-    prior = ExtrapolationPrior(EDGES, max(leads), radius)
-    r = prior.margin
-    rate = torch.from_numpy(np.pad(np.nan_to_num(field), ((0, 0), (r, r), (r, r))))
-    planes = torch.stack([rate_to_input(rate), torch.ones_like(rate)], dim=1)
-    return prior.histograms(planes, torch.tensor(leads))
+    return prior_histograms(field, LEADS, ExtrapolationPrior(EDGES, max(LEADS), radius))
 
 
 def variant(field: np.ndarray, name: str, value: str) -> torch.Tensor:
     """Bin probabilities (L, K, H, W) of the prior changed as ``name=value`` says."""
     radius = tuple(float(v) for v in value.split(",")) if name == "radius" else RADIUS
-    centred, plain = histograms(field, LEADS, radius).unbind(1)
+    centred, plain = histograms(field, radius).unbind(1)
     weight = float(value) if name == "weight" else 0.5
     probs = torch.lerp(plain, centred, weight)
     wet = probs[:, 1:]
@@ -63,7 +59,7 @@ def variant(field: np.ndarray, name: str, value: str) -> torch.Tensor:
         kernel = torch.exp(-0.5 * ((k[:, None] - k[None, :]) / float(value)) ** 2)
         wet = torch.einsum("ij,ljhw->lihw", kernel / kernel.sum(0), wet)
     elif name == "point":
-        own = histograms(field, LEADS, (0.0, 0.0))[:, 1, 1:]
+        own = histograms(field, (0.0, 0.0))[:, 1, 1:]
         wet = torch.lerp(wet, own, float(value))
     elif name == "shift":
         d, zero = float(value), torch.zeros_like(wet[:, :1])
@@ -71,14 +67,6 @@ def variant(field: np.ndarray, name: str, value: str) -> torch.Tensor:
         up = torch.cat([zero, wet[:, :-2], wet[:, -2:-1] + wet[:, -1:]], 1)
         wet = wet + max(-d, 0) * (down - wet) + max(d, 0) * (up - wet)
     return torch.cat([probs[:, :1], wet], 1)
-
-
-def ensemble_crps(members: np.ndarray, obs: np.ndarray) -> np.ndarray:
-    """Exact CRPS of ensembles (M, ...) against observations (...)."""
-    members = np.sort(members, axis=0)
-    m = members.shape[0]
-    rank = np.arange(1, m + 1).reshape(-1, *[1] * (members.ndim - 1))
-    return np.abs(members - obs).mean(0) - ((2 * rank - m - 1) * members).sum(0) / m**2
 
 
 def main() -> None:
