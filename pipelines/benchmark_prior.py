@@ -35,14 +35,17 @@ LEADS = (5, 10, 15, 30, 45, 60)
 COLUMNS = ("neighbourhood", "binned", "binned+dry", "prior")
 
 
-def prior_histograms(field: np.ndarray, leads: Sequence[int], prior: ExtrapolationPrior
-                     ) -> torch.Tensor:
-    """The (centred, plain) histograms (L, 2, K, H, W) of ``prior`` for an extrapolated
-    field (L, H, W) mm/h at ``leads`` (minutes), the domain padded with no rain."""
+def prior_histograms(field: np.ndarray, leads: Sequence[int], prior: ExtrapolationPrior,
+                     error: np.ndarray | None = None) -> torch.Tensor:
+    """The histograms (L, C, K, H, W) of ``prior`` for an extrapolated field (L, H, W) mm/h
+    at ``leads`` (minutes), and with its error ensemble the last step's extrapolation error
+    (H, W), the domain padded with no rain."""
     r = prior.margin
     rate = torch.from_numpy(np.pad(np.nan_to_num(field), ((0, 0), (r, r), (r, r))))
-    planes = torch.stack([rate_to_input(rate), torch.ones_like(rate)], dim=1)
-    return prior.histograms(planes, torch.tensor(leads))
+    planes = [rate_to_input(rate), torch.ones_like(rate)]
+    if error is not None:
+        planes.append(torch.from_numpy(np.pad(error, r)).expand_as(rate))
+    return prior.histograms(torch.stack(planes, dim=1), torch.tensor(leads))
 
 
 def prior_distributions(field: np.ndarray) -> dict[str, RainRateDistribution]:
@@ -54,8 +57,9 @@ def prior_distributions(field: np.ndarray) -> dict[str, RainRateDistribution]:
         out[name] = RainRateDistribution(histograms[:, 1].clamp_min(1e-12).log(),
                                          prior.edges.double(), dim=1)
         if dry:
-            mix = torch.zeros(len(LEADS), *field.shape[1:])
-            out["prior"] = RainRateDistribution(prior(mix, histograms), prior.edges, dim=1)
+            mix = torch.zeros(len(LEADS), 1, *field.shape[1:])
+            out["prior"] = RainRateDistribution(prior(mix, histograms, torch.tensor(LEADS)),
+                                                prior.edges, dim=1)
     return out
 
 

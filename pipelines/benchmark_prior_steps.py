@@ -12,7 +12,10 @@ extrapolation's and the observed one (``--steps``); and the CRPS and CSI at 1 mm
 * ``weight=W``: the centred component's share of the mixture (0.5 untrained);
 * ``blur=S``: the wet bins' mass spread over neighbouring bins (Gaussian, S bins);
 * ``point=P``: a share P moved to the pixel's own extrapolated bin (a sharper prior);
-* ``shift=D``: the wet mass moved D bins along the bins (negative: to lower rates).
+* ``shift=D``: the wet mass moved D bins along the bins (negative: to lower rates);
+* ``error=W``: the error ensemble (``prior_error``: the pixel's extrapolated value plus the
+  last step's extrapolation errors around it) with a share W of the mixture, the two
+  neighbourhoods sharing the rest evenly (0.5: the untrained prior with ``prior_error``).
 
     python pipelines/benchmark_prior_steps.py outputs/stores/mch.zarr 2016-07-11T22:50 \\
         2016-07-11T23:00 --steps
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 from benchmark_prior import prior_histograms
 
+from metnet.data.motion import extrapolation_error
 from metnet.distribution import RainRateDistribution, compact_bins
 from metnet.forecast import complete_init_times, read_context, read_observations
 from metnet.io.store import open_store
@@ -42,14 +46,23 @@ CLASSES = (0.1, 1.0, 5.0, 20.0)  # observed-rate class edges, mm/h
 EDGES = compact_bins(dry=True)
 
 
-def histograms(field: np.ndarray, radius: tuple[float, float] = RADIUS) -> torch.Tensor:
-    """The prior's (centred, plain) histograms (L, 2, K, H, W) of an extrapolated field."""
-    return prior_histograms(field, LEADS, ExtrapolationPrior(EDGES, max(LEADS), radius))
+def histograms(field: np.ndarray, radius: tuple[float, float] = RADIUS,
+               error: np.ndarray | None = None) -> torch.Tensor:
+    """The prior's (centred, plain[, error]) histograms (L, C, K, H, W) of an extrapolated
+    field, with the error ensemble of an :func:`extrapolation_error` field if given."""
+    prior = ExtrapolationPrior(EDGES, max(LEADS), radius, error is not None)
+    return prior_histograms(field, LEADS, prior, error)
 
 
-def variant(field: np.ndarray, name: str, value: str) -> torch.Tensor:
+def variant(field: np.ndarray, error: np.ndarray, name: str, value: str) -> torch.Tensor:
     """Bin probabilities (L, K, H, W) of the prior changed as ``name=value`` says."""
     radius = tuple(float(v) for v in value.split(",")) if name == "radius" else RADIUS
+    if name == "error":
+        centred, plain, ensemble = histograms(field, radius, error).unbind(1)
+        weight, power = (float(v) for v in (value + ",0").split(",")[:2])
+        share = weight * torch.tensor([min(1.0, 5 / lead) ** power for lead in LEADS])
+        share = share[:, None, None, None]
+        return share * ensemble + (1 - share) / 2 * (centred + plain)
     centred, plain = histograms(field, radius).unbind(1)
     weight = float(value) if name == "weight" else 0.5
     probs = torch.lerp(plain, centred, weight)
@@ -88,11 +101,12 @@ def main() -> None:
         rate, obs = read_context(ds, init, 3), read_observations(ds, init, LEADS)
         velocity = motion_field(rate)
         field = forecast(rate, LEADS, step_minutes=5, velocity=velocity)
+        error = extrapolation_error(rate, velocity)
         valid = np.isfinite(obs) & np.isfinite(rate[-1])
         y = np.nan_to_num(obs)
         observed = obs > 1
         for i, name in enumerate(names):
-            probs = variant(field, *name.split("=")) if "=" in name else variant(field, "", "")
+            probs = variant(field, error, *(name.split("=") if "=" in name else ("", "")))
             dist = RainRateDistribution((probs + 1e-7).log(), torch.tensor(EDGES), dim=1)
             score = dist.crps(torch.from_numpy(y.astype(np.float64))).numpy()
             crps[i] += [score[j][valid[j]].sum() for j in range(len(LEADS))]

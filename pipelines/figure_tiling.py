@@ -28,7 +28,7 @@ from metnet.nowcasts.model import (
     blended_probabilities,
     frames_needed,
     make_tiling,
-    motion_velocity,
+    motion_layout,
     whole_domain_logits,
 )
 from metnet.plotting import plt
@@ -62,7 +62,7 @@ def main() -> None:
     ds = open_store(args.store)
     rate = read_context(ds, np.datetime64(args.init, "ns"), frames_needed(net))
     step = store_step(ds)
-    per_lead = lead_planes(rate[-MOTION_FRAMES:], [args.lead / step], motion_velocity(net))
+    per_lead = lead_planes(rate[-MOTION_FRAMES:], [args.lead / step], *motion_layout(net))
     context = rate[-int(net.config["context_frames"]):]
     one = whole_domain_logits(net, context, [args.lead], per_lead=per_lead)[0].exp()
     tiling = make_tiling(net, rate.shape[1:])

@@ -329,8 +329,8 @@ def test_an_untrained_prior_network_forecasts_the_probabilistic_extrapolation() 
 
 def _augmented_pair(store: Path, cache: Path) -> tuple[NowcastDataModule, NowcastDataModule]:
     """The same training samples, as they are and under random symmetries of the square."""
-    settings = dict(KW, motion_inputs=True, motion_velocity=True, cache_dir=str(cache),
-                    split_fractions=(0.4, 0.3, 0.3), patches_per_window=8)
+    settings = dict(KW, motion_inputs=True, motion_velocity=True, motion_error=True,
+                    cache_dir=str(cache), split_fractions=(0.4, 0.3, 0.3), patches_per_window=8)
     plain = NowcastDataModule([str(store)], **settings)
     turned = NowcastDataModule([str(store)], **settings, augment=True)
     for dm in (plain, turned):
@@ -350,13 +350,13 @@ def test_augmented_samples_are_the_same_samples_turned(translating_store: Path,
         assert (a["row"], a["col"]) == (b["row"], b["col"])
         for name in ("context", "target", "target_mask"):
             np.testing.assert_array_equal(b[name].numpy(), transform(a[name].numpy(), k))
-        fields = transform(a["lead_inputs"].numpy(), k)
-        np.testing.assert_array_equal(b["lead_inputs"][:, :2].numpy(), fields[:, :2])
-        u, v = fields[:, 2], fields[:, 3]  # vectors turn with the field
+        fields = transform(a["lead_inputs"].numpy(), k)  # rain, mask, error, u, v
+        np.testing.assert_array_equal(b["lead_inputs"][:, :3].numpy(), fields[:, :3])
+        u, v = fields[:, 3], fields[:, 4]  # vectors turn with the field
         if k & TRANSPOSE:
             u, v = v, u
-        np.testing.assert_array_equal(b["lead_inputs"][:, 2].numpy(), -u if k & FLIP_COLS else u)
-        np.testing.assert_array_equal(b["lead_inputs"][:, 3].numpy(), -v if k & FLIP_ROWS else v)
+        np.testing.assert_array_equal(b["lead_inputs"][:, 3].numpy(), -u if k & FLIP_COLS else u)
+        np.testing.assert_array_equal(b["lead_inputs"][:, 4].numpy(), -v if k & FLIP_ROWS else v)
     assert len(seen) >= 5  # the symmetries are drawn, not fixed
     for index in range(len(turned.datasets["val"])):  # evaluation samples: never turned
         np.testing.assert_array_equal(turned.datasets["val"][index]["context"].numpy(),
@@ -380,7 +380,7 @@ def test_the_extrapolation_input_of_a_turned_sample_extrapolates_its_turned_cont
         got = input_to_rate(sample["lead_inputs"][:, 0]).numpy()
         error = np.abs(got - expected)[inner]
         assert error.max() < 0.15 * np.nanmax(expected), (k, error.max())
-        turned_velocity = sample["lead_inputs"][0, 2:].numpy() * VELOCITY_SCALE
+        turned_velocity = sample["lead_inputs"][0, 3:].numpy() * VELOCITY_SCALE
         np.testing.assert_allclose(  # median (u, v) in pixels per step
             np.median(turned_velocity[:, 12:36, 12:36].reshape(2, -1), axis=1),
             np.median(velocity[:, 12:36, 12:36].reshape(2, -1), axis=1), atol=0.3)
@@ -410,3 +410,90 @@ def test_same_named_stores_keep_their_own_caches_in_one_cache_dir(tmp_path: Path
                     tmp_path / "cache")
     assert first.path.parent != second.path.parent
     assert first.path.exists() and second.path.exists()
+
+
+def test_the_error_plane_is_what_extrapolation_missed_last_step(translating_store: Path,
+                                                                tmp_path: Path) -> None:
+    """Blobs that only move leave no error (to within interpolation at their edges); rain
+    that appears in the last frame is its whole input-transform value; unknown pixels 0.
+    The cache keeps the plane forecasts compute, in channel 2 of every lead."""
+    frames = StoreFrames(translating_store)
+    rate = frames.read(np.arange(6, 10), slice(None), slice(None))
+    velocity = motion_module.motion_field(rate)
+    moving = motion_module.extrapolation_error(rate, velocity)
+    assert np.abs(moving).mean() < 0.01
+    grown = rate.copy()
+    grown[-1, 30:34, 5:9] = 8.0  # a new cell, where the blobs are not
+    grown[-1, :2] = np.nan
+    error = motion_module.extrapolation_error(grown, velocity)
+    np.testing.assert_allclose(error[31, 6], np.log1p(8.0) / 4.0, atol=0.02)
+    assert (error[:2] == 0).all()
+
+    cache = MotionCache(frames, complete_windows(frames.times, 5, 4, np.array([1, 2])).context,
+                        1, np.array([1, 2]), velocity=True, cache_dir=tmp_path, progress=False,
+                        error=True)
+    init = int(cache.init_frames[3])
+    rate = frames.read(np.arange(init - 3, init + 1), slice(None), slice(None))
+    planes = lead_planes(rate, [1, 2], velocity=True, error=True)
+    cached = np.empty_like(planes)
+    cache.read(init, slice(None), slice(None), cached)
+    np.testing.assert_allclose(planes, cached, atol=2e-3)
+    expected = motion_module.extrapolation_error(rate, motion_module.motion_field(rate))
+    for lead in range(2):
+        np.testing.assert_allclose(planes[lead, 2], expected)
+    assert motion_module.vector_channels(5) == (3, 4)
+    assert motion_module.vector_channels(3) is None
+
+
+def test_the_error_ensemble_is_the_pixel_moved_by_its_neighbours_errors() -> None:
+    """No error anywhere: a point mass at the pixel's own bin. One neighbour's error of d
+    moves a ninth of the mass to the bin of the pixel's value plus d (input transform)."""
+    edges = compact_bins(dry=True)
+    prior = ExtrapolationPrior(edges, max_lead_minutes=10, error=True)
+    m = prior.margin
+    rate = torch.full((1, 2 * m + 3, 2 * m + 3), 2.0)
+    value = torch.log1p(rate) / 4.0
+    error = torch.zeros_like(value)
+    planes = torch.stack([value, torch.ones_like(value), error], dim=1)
+    histograms = prior.histograms(planes, torch.tensor([5]))
+    assert histograms.shape == (1, 3, len(edges) - 1, 3, 3)
+    own = int(rain_to_bin(torch.tensor(2.0), edges))
+    assert histograms[0, 2, own].eq(1).all()
+    error[0, m + 1, m + 2] = 0.3  # right of the centre pixel
+    planes = torch.stack([value, torch.ones_like(value), error], dim=1)
+    centre = prior.histograms(planes, torch.tensor([5]))[0, 2, :, 1, 1]
+    moved = int(rain_to_bin(input_to_rate(value[0, 0, 0] + 0.3), edges))
+    assert moved != own
+    torch.testing.assert_close(centre[moved], torch.tensor(1 / 9))
+    torch.testing.assert_close(centre[own], torch.tensor(8 / 9))
+
+
+def test_an_untrained_network_mixes_the_error_ensemble_in_by_lead() -> None:
+    """With prior_error, the untrained mixture gives the error ensemble half the mass up to
+    5 min of lead and 5 / lead of that half after it; the neighbourhoods share the rest."""
+    torch.manual_seed(0)
+    net = MetNet(input_channels=2, context_frames=4, input_size=48, target_size=16,
+                 pack_factor=1, lstm_hidden=16, downsampler_channels=(8, 16), heads=2,
+                 max_lead_minutes=30, lead_step_minutes=5, lead_channels=3, prior=True,
+                 prior_error=True, dry_bin=True)
+    gen = torch.Generator().manual_seed(1)
+    rate = torch.rand(2, 48, 48, generator=gen) ** 3 * 20
+    planes = torch.stack([torch.log1p(rate) / 4.0, torch.ones_like(rate),
+                          torch.randn(2, 48, 48, generator=gen) * 0.2], dim=1)[None]
+    leads = torch.tensor([5, 20])
+    with torch.no_grad():
+        probs = net(torch.randn(1, 4, 2, 48, 48), leads, planes).softmax(dim=2)[0]
+    crop = planes[0, :, :, 16 - net.head.margin:32 + net.head.margin,
+                  16 - net.head.margin:32 + net.head.margin]
+    centred, plain, error = net.head.prior.histograms(crop, leads).unbind(1)
+    for i, share in enumerate((0.5, 0.125)):
+        expected = share * error[i] + (1 - share) / 2 * (centred[i] + plain[i])
+        torch.testing.assert_close(probs[i], expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="prior_error needs prior: true and the data's "
+                                         "motion_error"):
+        MetNet(input_channels=2, lead_channels=4, prior=True, prior_error=True)
+
+
+def test_motion_options_need_the_motion_inputs(translating_store: Path) -> None:
+    with pytest.raises(DataConfigError, match="set motion_inputs: true as well"):
+        NowcastDataModule([str(translating_store)], **KW, motion_error=True)

@@ -96,6 +96,9 @@ class NowcastDataModule(L.LightningDataModule):
             the last one) over the context square, as ``lead_inputs``
             (:mod:`metnet.data.motion`; cached per init time in a sidecar store).
         motion_velocity: with ``motion_inputs``, add the motion field (2 channels) as well.
+        motion_error: with ``motion_inputs``, add the last context step's extrapolation
+            error (:func:`metnet.data.motion.extrapolation_error`), from which the prior's
+            error ensemble is drawn (the network's ``prior_error``).
         cache_dir: where what is derived from the stores (sample indexes, motion caches) goes
             (default: ``.metnet-cache`` beside a local store, ``~/.cache/metnet/<URL>`` for a
             remote one; :func:`metnet.io.store.cache_folder`).
@@ -151,6 +154,7 @@ class NowcastDataModule(L.LightningDataModule):
         time_channels: bool = False,
         motion_inputs: bool = False,
         motion_velocity: bool = False,
+        motion_error: bool = False,
         cache_dir: str | None = None,
         motion_cache_dir: str | None = None,
         storage_options: dict[str, Any] | None = None,
@@ -191,6 +195,9 @@ class NowcastDataModule(L.LightningDataModule):
         if motion_inputs and context_frames < MOTION_FRAMES:
             raise DataConfigError(f"motion_inputs needs context_frames >= {MOTION_FRAMES} "
                                   f"(the motion is estimated from them), got {context_frames}")
+        if (motion_velocity or motion_error) and not motion_inputs:
+            raise DataConfigError("motion_velocity and motion_error add to the motion inputs: "
+                                  "set motion_inputs: true as well")
         self.leads = lead_steps(lead_times, step_minutes)
         context_step = context_step_minutes or step_minutes
         if context_step % step_minutes != 0:
@@ -232,7 +239,7 @@ class NowcastDataModule(L.LightningDataModule):
         """Names of the per-lead input channels (empty without ``motion_inputs``)."""
         if not self.hparams.motion_inputs:
             return []
-        return lead_channel_names(self.hparams.motion_velocity)
+        return lead_channel_names(self.hparams.motion_velocity, self.hparams.motion_error)
 
     @property
     def num_lead_channels(self) -> int:
@@ -322,7 +329,8 @@ class NowcastDataModule(L.LightningDataModule):
             if hp.motion_inputs and len(windows):
                 domain.motion = MotionCache(domain.frames, windows.context, self.context_stride,
                                             self.leads, hp.motion_velocity, self.cache_dir,
-                                            memory=hp.cache == "memory")
+                                            memory=hp.cache == "memory",
+                                            error=hp.motion_error)
             if self.split_ranges is not None:
                 parts = {split: windows_in_ranges(windows, times, self.split_ranges.get(split, []))
                          for split in SPLITS}

@@ -44,7 +44,7 @@ from torch.utils.data import Dataset, get_worker_info
 from metnet.data.augment import SYMMETRIES, transform_inplace
 from metnet.data.frames import StoreFrames
 from metnet.data.inputs import ContextSources, channel_names
-from metnet.data.motion import MotionCache, lead_channel_names
+from metnet.data.motion import MotionCache, vector_channels
 from metnet.data.patches import PatchWeights
 from metnet.data.windows import SPLITS, Windows
 
@@ -186,7 +186,7 @@ class NowcastDataset(Dataset):
         """(B, L, Cl, S, S) per-lead inputs over each pick's context square."""
         spec, size = self.spec, self.spec.context_size
         out = _empty((len(picks), len(spec.lead_times), spec.lead_channels, size, size))
-        vectors = (2, 3) if spec.lead_channels == len(lead_channel_names(True)) else None
+        vectors = vector_channels(spec.lead_channels)
         for out_pick, pick in zip(out.numpy(), picks, strict=True):
             init_frame = self.windows[pick.store].context[pick.window, -1]
             self.domains[pick.store].motion.read(init_frame, slice(pick.row, pick.row + size),

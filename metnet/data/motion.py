@@ -40,44 +40,82 @@ from metnet.nowcasts.extrapolation import (
     advect,
     motion_field,
 )
-from metnet.transforms import rate_to_input_
+from metnet.transforms import rate_to_input, rate_to_input_
 
 #: Velocity input scale: pixels per context step divided by this is O(1).
 VELOCITY_SCALE = 4.0
 CACHE_VERSION = 1
 
 
-def lead_channel_names(velocity: bool = False) -> list[str]:
+def lead_channel_names(velocity: bool = False, error: bool = False) -> list[str]:
     """The per-lead input channels in order: extrapolated rain (input transform, 0 where
-    unknown), its validity mask, and with ``velocity`` the motion (u, v) / VELOCITY_SCALE."""
-    return ["extrapolated_rain", "extrapolated_mask"] + (["motion_u", "motion_v"]
-                                                         if velocity else [])
+    unknown), its validity mask, with ``error`` the last step's extrapolation error
+    (:func:`extrapolation_error`, the same for every lead), and with ``velocity`` the motion
+    (u, v) / VELOCITY_SCALE."""
+    return (["extrapolated_rain", "extrapolated_mask"]
+            + (["extrapolation_error"] if error else [])
+            + (["motion_u", "motion_v"] if velocity else []))
+
+
+def lead_layout(channels: int) -> tuple[bool, bool]:
+    """``(velocity, error)`` of a number of per-lead channels, as laid out by
+    :func:`lead_channel_names` (2, 3, 4 and 5 channels tell them apart).
+
+    Raises:
+        ValueError: a number of channels no layout has.
+    """
+    layouts = {len(lead_channel_names(v, e)): (v, e) for v in (False, True) for e in (False, True)}
+    if channels not in layouts:
+        raise ValueError(f"{channels} per-lead input channels: this version builds "
+                         f"{sorted(layouts)} (extrapolation, + error, + motion, + both)")
+    return layouts[channels]
+
+
+def vector_channels(channels: int) -> tuple[int, int] | None:
+    """Indices of the motion (u, v) among ``channels`` per-lead channels, or None."""
+    names = lead_channel_names(*lead_layout(channels))
+    return (names.index("motion_u"), names.index("motion_v")) if "motion_u" in names else None
+
+
+def extrapolation_error(rate: np.ndarray, velocity: np.ndarray) -> np.ndarray:
+    """The last step's extrapolation error (H, W) float32, in the input transform: the last
+    frame of context rates (T >= 2, H, W) mm/h less the one before it advected one step by
+    ``velocity`` (2, H, W) pixels per step; 0 where either is unknown."""
+    extrapolated = advect(rate[-2], velocity, [1])[0]
+    error = (rate_to_input(torch.from_numpy(rate[-1].astype(np.float32)))
+             - rate_to_input(torch.from_numpy(extrapolated))).numpy()
+    return np.nan_to_num(error, nan=0.0).astype(np.float32)
 
 
 def lead_input_channels(extrapolated: np.ndarray, velocity: np.ndarray | None,
-                        out: np.ndarray) -> None:
+                        out: np.ndarray, error: np.ndarray | None = None) -> None:
     """Write the per-lead network input into ``out`` (L, C_lead, h, w) float32.
 
     Args:
         extrapolated: (L, h, w) mm/h, NaN where unknown.
         velocity: (2, h, w) pixels per step, or None (no motion channels).
+        error: (h, w) :func:`extrapolation_error`, or None (no error channel).
     """
     out[:, 1] = np.isfinite(extrapolated)
     out[:, 0] = extrapolated
     rate_to_input_(torch.from_numpy(out[:, 0]))
+    if error is not None:
+        out[:, 2] = error[None]
     if velocity is not None:
-        out[:, 2:4] = velocity[None] / VELOCITY_SCALE
+        out[:, -2:] = velocity[None] / VELOCITY_SCALE
 
 
-def lead_planes(rate: np.ndarray, lead_steps: Sequence[float], velocity: bool) -> np.ndarray:
+def lead_planes(rate: np.ndarray, lead_steps: Sequence[float], velocity: bool,
+                error: bool = False) -> np.ndarray:
     """Per-lead inputs (L, C_lead, H, W) float32 of context rates (T >= 3, H, W) mm/h over
     the whole frame, leads in context steps: what :class:`MotionCache` caches, computed
     directly (for forecasts)."""
     field = motion_field(rate)
     extrapolated = advect(rate[-1], field, lead_steps)
-    out = np.empty((len(extrapolated), len(lead_channel_names(velocity)), *rate.shape[1:]),
-                   np.float32)
-    lead_input_channels(extrapolated, field if velocity else None, out)
+    out = np.empty((len(extrapolated), len(lead_channel_names(velocity, error)),
+                    *rate.shape[1:]), np.float32)
+    lead_input_channels(extrapolated, field if velocity else None, out,
+                        extrapolation_error(rate, field) if error else None)
     return out
 
 
@@ -91,6 +129,7 @@ class MotionCache:
         context_stride: steps of the grid between context frames.
         lead_steps: (L,) lead times in steps of the grid.
         velocity: also keep the motion field.
+        error: also keep the last step's :func:`extrapolation_error`.
         cache_dir: where the sidecar store goes (default and sub-folders:
             :func:`metnet.io.store.cache_folder`).
         memory: hold the cache in memory (float16) instead of reading it per sample.
@@ -107,8 +146,9 @@ class MotionCache:
         cache_dir: str | Path | None = None,
         memory: bool = True,
         progress: bool = True,
+        error: bool = False,
     ) -> None:
-        self.frames, self.velocity = frames, velocity
+        self.frames, self.velocity, self.error = frames, velocity, error
         self.stride, self.lead_steps = int(context_stride), np.asarray(lead_steps, np.int64)
         contexts = np.asarray(contexts, np.int64).reshape(-1, np.shape(contexts)[-1])
         if contexts.shape[1] < MOTION_FRAMES:
@@ -136,6 +176,7 @@ class MotionCache:
             "velocity": self.velocity, "max_rate": self.frames.max_rate,
             "motion": ["LK", MOTION_FRAMES, DB_THRESHOLD, DB_ZERO],
             **({"packing": packing} if (packing := self.frames.rate_source.packing) else {}),
+            **({"error": True} if self.error else {}),
         }
         return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -147,7 +188,8 @@ class MotionCache:
         extrapolated = np.asarray(source["extrapolated"][k, :, rows, cols], np.float32)
         velocity = (np.asarray(source["velocity"][k, :, rows, cols], np.float32)
                     if self.velocity else None)
-        lead_input_channels(extrapolated, velocity, out)
+        error = np.asarray(source["error"][k, rows, cols], np.float32) if self.error else None
+        lead_input_channels(extrapolated, velocity, out, error)
 
     def fields(self, init_frame: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Whole-frame (L, H, W) extrapolation (mm/h) and (2, H, W) motion (or None)."""
@@ -156,7 +198,8 @@ class MotionCache:
         return self._arrays["extrapolated"][k], velocity
 
     def _names(self) -> list[str]:
-        return ["extrapolated"] + (["velocity"] if self.velocity else [])
+        return (["extrapolated"] + (["velocity"] if self.velocity else [])
+                + (["error"] if self.error else []))
 
     def _complete(self) -> bool:
         try:
@@ -187,6 +230,9 @@ class MotionCache:
         velocity = (group.create_array("velocity", shape=(n, 2, height, width),
                                        chunks=(1, 2, height, width), dtype="float32")
                     if self.velocity else None)
+        error = (group.create_array("error", shape=(n, height, width),
+                                    chunks=(1, height, width), dtype="float32")
+                 if self.error else None)
         leads = self.lead_steps / self.stride  # in context steps, the motion's unit
         for k, used in enumerate(tqdm(self.motion_frames, desc=f"motion {self.frames.name}",
                                       unit="init", disable=not progress)):
@@ -195,4 +241,6 @@ class MotionCache:
             extrapolated[k] = advect(rate[-1], field, leads)
             if velocity is not None:
                 velocity[k] = field
+            if error is not None:
+                error[k] = extrapolation_error(rate, field)
         group.attrs.update({"complete": True, "key": self.key, "store": str(self.frames.path)})

@@ -38,7 +38,7 @@ class Head(nn.Module):
 
     With a ``prior`` (:class:`~metnet.models.prior.ExtrapolationPrior`), the logits are the
     prior's, computed from the per-lead inputs, plus the head's own as a correction, and
-    the head's last conv also gives the prior's mixture logit; that conv starts at zero, so
+    the head's last conv also gives the prior's mixture logits; that conv starts at zero, so
     an untrained head forecasts the prior.
 
     Args:
@@ -79,7 +79,9 @@ class Head(nn.Module):
         self.fuse = (nn.Sequential(nn.Conv2d(c + lead_channels, c, 3, padding=1), nn.GELU())
                      if lead_channels else None)
         self.prior = prior
-        self.logits = nn.Conv2d(c, num_bins + (1 if prior is not None else 0), 1)
+        self.num_bins = num_bins
+        self.logits = nn.Conv2d(c, num_bins + (prior.components - 1 if prior is not None else 0),
+                                1)
         if prior is not None:
             nn.init.zeros_(self.logits.weight)
             nn.init.zeros_(self.logits.bias)
@@ -99,7 +101,7 @@ class Head(nn.Module):
             lead_inputs: (N, Cl, Ht + 2 margin, Wt + 2 margin) per-lead inputs around the
                 target (Ht = ht * factor), or None.
             lead_minutes: (N,) lead times, with a prior.
-            histograms: (N, 2, K, Ht, Wt) the prior's histograms when already computed
+            histograms: (N, C, K, Ht, Wt) the prior's histograms when already computed
                 (:meth:`~metnet.models.prior.ExtrapolationPrior.histograms`), or None.
         """
         (top, left), (h, w) = self.context_margin, z.shape[1:3]
@@ -115,4 +117,5 @@ class Head(nn.Module):
             return logits
         if histograms is None:
             histograms = self.prior.histograms(lead_inputs, lead_minutes)
-        return self.prior(logits[:, -1], histograms) + logits[:, :-1]
+        k = self.num_bins
+        return self.prior(logits[:, k:], histograms, lead_minutes) + logits[:, :k]

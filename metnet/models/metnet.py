@@ -20,6 +20,9 @@ from metnet.models.prior import ExtrapolationPrior
 
 CONDITIONING_KINDS = ("film", "onehot")
 POSITION_KINDS = ("axial", "none")
+#: Per-lead channel counts that hold the last step's extrapolation error (without and with
+#: the motion: :func:`metnet.data.motion.lead_channel_names`).
+ERROR_LAYOUTS = (3, 5)
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -100,6 +103,8 @@ class MetNet(nn.Module):
             context margin of at least its neighbourhood radius at the longest lead).
         prior_radius: (pixels at lead 0, pixels per minute of lead) of the prior's
             neighbourhood half-width.
+        prior_error: add the prior's error ensemble, from per-lead input channel 2 (the
+            data's ``motion_error``).
         position: ``"axial"`` (a learned embedding of each latent row and column: inputs
             of ``input_size`` only) or ``"none"`` (inputs of any size).
         attention_window: attention reach along rows and columns in latent pixels. None:
@@ -135,6 +140,7 @@ class MetNet(nn.Module):
         lead_channels: int = 0,
         prior: bool = False,
         prior_radius: tuple[float, float] = (1.0, 0.1),
+        prior_error: bool = False,
         position: str = "axial",
         attention_window: int | None = None,
     ) -> None:
@@ -156,6 +162,11 @@ class MetNet(nn.Module):
                              "conditioning='film': the encoder runs once for every lead")
         if lead_channels and conditioning != "film":
             raise ValueError("lead_channels (per-lead inputs) need conditioning='film'")
+        if prior_error and (not prior or lead_channels not in ERROR_LAYOUTS):
+            raise ValueError(
+                "prior_error needs prior: true and the data's motion_error (per-lead channels "
+                f"{' or '.join(map(str, ERROR_LAYOUTS))}), got prior={prior}, "
+                f"lead_channels={lead_channels}")
         if max_lead_minutes % lead_step_minutes:
             raise ValueError("max_lead_minutes must be a multiple of lead_step_minutes")
         self.input_channels = input_channels
@@ -200,8 +211,8 @@ class MetNet(nn.Module):
         self.conditioned_blocks = nn.ModuleList(block(True) for _ in range(num_blocks - split))
         self.lead_encoder = (LeadInputEncoder(lead_channels, lstm_hidden, factor)
                              if lead_channels else None)
-        extrapolation = (ExtrapolationPrior(self.bin_edges, max_lead_minutes, prior_radius)
-                         if prior else None)
+        extrapolation = (ExtrapolationPrior(self.bin_edges, max_lead_minutes, prior_radius,
+                                            prior_error) if prior else None)
         self.head = Head(lstm_hidden, len(self.bin_edges) - 1, self.latent_margin, factor,
                          cond_dim,
                          lead_channels=lead_channels, prior=extrapolation)
@@ -238,7 +249,7 @@ class MetNet(nn.Module):
                 ``input_size``, or any size for an :attr:`any_size` network.
             lead_times: (L,) or (B, L) lead times in minutes (int or float).
             lead_inputs: (B, L, Cl, H, W) per-lead inputs, exactly when ``lead_channels``.
-            histograms: with a prior, its histograms (B, L, 2, K, Ht, Wt) when already
+            histograms: with a prior, its histograms (B, L, C, K, Ht, Wt) when already
                 computed (a forecast computes them once for the whole domain).
 
         Returns:

@@ -16,10 +16,24 @@ counts as no rain), two ensembles describe each target pixel:
   value), so that P(R > t) >= 0.5 where extrapolation says rain above t, for thresholds
   that are bin edges.
 
-Each becomes a histogram over the rain-rate bins, and the prior is their mixture
-``w * centred + (1 - w) * neighbourhood`` with ``w = sigmoid(m)`` per pixel; the head gives
-``m`` (0 at initialisation: an even mixture) and adds its own logit corrections (0 at
-initialisation), so an untrained network forecasts this mixture. On the test init times of
+With ``error`` (per-lead input channel 2, :func:`metnet.data.motion.lead_channel_names`:
+how far the last context frame is from the frame before it extrapolated by one step, in
+the input transform), a third ensemble:
+
+* the **error** ensemble: the pixel's own extrapolated value plus each of the last step's
+  extrapolation errors in the 3 x 3 pixels around it (in the input transform, close to log
+  rate), the spread that extrapolation has just shown where it is. It keeps dry what
+  extrapolation kept dry last step and light rain light, where a neighbourhood lends a
+  pixel the rates of a nearby core: at 5 min it is the better half of the prior.
+
+Each becomes a histogram over the rain-rate bins, and the prior is their mixture with
+weights ``softmax(log w0 + m)`` per pixel, ``m = 0`` for the neighbourhood: the head gives
+the other ``m`` (0 at initialisation) and adds its own logit corrections (0 at
+initialisation), so an untrained network forecasts the mixture of the initial weights
+``w0``: even between the centred and plain neighbourhoods, and with the error ensemble a
+share ``ERROR_WEIGHT * min(1, ERROR_MINUTES / lead)`` to it, the rest shared evenly: the
+last step's error describes the next few minutes' best and fades from the mixture as the
+lead grows. On the test init times of
 the real stores the even mixture keeps extrapolation's CSI at 1 mm/h and the
 neighbourhood's CRPS at short leads (BENCHMARKS.md).
 """
@@ -41,6 +55,12 @@ from metnet.transforms import input_to_rate
 FLOOR = 1e-7
 #: Neighbourhood half-width: (pixels at lead 0, pixels per minute of lead).
 RADIUS = (1.0, 0.1)
+#: The error ensemble's initial share of the mixture up to :data:`ERROR_MINUTES` of lead,
+#: falling as 1 / lead after it (the neighbourhoods share the rest).
+ERROR_WEIGHT = 0.5
+ERROR_MINUTES = 5.0
+#: Per-lead input channel of the last step's extrapolation error.
+ERROR_CHANNEL = 2
 
 
 def neighbourhood_radius(lead_minutes: float, radius: tuple[float, float] = RADIUS) -> int:
@@ -62,33 +82,50 @@ class ExtrapolationPrior(nn.Module):
         bin_edges: K+1 bin edges in mm/h (a dry bin keeps dry neighbours a point mass).
         max_lead_minutes: the longest lead time; fixes the margin the planes need.
         radius: neighbourhood half-width (pixels at lead 0, pixels per minute of lead).
+        error: add the error ensemble (from per-lead input channel :data:`ERROR_CHANNEL`).
     """
 
     def __init__(self, bin_edges: Sequence[float], max_lead_minutes: float,
-                 radius: tuple[float, float] = RADIUS) -> None:
+                 radius: tuple[float, float] = RADIUS, error: bool = False) -> None:
         super().__init__()
         self.register_buffer("edges", torch.tensor([float(e) for e in bin_edges]),
                              persistent=False)
         self.radius = tuple(float(v) for v in radius)
-        self.margin = neighbourhood_radius(max_lead_minutes, self.radius)
+        self.margin = max(neighbourhood_radius(max_lead_minutes, self.radius), 1 if error else 0)
+        self.error = error
 
-    def forward(self, mix: Tensor, histograms: Tensor) -> Tensor:
+    @property
+    def components(self) -> int:
+        """Ensembles in the mixture: (centred, plain) or (centred, plain, error)."""
+        return 3 if self.error else 2
+
+    def forward(self, mix: Tensor, histograms: Tensor, lead_minutes: Tensor) -> Tensor:
         """Prior logits (N, K, Ht, Wt), float32, ``log(mixture + FLOOR)``, differentiable in
-        ``mix``: the mixture logit (N, Ht, Wt) of the centred ensemble, whose histograms
-        (N, 2, K, Ht, Wt) are those of :meth:`histograms` (centred, plain)."""
-        weight = torch.sigmoid(mix.float())[:, None]
-        centred, plain = histograms.float().unbind(1)
-        return torch.log(torch.lerp(plain, centred, weight) + FLOOR)
+        ``mix``: the mixture logits (N, C - 1, Ht, Wt) of the centred (and error) ensembles
+        against the plain neighbourhood, whose histograms (N, C, K, Ht, Wt) are those of
+        :meth:`histograms`; C = :attr:`components`; ``lead_minutes`` (N,)."""
+        if not self.error:  # the two-component form, as checkpoints trained with it
+            weight = torch.sigmoid(mix[:, 0].float())[:, None]
+            centred, plain = histograms.float().unbind(1)
+            return torch.log(torch.lerp(plain, centred, weight) + FLOOR)
+        share = ERROR_WEIGHT * (ERROR_MINUTES / lead_minutes.float()).clamp(max=1)
+        offset = torch.log(2 * share / (1 - share))[:, None, None]  # log w0: error / centred
+        centred, error = mix.float().unbind(1)
+        logits = torch.stack([centred, torch.zeros_like(centred), error + offset], dim=1)
+        mixture = torch.einsum("nchw,nckhw->nkhw", torch.softmax(logits, dim=1),
+                               histograms.float())
+        return torch.log(mixture + FLOOR)
 
     @torch.no_grad()
     def histograms(self, planes: Tensor, lead_minutes: Tensor) -> Tensor:
-        """Bin frequencies (N, 2, K, Ht, Wt) of the centred and plain neighbourhoods.
+        """Bin frequencies (N, C, K, Ht, Wt) of the centred and plain neighbourhoods (and
+        of the error ensemble), C = :attr:`components`.
 
         Args:
             planes: (N, Cl >= 2, Ht + 2 margin, Wt + 2 margin) per-lead inputs around the
-                target (channel 0 the transformed rate, channel 1 its validity). Whole
-                domains padded by the margin work too: a forecast computes them once, not
-                once per tile.
+                target (channel 0 the transformed rate, channel 1 its validity, with
+                ``error`` channel 2 the last step's error). Whole domains padded by the
+                margin work too: a forecast computes them once, not once per tile.
             lead_minutes: (N,) the lead time of each plane.
         """
         known = planes[:, 1].float() > 0.5
@@ -97,7 +134,9 @@ class ExtrapolationPrior(nn.Module):
         ht, wt, k = height - 2 * self.margin, width - 2 * self.margin, len(self.edges) - 1
         bins = rain_to_bin(rate, self.edges)  # (N, H, W), once per pixel, not per member
         ks = torch.arange(k, dtype=bins.dtype, device=bins.device)[:, None, None]
-        out = rate.new_empty(n, 2, k, ht, wt)
+        out = rate.new_empty(n, self.components, k, ht, wt)
+        if self.error:
+            out[:, 2] = self._error_histograms(planes, known, (ht, wt))
         for i, minutes in enumerate(lead_minutes.tolist()):
             r = neighbourhood_radius(minutes, self.radius)
             below = _box_counts(bins[i] <= ks, self.margin - r, 2 * r + 1, (ht, wt))
@@ -106,6 +145,21 @@ class ExtrapolationPrior(nn.Module):
             _bin_fractions(_recentred_cumulative(below, centre, size), size, out[i, 0])
             _bin_fractions(below, size, out[i, 1])
         return out
+
+    def _error_histograms(self, planes: Tensor, known: Tensor, shape: tuple[int, int]
+                          ) -> Tensor:
+        """Bin frequencies (N, K, Ht, Wt) of the error ensemble: the pixel's extrapolated
+        value plus the last step's error at each of the 3 x 3 pixels around it, in the
+        input transform (unknown values count as no rain and no error)."""
+        (ht, wt), m, k = shape, self.margin, len(self.edges) - 1
+        value = torch.where(known, planes[:, 0].float(), 0.0)
+        error = torch.where(known, planes[:, ERROR_CHANNEL].float(), 0.0)
+        own = value[:, m:m + ht, m:m + wt]
+        members = torch.stack([own + error[:, m + dr:m + dr + ht, m + dc:m + dc + wt]
+                               for dr in (-1, 0, 1) for dc in (-1, 0, 1)], dim=1)
+        bins = rain_to_bin(input_to_rate(members).clamp_min(0), self.edges)  # (N, 9, Ht, Wt)
+        counts = own.new_zeros(len(own), k, ht, wt)
+        return counts.scatter_add_(1, bins, torch.full_like(members, 1 / 9))
 
 
 def _box_counts(indicator: Tensor, first: int, size: int, shape: tuple[int, int]) -> Tensor:

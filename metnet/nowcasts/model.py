@@ -41,7 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from metnet.data.inputs import ModelInput
-from metnet.data.motion import lead_channel_names, lead_planes
+from metnet.data.motion import lead_layout, lead_planes
 from metnet.distribution import RainRateDistribution
 from metnet.nowcasts.extrapolation import MOTION_FRAMES
 from metnet.transforms import rate_to_input_
@@ -145,18 +145,15 @@ def frames_needed(net: nn.Module) -> int:
     return max(frames, MOTION_FRAMES) if net.config.get("lead_channels", 0) else frames
 
 
-def motion_velocity(net: nn.Module) -> bool:
-    """Whether the net's per-lead inputs include the motion field (4 channels, not 2).
+def motion_layout(net: nn.Module) -> tuple[bool, bool]:
+    """``(velocity, error)``: whether the net's per-lead inputs include the motion field and
+    the last step's extrapolation error (:func:`metnet.data.motion.lead_layout`).
 
     Raises:
         ValueError: a number of per-lead channels this version does not build.
     """
     channels = int(net.config.get("lead_channels", 0))
-    known = {len(lead_channel_names(v)): v for v in (False, True)}
-    if channels and channels not in known:
-        raise ValueError(f"the network takes {channels} per-lead input channels; "
-                         f"forecasts build {sorted(known)} (extrapolation, + motion)")
-    return known.get(channels, False)
+    return lead_layout(channels) if channels else (False, False)
 
 
 def radar_input(rate: np.ndarray) -> ModelInput:
@@ -300,7 +297,7 @@ def whole_domain_logits(
 
 def prior_histograms(net: nn.Module, planes: torch.Tensor | None, lead_times: Sequence[int],
                      tiling: Tiling) -> torch.Tensor | None:
-    """The histograms (L, 2, K, *tiling.covered) of a network's extrapolation prior
+    """The histograms (L, C, K, *tiling.covered) of a network's extrapolation prior
     (:class:`~metnet.models.prior.ExtrapolationPrior`) over the whole covered domain, from
     its padded per-lead planes (L, Cl, *tiling.padded): computed once, not once per tile.
     None for a network without a prior."""
@@ -351,7 +348,7 @@ def forecast(rate: np.ndarray, lead_times: Sequence[int], *, step_minutes: float
     per_lead = None
     if net.config.get("lead_channels"):
         per_lead = lead_planes(rate[-MOTION_FRAMES:], [m / step_minutes for m in lead_times],
-                               motion_velocity(net))
+                               *motion_layout(net))
     context = rate[-int(net.config["context_frames"]):]
     if getattr(net, "any_size", False):
         logits = whole_domain_logits(net, context, lead_times, progress, per_lead, inputs)
