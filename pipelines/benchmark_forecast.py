@@ -3,8 +3,9 @@ with pysteps' Lucas-Kanade extrapolation (its LK motion + its semi-Lagrangian sc
 leads) and a 20-member STEPS ensemble of the same frames.
 
 The network is that of ``configs/model/small.yaml`` with the data settings of
-``configs/radar.yaml`` (6 frames of 128 px context, 32 px target, motion inputs, the
-extrapolation prior), untrained (its cost does not depend on its weights), in two forms:
+``configs/radar.yaml`` (6 frames of 128 px context, 32 px target, motion inputs with the
+last step's error, the extrapolation prior with its error ensemble), untrained (its cost
+does not depend on its weights), in two forms:
 
 * ``one pass``: ``position: none`` (the whole domain at once; attention reaches 8 latent
   pixels, half the context);
@@ -51,7 +52,7 @@ from metnet.runtime import keep_freed_memory
 LEADS = list(range(5, 61, 5))
 MODEL = Path(__file__).resolve().parents[1] / "configs" / "model" / "small.yaml"
 DATA = dict(input_channels=2, context_frames=6, input_size=128, target_size=32,
-            lead_channels=4)
+            lead_channels=5)
 
 
 def network(one_pass: bool) -> MetNet:
@@ -173,7 +174,7 @@ def parts(net: MetNet, rate: np.ndarray, repeats: int) -> list[float]:
     (T, H, W) mm/h, all leads decoded at once."""
     steps = [lead / 5 for lead in LEADS]
     velocity = motion_field(rate)
-    per_lead = lead_planes(rate[-MOTION_FRAMES:], steps, velocity=True)
+    per_lead = lead_planes(rate[-MOTION_FRAMES:], steps, velocity=True, error=True)
     context = rate[-DATA["context_frames"]:]
     tiling = one_pass_tiling(net, context.shape[1:])
     x, planes = padded_input(context, tiling)[None], pad_planes(per_lead, tiling)

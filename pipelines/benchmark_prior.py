@@ -10,8 +10,10 @@ For the test init times of a store, prints per lead time the CRPS (mm/h) of:
 * ``prior``: what an untrained network with ``prior: true`` and ``dry_bin: true``
   forecasts, the even mixture of that histogram and the histogram recentred on the pixel's
   own extrapolated rate (:class:`metnet.models.prior.ExtrapolationPrior`);
+* ``prior+error``: the same with ``prior_error: true`` (the shipped configurations), the
+  error ensemble of the last step's extrapolation error mixed in;
 
-and CSI at 1 mm/h of ``prior`` (decided at P = 0.5) next to extrapolation's.
+and CSI at 1 mm/h of both priors (decided at P = 0.5) next to extrapolation's.
 
     python pipelines/benchmark_prior.py outputs/stores/knmi.zarr 2010-08-26T06:10 2010-08-26T06:35
 """
@@ -24,15 +26,18 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from metnet.data.motion import extrapolation_error
 from metnet.distribution import RainRateDistribution, compact_bins
 from metnet.forecast import complete_init_times, read_context, read_observations
 from metnet.io.store import open_store
 from metnet.models.prior import ExtrapolationPrior
 from metnet.nowcasts import get_method
+from metnet.nowcasts.extrapolation import motion_field
 from metnet.transforms import rate_to_input
 
 LEADS = (5, 10, 15, 30, 45, 60)
-COLUMNS = ("neighbourhood", "binned", "binned+dry", "prior")
+COLUMNS = ("neighbourhood", "binned", "binned+dry", "prior", "prior+error")
+PRIORS = ("prior", "prior+error")
 
 
 def prior_histograms(field: np.ndarray, leads: Sequence[int], prior: ExtrapolationPrior,
@@ -48,18 +53,22 @@ def prior_histograms(field: np.ndarray, leads: Sequence[int], prior: Extrapolati
     return prior.histograms(torch.stack(planes, dim=1), torch.tensor(leads))
 
 
-def prior_distributions(field: np.ndarray) -> dict[str, RainRateDistribution]:
-    """The binned neighbourhoods and the prior of an extrapolated field (L, H, W) mm/h."""
+def prior_distributions(field: np.ndarray, error: np.ndarray
+                        ) -> dict[str, RainRateDistribution]:
+    """The binned neighbourhoods and the priors of an extrapolated field (L, H, W) mm/h and
+    the last step's extrapolation error (H, W)."""
     out = {}
     for name, dry in (("binned", False), ("binned+dry", True)):
         prior = ExtrapolationPrior(compact_bins(dry=dry), max(LEADS))
         histograms = prior_histograms(field, LEADS, prior)  # (L, 2, K, H, W)
         out[name] = RainRateDistribution(histograms[:, 1].clamp_min(1e-12).log(),
                                          prior.edges.double(), dim=1)
-        if dry:
-            mix = torch.zeros(len(LEADS), 1, *field.shape[1:])
-            out["prior"] = RainRateDistribution(prior(mix, histograms, torch.tensor(LEADS)),
-                                                prior.edges, dim=1)
+    for name, with_error in zip(PRIORS, (False, True), strict=True):
+        prior = ExtrapolationPrior(compact_bins(dry=True), max(LEADS), error=with_error)
+        histograms = prior_histograms(field, LEADS, prior, error if with_error else None)
+        mix = torch.zeros(len(LEADS), prior.components - 1, *field.shape[1:])
+        out[name] = RainRateDistribution(prior(mix, histograms, torch.tensor(LEADS)),
+                                         prior.edges, dim=1)
     return out
 
 
@@ -71,31 +80,34 @@ def main() -> None:
     args = p.parse_args()
     ds = open_store(args.store)
     sums = {name: np.zeros(len(LEADS)) for name in COLUMNS}
-    hits = {name: np.zeros((len(LEADS), 3)) for name in ("prior", "extrapolation")}
+    hits = {name: np.zeros((len(LEADS), 3)) for name in (*PRIORS, "extrapolation")}
     count = np.zeros(len(LEADS))
     inits = complete_init_times(ds, args.start, args.end, 3, LEADS)
     for init in inits:
         rate, obs = read_context(ds, init, 3), read_observations(ds, init, LEADS)
-        field = get_method("extrapolation")(rate, LEADS, step_minutes=5)
+        velocity = motion_field(rate)
+        field = get_method("extrapolation")(rate, LEADS, step_minutes=5, velocity=velocity)
         valid = np.isfinite(obs) & np.isfinite(rate[-1])
         y = torch.from_numpy(np.nan_to_num(obs).astype(np.float64))
         dists = {"neighbourhood": get_method("neighbourhood")(rate, LEADS, step_minutes=5),
-                 **prior_distributions(field)}
+                 **prior_distributions(field, extrapolation_error(rate, velocity))}
         for name, dist in dists.items():
             crps = dist.crps(y).numpy()
             sums[name] += [crps[j][valid[j]].sum() for j in range(len(LEADS))]
         observed = obs > 1
-        for name, event in (("prior", dists["prior"].exceedance(1.0).numpy() >= 0.5),
-                            ("extrapolation", np.nan_to_num(field) > 1)):
+        events = {name: dists[name].exceedance(1.0).numpy() >= 0.5 for name in PRIORS}
+        events["extrapolation"] = np.nan_to_num(field) > 1
+        for name, event in events.items():
             for j in range(len(LEADS)):
                 e, o = event[j][valid[j]], observed[j][valid[j]]
                 hits[name][j] += [(e & o).sum(), (~e & o).sum(), (e & ~o).sum()]
         count += valid.reshape(len(LEADS), -1).sum(1)
     print(f"{args.store}: {len(inits)} init times; CRPS (mm/h) per lead, then CSI at 1 mm/h")
-    print(f"| lead (min) | {' | '.join(COLUMNS)} | CSI prior | CSI extrapolation |")
-    print("| ---: " * (len(COLUMNS) + 3) + "|")
+    print(f"| lead (min) | {' | '.join(COLUMNS)} | "
+          + " | ".join(f"CSI {name}" for name in hits) + " |")
+    print("| ---: " * (len(COLUMNS) + len(hits) + 1) + "|")
     for j, lead in enumerate(LEADS):
-        csi = [h / (h + m + f) for h, m, f in (hits["prior"][j], hits["extrapolation"][j])]
+        csi = [h / (h + m + f) for h, m, f in (counts[j] for counts in hits.values())]
         cells = [f"{sums[n][j] / count[j]:.3f}" for n in COLUMNS] + [f"{c:.3f}" for c in csi]
         print(f"| {lead} | {' | '.join(cells)} |")
 

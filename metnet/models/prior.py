@@ -112,9 +112,12 @@ class ExtrapolationPrior(nn.Module):
         offset = torch.log(2 * share / (1 - share))[:, None, None]  # log w0: error / centred
         centred, error = mix.float().unbind(1)
         logits = torch.stack([centred, torch.zeros_like(centred), error + offset], dim=1)
-        mixture = torch.einsum("nchw,nckhw->nkhw", torch.softmax(logits, dim=1),
-                               histograms.float())
-        return torch.log(mixture + FLOOR)
+        weights = torch.softmax(logits, dim=1)[:, :, None]  # (N, C, 1, Ht, Wt)
+        parts = histograms.float()
+        mixture = parts[:, 0] * weights[:, 0]  # a sum of products: no (N, C, K) copy
+        for c in range(1, self.components):
+            mixture = mixture.addcmul_(parts[:, c], weights[:, c])
+        return torch.log(mixture.add_(FLOOR))
 
     @torch.no_grad()
     def histograms(self, planes: Tensor, lead_minutes: Tensor) -> Tensor:
@@ -136,7 +139,7 @@ class ExtrapolationPrior(nn.Module):
         ks = torch.arange(k, dtype=bins.dtype, device=bins.device)[:, None, None]
         out = rate.new_empty(n, self.components, k, ht, wt)
         if self.error:
-            out[:, 2] = self._error_histograms(planes, known, (ht, wt))
+            self._error_histograms(planes, known, out[:, 2])
         for i, minutes in enumerate(lead_minutes.tolist()):
             r = neighbourhood_radius(minutes, self.radius)
             below = _box_counts(bins[i] <= ks, self.margin - r, 2 * r + 1, (ht, wt))
@@ -146,20 +149,28 @@ class ExtrapolationPrior(nn.Module):
             _bin_fractions(below, size, out[i, 1])
         return out
 
-    def _error_histograms(self, planes: Tensor, known: Tensor, shape: tuple[int, int]
-                          ) -> Tensor:
-        """Bin frequencies (N, K, Ht, Wt) of the error ensemble: the pixel's extrapolated
-        value plus the last step's error at each of the 3 x 3 pixels around it, in the
-        input transform (unknown values count as no rain and no error)."""
-        (ht, wt), m, k = shape, self.margin, len(self.edges) - 1
+    def _error_histograms(self, planes: Tensor, known: Tensor, out: Tensor) -> None:
+        """Write into ``out`` (N, K, Ht, Wt) the bin frequencies of the error ensemble: the
+        pixel's extrapolated value plus the last step's error at each of the 3 x 3 pixels
+        around it, in the input transform (unknown values count as no rain and no error).
+        Members are binned only where one can be wet (the pixel's own value or an error
+        around it positive); elsewhere every member is dry."""
+        (ht, wt), m = out.shape[-2:], self.margin
         value = torch.where(known, planes[:, 0].float(), 0.0)
         error = torch.where(known, planes[:, ERROR_CHANNEL].float(), 0.0)
         own = value[:, m:m + ht, m:m + wt]
-        members = torch.stack([own + error[:, m + dr:m + dr + ht, m + dc:m + dc + wt]
-                               for dr in (-1, 0, 1) for dc in (-1, 0, 1)], dim=1)
-        bins = rain_to_bin(input_to_rate(members).clamp_min(0), self.edges)  # (N, 9, Ht, Wt)
-        counts = own.new_zeros(len(own), k, ht, wt)
-        return counts.scatter_add_(1, bins, torch.full_like(members, 1 / 9))
+        around = [error[:, m + dr:m + dr + ht, m + dc:m + dc + wt]
+                  for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+        wet = own > 0
+        for e in around:
+            wet |= e > 0
+        out.zero_()
+        out[:, 0] = ~wet
+        where = wet.nonzero(as_tuple=True)
+        base, share = own[where], own.new_tensor(1 / len(around))
+        for e in around:
+            bins = rain_to_bin(input_to_rate(base + e[where]).clamp_min(0), self.edges)
+            out.index_put_((where[0], bins, *where[1:]), share, accumulate=True)
 
 
 def _box_counts(indicator: Tensor, first: int, size: int, shape: tuple[int, int]) -> Tensor:
