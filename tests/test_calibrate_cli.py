@@ -110,7 +110,7 @@ def test_calibrate_refuses_data_that_do_not_fit_the_checkpoint(trained: Path,
                     "--data.motion_inputs", "false", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("metnet calibrate: error:")
-    assert "lead_channels=2 (data gives 0)" in result.stderr
+    assert "lead_channels=3 (data gives 0)" in result.stderr
     if not torch.cuda.is_available():
         result = run_metnet("calibrate", "--ckpt_path", str(trained),
                             *data_overrides(stores["same"]), "--device", "cuda", cwd=tmp_path)

@@ -492,8 +492,3 @@ def test_an_untrained_network_mixes_the_error_ensemble_in_by_lead() -> None:
     with pytest.raises(ValueError, match="prior_error needs prior: true and the data's "
                                          "motion_error"):
         MetNet(input_channels=2, lead_channels=4, prior=True, prior_error=True)
-
-
-def test_motion_options_need_the_motion_inputs(translating_store: Path) -> None:
-    with pytest.raises(DataConfigError, match="set motion_inputs: true as well"):
-        NowcastDataModule([str(translating_store)], **KW, motion_error=True)

@@ -119,7 +119,8 @@ def test_checkpoint_rebuilds_the_network_safely(trained):
     checkpoint = Checkpoint.load(trained / "outputs/checkpoints/best.ckpt")
     net, hparams = checkpoint.net, checkpoint.hparams
     assert hparams["lr"] == pytest.approx(0.002)
-    x, planes = torch.zeros(2, 3, 2, 48, 48), torch.zeros(2, 2, 2, 48, 48)  # + motion inputs
+    x = torch.zeros(2, 3, 2, 48, 48)
+    planes = torch.zeros(2, 2, net.lead_channels, 48, 48)  # motion inputs
     with torch.no_grad():
         assert net(x, [5, 30], planes).shape == (2, 2, net.num_bins, 16, 16)
 

@@ -195,9 +195,6 @@ class NowcastDataModule(L.LightningDataModule):
         if motion_inputs and context_frames < MOTION_FRAMES:
             raise DataConfigError(f"motion_inputs needs context_frames >= {MOTION_FRAMES} "
                                   f"(the motion is estimated from them), got {context_frames}")
-        if (motion_velocity or motion_error) and not motion_inputs:
-            raise DataConfigError("motion_velocity and motion_error add to the motion inputs: "
-                                  "set motion_inputs: true as well")
         self.leads = lead_steps(lead_times, step_minutes)
         context_step = context_step_minutes or step_minutes
         if context_step % step_minutes != 0:
