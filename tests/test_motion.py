@@ -27,7 +27,7 @@ from metnet.distribution import (
 )
 from metnet.io.store import append_frames, make_dataset, open_store, write_store
 from metnet.models import MetNet
-from metnet.models.lead_inputs import LeadInputEncoder
+from metnet.models.lead_inputs import LeadInputEncoder, vector_channels
 from metnet.models.prior import ExtrapolationPrior
 from metnet.transforms import input_to_rate
 
@@ -441,8 +441,8 @@ def test_the_error_plane_is_what_extrapolation_missed_last_step(translating_stor
     expected = motion_module.extrapolation_error(rate, motion_module.motion_field(rate))
     for lead in range(2):
         np.testing.assert_allclose(planes[lead, 2], expected)
-    assert motion_module.vector_channels(5) == (3, 4)
-    assert motion_module.vector_channels(3) is None
+    assert vector_channels(5) == (3, 4)
+    assert vector_channels(3) is None
 
 
 def test_the_error_ensemble_is_the_pixel_moved_by_its_neighbours_errors() -> None:

@@ -42,7 +42,7 @@ from metnet.data.alignment import Interpolation
 from metnet.data.dataset import Domain, NowcastDataset, SampleSpec, collate
 from metnet.data.frames import PIXEL_SIZE_RTOL, Cache, StoreFrames, pixel_size
 from metnet.data.inputs import SourceSettings, channel_names
-from metnet.data.motion import MOTION_FRAMES, MotionCache, lead_channel_names
+from metnet.data.motion import MOTION_FRAMES, MotionCache
 from metnet.data.patches import PatchWeights
 from metnet.data.sampler import EpochSampler, ResumableDataLoader
 from metnet.data.windows import (
@@ -59,6 +59,7 @@ from metnet.data.windows import (
 )
 from metnet.io.sample_index import PatchLattice, sample_fractions
 from metnet.io.store import is_remote, open_store
+from metnet.models.lead_inputs import lead_channel_names
 
 Split = Literal["train", "val", "test"]
 #: Batches per shuffled block of neighbouring samples, by default with ``cache: lazy``.

@@ -44,9 +44,10 @@ from torch.utils.data import Dataset, get_worker_info
 from metnet.data.augment import SYMMETRIES, transform_inplace
 from metnet.data.frames import StoreFrames
 from metnet.data.inputs import ContextSources, channel_names
-from metnet.data.motion import MotionCache, vector_channels
+from metnet.data.motion import MotionCache
 from metnet.data.patches import PatchWeights
 from metnet.data.windows import SPLITS, Windows
+from metnet.models.lead_inputs import vector_channels
 
 
 @dataclass(frozen=True)

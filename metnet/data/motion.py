@@ -6,7 +6,7 @@ extra input per lead time, so that it only has to learn what extrapolation gets 
 nowcast method (:mod:`metnet.nowcasts.extrapolation`: Lucas-Kanade motion of the last 3
 context frames, semi-Lagrangian advection of the last one, on the whole frame);
 :func:`lead_input_channels` turns them into network input (channels named by
-:func:`lead_channel_names`).
+:func:`metnet.models.lead_inputs.lead_channel_names`).
 
 :class:`MotionCache` computes them once per init time of a store and keeps them in a
 sidecar zarr store (``<name>.motion-<key>.zarr`` in the store's cache folder,
@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from metnet.atomic import atomic_write
 from metnet.data.frames import StoreFrames
 from metnet.io.store import cache_folder, store_fingerprint
+from metnet.models.lead_inputs import ERROR_CHANNEL, lead_channel_names
 from metnet.nowcasts.extrapolation import (
     DB_THRESHOLD,
     DB_ZERO,
@@ -45,36 +46,6 @@ from metnet.transforms import rate_to_input, rate_to_input_
 #: Velocity input scale: pixels per context step divided by this is O(1).
 VELOCITY_SCALE = 4.0
 CACHE_VERSION = 1
-
-
-def lead_channel_names(velocity: bool = False, error: bool = False) -> list[str]:
-    """The per-lead input channels in order: extrapolated rain (input transform, 0 where
-    unknown), its validity mask, with ``error`` the last step's extrapolation error
-    (:func:`extrapolation_error`, the same for every lead), and with ``velocity`` the motion
-    (u, v) / VELOCITY_SCALE."""
-    return (["extrapolated_rain", "extrapolated_mask"]
-            + (["extrapolation_error"] if error else [])
-            + (["motion_u", "motion_v"] if velocity else []))
-
-
-def lead_layout(channels: int) -> tuple[bool, bool]:
-    """``(velocity, error)`` of a number of per-lead channels, as laid out by
-    :func:`lead_channel_names` (2, 3, 4 and 5 channels tell them apart).
-
-    Raises:
-        ValueError: a number of channels no layout has.
-    """
-    layouts = {len(lead_channel_names(v, e)): (v, e) for v in (False, True) for e in (False, True)}
-    if channels not in layouts:
-        raise ValueError(f"{channels} per-lead input channels: this version builds "
-                         f"{sorted(layouts)} (extrapolation, + error, + motion, + both)")
-    return layouts[channels]
-
-
-def vector_channels(channels: int) -> tuple[int, int] | None:
-    """Indices of the motion (u, v) among ``channels`` per-lead channels, or None."""
-    names = lead_channel_names(*lead_layout(channels))
-    return (names.index("motion_u"), names.index("motion_v")) if "motion_u" in names else None
 
 
 def extrapolation_error(rate: np.ndarray, velocity: np.ndarray) -> np.ndarray:
@@ -100,7 +71,7 @@ def lead_input_channels(extrapolated: np.ndarray, velocity: np.ndarray | None,
     out[:, 0] = extrapolated
     rate_to_input_(torch.from_numpy(out[:, 0]))
     if error is not None:
-        out[:, 2] = error[None]
+        out[:, ERROR_CHANNEL] = error[None]
     if velocity is not None:
         out[:, -2:] = velocity[None] / VELOCITY_SCALE
 

@@ -1,9 +1,45 @@
-"""Per-lead inputs (e.g. the field extrapolated to each lead) into the lead-conditioned decoder."""
+"""Per-lead inputs (e.g. the field extrapolated to each lead) into the lead-conditioned decoder:
+their channels, and how they enter the latent."""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def lead_channel_names(velocity: bool = False, error: bool = False) -> list[str]:
+    """The per-lead input channels in order: extrapolated rain (input transform, 0 where
+    unknown), its validity mask, with ``error`` the last step's extrapolation error
+    (:func:`metnet.data.motion.extrapolation_error`, the same for every lead), and with
+    ``velocity`` the motion (u, v) / :data:`metnet.data.motion.VELOCITY_SCALE` (what
+    :mod:`metnet.data.motion` builds)."""
+    return (["extrapolated_rain", "extrapolated_mask"]
+            + (["extrapolation_error"] if error else [])
+            + (["motion_u", "motion_v"] if velocity else []))
+
+
+def lead_layout(channels: int) -> tuple[bool, bool]:
+    """``(velocity, error)`` of a number of per-lead channels, as laid out by
+    :func:`lead_channel_names` (2, 3, 4 and 5 channels tell them apart).
+
+    Raises:
+        ValueError: a number of channels no layout has.
+    """
+    layouts = {len(lead_channel_names(v, e)): (v, e) for v in (False, True) for e in (False, True)}
+    if channels not in layouts:
+        raise ValueError(f"{channels} per-lead input channels: this version builds "
+                         f"{sorted(layouts)} (extrapolation, + error, + motion, + both)")
+    return layouts[channels]
+
+
+#: Per-lead channel of the last step's extrapolation error, when there is one.
+ERROR_CHANNEL = lead_channel_names(error=True).index("extrapolation_error")
+
+
+def vector_channels(channels: int) -> tuple[int, int] | None:
+    """Indices of the motion (u, v) among ``channels`` per-lead channels, or None."""
+    names = lead_channel_names(*lead_layout(channels))
+    return (names.index("motion_u"), names.index("motion_v")) if "motion_u" in names else None
 
 
 class LeadInputEncoder(nn.Module):

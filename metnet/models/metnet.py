@@ -15,14 +15,11 @@ from metnet.models.conditioning import LeadTimeEmbedding, one_hot_lead_planes
 from metnet.models.convlstm import ConvLSTM
 from metnet.models.downsampler import Downsampler
 from metnet.models.head import Head
-from metnet.models.lead_inputs import LeadInputEncoder
+from metnet.models.lead_inputs import LeadInputEncoder, lead_layout
 from metnet.models.prior import ExtrapolationPrior
 
 CONDITIONING_KINDS = ("film", "onehot")
 POSITION_KINDS = ("axial", "none")
-#: Per-lead channel counts that hold the last step's extrapolation error (without and with
-#: the motion: :func:`metnet.data.motion.lead_channel_names`).
-ERROR_LAYOUTS = (3, 5)
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -162,11 +159,10 @@ class MetNet(nn.Module):
                              "conditioning='film': the encoder runs once for every lead")
         if lead_channels and conditioning != "film":
             raise ValueError("lead_channels (per-lead inputs) need conditioning='film'")
-        if prior_error and (not prior or lead_channels not in ERROR_LAYOUTS):
+        if prior_error and not (prior and lead_channels and lead_layout(lead_channels)[1]):
             raise ValueError(
-                "prior_error needs prior: true and the data's motion_error (per-lead channels "
-                f"{' or '.join(map(str, ERROR_LAYOUTS))}), got prior={prior}, "
-                f"lead_channels={lead_channels}")
+                "prior_error needs prior: true and the data's motion_error (the per-lead "
+                f"channel extrapolation_error), got prior={prior}, lead_channels={lead_channels}")
         if max_lead_minutes % lead_step_minutes:
             raise ValueError("max_lead_minutes must be a multiple of lead_step_minutes")
         self.input_channels = input_channels

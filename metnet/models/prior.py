@@ -16,7 +16,7 @@ counts as no rain), two ensembles describe each target pixel:
   value), so that P(R > t) >= 0.5 where extrapolation says rain above t, for thresholds
   that are bin edges.
 
-With ``error`` (per-lead input channel 2, :func:`metnet.data.motion.lead_channel_names`:
+With ``error`` (per-lead input channel :data:`~metnet.models.lead_inputs.ERROR_CHANNEL`:
 how far the last context frame is from the frame before it extrapolated by one step, in
 the input transform), a third ensemble:
 
@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metnet.distribution import rain_to_bin
+from metnet.models.lead_inputs import ERROR_CHANNEL
 from metnet.transforms import input_to_rate
 
 #: Probability added to every bin before the log: small enough to cost no CRPS
@@ -59,8 +60,6 @@ RADIUS = (1.0, 0.1)
 #: falling as 1 / lead after it (the neighbourhoods share the rest).
 ERROR_WEIGHT = 0.5
 ERROR_MINUTES = 5.0
-#: Per-lead input channel of the last step's extrapolation error.
-ERROR_CHANNEL = 2
 
 
 def neighbourhood_radius(lead_minutes: float, radius: tuple[float, float] = RADIUS) -> int:
@@ -82,7 +81,8 @@ class ExtrapolationPrior(nn.Module):
         bin_edges: K+1 bin edges in mm/h (a dry bin keeps dry neighbours a point mass).
         max_lead_minutes: the longest lead time; fixes the margin the planes need.
         radius: neighbourhood half-width (pixels at lead 0, pixels per minute of lead).
-        error: add the error ensemble (from per-lead input channel :data:`ERROR_CHANNEL`).
+        error: add the error ensemble (from per-lead input channel
+            :data:`~metnet.models.lead_inputs.ERROR_CHANNEL`).
     """
 
     def __init__(self, bin_edges: Sequence[float], max_lead_minutes: float,
@@ -127,8 +127,9 @@ class ExtrapolationPrior(nn.Module):
         Args:
             planes: (N, Cl >= 2, Ht + 2 margin, Wt + 2 margin) per-lead inputs around the
                 target (channel 0 the transformed rate, channel 1 its validity, with
-                ``error`` channel 2 the last step's error). Whole domains padded by the
-                margin work too: a forecast computes them once, not once per tile.
+                ``error`` channel ``ERROR_CHANNEL`` the last step's error). Whole domains
+                padded by the margin work too: a forecast computes them once, not once per
+                tile.
             lead_minutes: (N,) the lead time of each plane.
         """
         known = planes[:, 1].float() > 0.5

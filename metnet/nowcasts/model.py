@@ -41,8 +41,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from metnet.data.inputs import ModelInput
-from metnet.data.motion import lead_layout, lead_planes
+from metnet.data.motion import lead_planes
 from metnet.distribution import RainRateDistribution
+from metnet.models.lead_inputs import lead_layout
 from metnet.nowcasts.extrapolation import MOTION_FRAMES
 from metnet.transforms import rate_to_input_
 
@@ -147,7 +148,7 @@ def frames_needed(net: nn.Module) -> int:
 
 def motion_layout(net: nn.Module) -> tuple[bool, bool]:
     """``(velocity, error)``: whether the net's per-lead inputs include the motion field and
-    the last step's extrapolation error (:func:`metnet.data.motion.lead_layout`).
+    the last step's extrapolation error (:func:`metnet.models.lead_inputs.lead_layout`).
 
     Raises:
         ValueError: a number of per-lead channels this version does not build.
