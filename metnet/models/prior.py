@@ -104,15 +104,13 @@ class ExtrapolationPrior(nn.Module):
         ``mix``: the mixture logits (N, C - 1, Ht, Wt) of the centred (and error) ensembles
         against the plain neighbourhood, whose histograms (N, C, K, Ht, Wt) are those of
         :meth:`histograms`; C = :attr:`components`; ``lead_minutes`` (N,)."""
-        if not self.error:  # the two-component form, as checkpoints trained with it
-            weight = torch.sigmoid(mix[:, 0].float())[:, None]
-            centred, plain = histograms.float().unbind(1)
-            return torch.log(torch.lerp(plain, centred, weight) + FLOOR)
-        share = ERROR_WEIGHT * (ERROR_MINUTES / lead_minutes.float()).clamp(max=1)
-        offset = torch.log(2 * share / (1 - share))[:, None, None]  # log w0: error / centred
-        centred, error = mix.float().unbind(1)
-        logits = torch.stack([centred, torch.zeros_like(centred), error + offset], dim=1)
-        weights = torch.softmax(logits, dim=1)[:, :, None]  # (N, C, 1, Ht, Wt)
+        mix = mix.float()
+        logits = [mix[:, 0], torch.zeros_like(mix[:, 0])]  # centred, plain
+        if self.error:
+            share = ERROR_WEIGHT * (ERROR_MINUTES / lead_minutes.float()).clamp(max=1)
+            offset = torch.log(2 * share / (1 - share))[:, None, None]  # log w0: error/centred
+            logits.append(mix[:, 1] + offset)
+        weights = torch.softmax(torch.stack(logits, dim=1), dim=1)[:, :, None]  # (N, C, 1, ...)
         parts = histograms.float()
         mixture = parts[:, 0] * weights[:, 0]  # a sum of products: no (N, C, K) copy
         for c in range(1, self.components):
