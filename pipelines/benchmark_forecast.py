@@ -55,10 +55,10 @@ DATA = dict(input_channels=2, context_frames=6, input_size=128, target_size=32,
             lead_channels=5)
 
 
-def network(one_pass: bool) -> MetNet:
-    """The benchmarked network, untrained, in eval mode."""
+def network(one_pass: bool, **changes: object) -> MetNet:
+    """The benchmarked network, untrained, in eval mode (``changes``: other settings)."""
     config = {**yaml.safe_load(MODEL.read_text())["init_args"], **DATA,
-              "position": "none" if one_pass else "axial"}
+              "position": "none" if one_pass else "axial", **changes}
     torch.manual_seed(0)
     return MetNet(**config).eval()
 
