@@ -89,7 +89,8 @@ def main() -> None:
         field = get_method("extrapolation")(rate, LEADS, step_minutes=5, velocity=velocity)
         valid = np.isfinite(obs) & np.isfinite(rate[-1])
         y = torch.from_numpy(np.nan_to_num(obs).astype(np.float64))
-        dists = {"neighbourhood": get_method("neighbourhood")(rate, LEADS, step_minutes=5),
+        dists = {"neighbourhood": get_method("neighbourhood")(rate, LEADS, step_minutes=5,
+                                                              velocity=velocity),
                  **prior_distributions(field, extrapolation_error(rate, velocity))}
         for name, dist in dists.items():
             crps = dist.crps(y).numpy()
