@@ -292,7 +292,9 @@ def whole_domain_logits(
             logits = net.decode(latent, torch.tensor(leads, device=device),
                                 None if extra is None else extra[None],
                                 None if histograms is None else histograms[None])
-            out[part] = torch.log_softmax(logits[0, ..., :height, :width].float(), dim=1).cpu()
+            # over the padded logits, then one copy of the domain: a strided view would be
+            # copied twice
+            out[part] = torch.log_softmax(logits[0].float(), dim=1)[..., :height, :width].cpu()
     return out
 
 
