@@ -134,18 +134,20 @@ class ExtrapolationPrior(nn.Module):
         rate = torch.where(known, input_to_rate(planes[:, 0].float()), 0.0).clamp_min(0)
         n, height, width = rate.shape
         ht, wt, k = height - 2 * self.margin, width - 2 * self.margin, len(self.edges) - 1
-        bins = rain_to_bin(rate, self.edges)  # (N, H, W), once per pixel, not per member
-        ks = torch.arange(k, dtype=bins.dtype, device=bins.device)[:, None, None]
+        # bins once per pixel, not per member, and a first row and column in no bin: the
+        # running sums of the box counts start from nothing, with no padding of K planes
+        bins = F.pad(rain_to_bin(rate, self.edges).to(torch.int16), (1, 0, 1, 0), value=k)
         out = rate.new_empty(n, self.components, k, ht, wt)
         if self.error:
             self._error_histograms(planes, known, out[:, 2])
         for i, minutes in enumerate(lead_minutes.tolist()):
             r = neighbourhood_radius(minutes, self.radius)
-            below = _box_counts(bins[i] <= ks, self.margin - r, 2 * r + 1, (ht, wt))
-            centre = bins[i, self.margin:self.margin + ht, self.margin:self.margin + wt]
-            size = (2 * r + 1) ** 2
-            _bin_fractions(_recentred_cumulative(below, centre, size), size, out[i, 0])
-            _bin_fractions(below, size, out[i, 1])
+            side, first = 2 * r + 1, self.margin - r
+            below = _cumulative_box_counts(bins[i, first:, first:], side, (ht, wt), k)
+            m = 1 + self.margin
+            centre = bins[i, m:m + ht, m:m + wt]
+            _bin_fractions(_recentred_cumulative(below, centre, side**2), side**2, out[i, 0])
+            _bin_fractions(below, side**2, out[i, 1])
         return out
 
     def _error_histograms(self, planes: Tensor, known: Tensor, out: Tensor) -> None:
@@ -172,40 +174,44 @@ class ExtrapolationPrior(nn.Module):
             out.index_put_((where[0], bins, *where[1:]), share, accumulate=True)
 
 
-def _box_counts(indicator: Tensor, first: int, size: int, shape: tuple[int, int]) -> Tensor:
-    """Sums (C, h, w) of the boolean planes ``indicator`` (C, H, W) over the square of side
-    ``size`` whose top-left corner is ``first`` pixels down and right of each output pixel's:
-    running sums along columns, then rows (a separable box filter, exact in integers). The
-    running sums reach W and ``size`` x H: int16 (half the memory traffic) where they fit,
-    int32 otherwise."""
-    (h, w), last = shape, first + size
-    height, width = indicator.shape[1:]
-    dtype = (torch.int16 if max(width, size * height) <= torch.iinfo(torch.int16).max
-             else torch.int32)
-    sums = F.pad(indicator.cumsum(2, dtype=dtype), (1, 0))
-    sums = sums[..., last:last + w] - sums[..., first:first + w]
-    sums = F.pad(sums.cumsum(1, dtype=dtype), (0, 0, 1, 0))
-    return sums[:, last:last + h] - sums[:, first:first + h]
+def _cumulative_box_counts(bins: Tensor, side: int, shape: tuple[int, int], k: int) -> Tensor:
+    """Counts (K + 1, h, w) of the members in bins ``<= k - 1`` (plane k; plane 0 holds no
+    member) of the square of ``side`` pixels whose top-left corner is one pixel down and
+    right of each output pixel's in ``bins`` (H, W) bin indices: running sums of the K
+    indicator planes along columns, then rows (a separable box filter, exact in integers).
+    int16 (half the memory traffic of int32) where the counts fit: running sums that pass
+    its range wrap around, and their differences, the counts, are still exact."""
+    (h, w) = shape
+    dtype = torch.int16 if side * side <= torch.iinfo(torch.int16).max else torch.int32
+    region = bins[:h + side, :w + side]
+    ks = torch.arange(k, dtype=bins.dtype, device=bins.device)[:, None, None]
+    sums = (region <= ks).cumsum(2, dtype=dtype)
+    sums = (sums[..., side:] - sums[..., :-side]).cumsum(1, dtype=dtype)
+    out = sums.new_empty(k + 1, h, w)
+    out[0] = 0
+    torch.sub(sums[:, side:], sums[:, :-side], out=out[1:])
+    return out
 
 
 def _recentred_cumulative(below: Tensor, centre: Tensor, size: int) -> Tensor:
-    """Cumulative counts (K, h, w) of neighbourhoods moved along the bins so that their
-    median bin is ``centre`` (h, w): each bin's count goes ``centre - median`` bins up, mass
-    moved past either end staying in the end bin. ``below`` (K, h, w) counts the members in
-    bins ``<= k`` of a neighbourhood of ``size`` members. The compact bins are close to
-    evenly spaced in log rate, so this is the neighbourhood's spread around the pixel's own
-    extrapolated rate."""
-    k = below.shape[0]
-    median = (below <= size // 2).sum(0, dtype=below.dtype)  # first bin holding half (size odd)
+    """Cumulative counts (K + 1, h, w), plane 0 empty, of neighbourhoods moved along the bins
+    so that their median bin is ``centre`` (h, w): each bin's count goes ``centre - median``
+    bins up, mass moved past either end staying in the end bin. ``below`` (K + 1, h, w)
+    counts, in plane k + 1, the members in bins ``<= k`` of a neighbourhood of ``size``
+    members (plane 0: none). The compact bins are close to evenly spaced in log rate, so
+    this is the neighbourhood's spread around the pixel's own extrapolated rate."""
+    k = below.shape[0] - 1
+    median = (below[1:] <= size // 2).sum(0, dtype=below.dtype)  # first bin holding half
     bins = torch.arange(k, dtype=below.dtype, device=below.device)[:, None, None]
     source = (bins - centre.to(below.dtype) + median + 1).clamp_(0, k)  # 0: none below
     source[-1] = k  # the last bin holds every member
-    return F.pad(below, (0, 0, 0, 0, 1, 0)).gather(0, source.long())
+    out = torch.empty_like(below)
+    out[0] = 0
+    torch.gather(below, 0, source.long(), out=out[1:])
+    return out
 
 
 def _bin_fractions(cumulative: Tensor, size: int, out: Tensor) -> None:
     """Write into ``out`` (K, h, w) the fraction of ``size`` members in each bin, from their
-    cumulative counts (K, h, w) over the bins."""
-    out[0] = cumulative[0]
-    torch.sub(cumulative[1:], cumulative[:-1], out=out[1:])
-    out.div_(size)
+    cumulative counts (K + 1, h, w) over the bins (plane 0: none)."""
+    torch.div(cumulative[1:] - cumulative[:-1], size, out=out)
