@@ -193,6 +193,11 @@ class NowcastDataModule(L.LightningDataModule):
         self.split_ranges = parse_split_ranges(splits) if splits else None
         if not 0 < train_fraction <= 1:
             raise DataConfigError(f"train_fraction={train_fraction} must be in (0, 1]")
+        extras = [name for name, on in (("motion_velocity", motion_velocity),
+                                        ("motion_error", motion_error)) if on]
+        if extras and not motion_inputs:
+            raise DataConfigError(f"{' and '.join(extras)} add channels to motion_inputs, "
+                                  "which is off: set motion_inputs: true, or drop them")
         if motion_inputs and context_frames < MOTION_FRAMES:
             raise DataConfigError(f"motion_inputs needs context_frames >= {MOTION_FRAMES} "
                                   f"(the motion is estimated from them), got {context_frames}")
