@@ -33,7 +33,9 @@ def utc_time(value: TimeLike) -> np.datetime64:
 
 def utc_index(values: Sequence) -> pd.DatetimeIndex:
     """Times (naive = UTC, or aware) as a naive UTC ``datetime64[ns]`` index."""
-    index = pd.DatetimeIndex(pd.to_datetime(list(values)))
+    # arrays as they are: a list of a year's Timestamps costs a fifth of a second
+    array_like = isinstance(values, (np.ndarray, pd.Index, pd.Series))
+    index = pd.DatetimeIndex(pd.to_datetime(values if array_like else list(values)))
     if index.tz is not None:
         index = index.tz_convert("UTC").tz_localize(None)
     return index.astype("datetime64[ns]")

@@ -83,9 +83,9 @@ def test_ingested_store_equals_what_pysteps_reads(
     expected_times = pd.date_range(*period, freq=f"{get_source(source).step_minutes}min")
     assert report.written == len(expected_times) and not report.skipped
     np.testing.assert_array_equal(ds.time.values, expected_times.values)
-    assert len(ds.attrs["source_files"]) == len(expected_times)
+    assert len(ds.source_file) == len(expected_times)
 
-    last_file = ds.attrs["source_files"][-1]
+    last_file = str(ds.source_file.values[-1])
     rate, metadata = _read_direct(source, last_file, kwargs)
     stored = ds.rain_rate.isel(time=-1).values
     np.testing.assert_array_equal(np.isnan(stored), np.isnan(rate))
@@ -161,7 +161,7 @@ def test_truncated_file_is_skipped_with_a_warning_naming_it(fmi_copy, tmp_path, 
     ds = open_store(tmp_path / "s.zarr")
     assert len(ds.missing_times) == 1  # the bad frame's time is a recorded gap, not filled
     after = sorted(fmi_copy.iterdir())[4]  # the frame after the gap is the store's 4th
-    assert ds.attrs["source_files"][3] == str(after)
+    assert ds.source_file.values[3] == str(after)
     rate, _ = _read_direct("fmi", str(after), {"gzipped": True})
     np.testing.assert_allclose(ds.rain_rate.isel(time=3).values, rate.astype(np.float32),
                                rtol=1e-6, equal_nan=True)
@@ -372,7 +372,7 @@ def test_two_workers_write_the_store_that_one_process_writes(shared_data, tmp_pa
     a, b = open_store(serial), open_store(parallel)
     np.testing.assert_array_equal(a.time.values, b.time.values)
     np.testing.assert_array_equal(a.rain_rate.values, b.rain_rate.values)
-    assert a.attrs["source_files"] == b.attrs["source_files"]
+    np.testing.assert_array_equal(a.source_file.values, b.source_file.values)
     np.testing.assert_array_equal(a.missing_times.values, b.missing_times.values)
 
 

@@ -7,6 +7,8 @@ import xarray as xr
 import zarr
 
 from metnet.io.store import (
+    STORE_VERSION,
+    TIME_CHUNK,
     StoreError,
     append_frames,
     gaps,
@@ -99,12 +101,49 @@ def test_one_zstd_chunk_per_frame(tmp_path):
 
 def _version_1(ds: xr.Dataset) -> xr.Dataset:
     """A store as metnet wrote them before format version 2."""
-    old = ds.drop_vars(["crs", "missing_times", "lat", "lon"]).rename(rain_rate="precip_rate")
+    old = ds.drop_vars(["crs", "missing_times", "lat", "lon", "source_file"]).rename(
+        rain_rate="precip_rate")
     old.precip_rate.attrs.update(units="mm/h", standard_name="rainfall_rate")
     old.attrs = {k: v for k, v in ds.attrs.items()
                  if k not in ("metnet_store_version", "consistent_timestep_start")}
     old.attrs["time_gaps"] = []
     return old
+
+
+def _files(start: int, n: int) -> list[str]:
+    return [f"/archive/{i:05d}.h5" for i in range(start, start + n)]
+
+
+def test_appends_keep_the_metadata_and_the_time_chunks_the_same_size(tmp_path):
+    """A year of commits must not rewrite a year of file names each time, nor leave one
+    time object per commit for every open to read."""
+    first = _frames("2020-01-01T00:00", 3).assign_coords(
+        source_file=("time", np.array(_files(0, 3), dtype=object)))
+    path = write_store(first, tmp_path / "s.zarr")
+    sizes = []
+    for k in range(3):
+        new = _frames(str(pd.Timestamp("2020-01-01T00:15") + pd.Timedelta(minutes=10 * k)), 2)
+        append_frames(path, new.assign_coords(source_file=("time", np.array(_files(3 + 2 * k, 2),
+                                                                         dtype=object))))
+        sizes.append((path / "zarr.json").stat().st_size)
+    assert len(set(sizes)) == 1
+    ds = open_store(path)
+    assert ds.source_file.values.tolist() == _files(0, 9)
+    group = zarr.open_group(path, mode="r")
+    assert group["time"].chunks == group["source_file"].chunks == (TIME_CHUNK,)
+    assert "source_files" not in ds.attrs
+
+
+def test_version_2_stores_keep_their_file_names_in_an_attribute(tmp_path):
+    old = _frames("2020-01-01T00:00", 3).drop_vars("source_file").assign_attrs(
+        metnet_store_version=2, source_files=_files(0, 3))
+    minutes = {"units": "minutes since 1970-01-01 00:00:00", "dtype": "int64"}
+    old.to_zarr(tmp_path / "v2.zarr", zarr_format=3, consolidated=True,
+                encoding={"time": minutes, "missing_times": minutes})
+    append_frames(tmp_path / "v2.zarr", _frames("2020-01-01T00:15", 2).assign_coords(
+        source_file=("time", np.array(_files(3, 2), dtype=object))))
+    ds = open_store(tmp_path / "v2.zarr")
+    assert ds.sizes["time"] == 5 and ds.attrs["source_files"] == _files(0, 5)
 
 
 def test_version_1_stores_are_read_and_appended_to(tmp_path):
@@ -122,7 +161,8 @@ def test_version_1_stores_are_read_and_appended_to(tmp_path):
 
 
 def test_a_store_of_a_newer_format_is_refused(tmp_path):
-    ds = _frames("2020-01-01", 2).assign_attrs(metnet_store_version=3)
+    ds = _frames("2020-01-01", 2).assign_attrs(metnet_store_version=STORE_VERSION + 1)
     ds.to_zarr(tmp_path / "new.zarr", zarr_format=3, consolidated=True)
-    with pytest.raises(StoreError, match="format version 3 is newer than this metnet reads"):
+    with pytest.raises(StoreError, match=f"format version {STORE_VERSION + 1} is newer than "
+                                         "this metnet reads"):
         open_store(tmp_path / "new.zarr")

@@ -2,24 +2,30 @@
 source-data specification for radar precipitation asks (``mlcast.validate_dataset
 source_data radar_precipitation STORE``).
 
-Layout (store format version 2, attribute ``metnet_store_version``)::
+Layout (store format version 3, attribute ``metnet_store_version``)::
 
     rain_rate     (time, y, x) float32, kg m-2 h-1 (= mm/h of water), NaN outside coverage;
                   standard_name rainfall_flux, grid_mapping crs; one zstd chunk per frame
     crs           the CF grid mapping (grid_mapping_name, projection parameters, crs_wkt,
                   spatial_ref)
     time          UTC instants, one per frame, strictly increasing
+    source_file   (time) the raw file each frame was read from ("" when none), a coordinate
     missing_times the steps of the time grid without a frame (never filled)
     y, x          pixel centres: projection coordinates in metres, or latitude/longitude in
                   degrees for lon/lat grids
     lat, lon      (y, x) pixel-centre latitude and longitude, degrees
 
 Global attributes: ``source``, ``crs`` (PROJ string), ``crs_wkt``, ``pixel_size_x``/
-``pixel_size_y`` (projection units), ``step_minutes``, ``source_files`` (the raw files the
-frames came from), ``license`` (SPDX, when given), ``history`` and the ``mlcast_*``
-provenance attributes. Version 1 stores (``precip_rate`` in ``mm/h``, gaps in a
-``time_gaps`` attribute, no grid-mapping variable or lat/lon) are still read, their rain
-rate under the name ``rain_rate``, and appended to.
+``pixel_size_y`` (projection units), ``step_minutes``, ``license`` (SPDX, when given),
+``history`` and the ``mlcast_*`` provenance attributes. The 1-D arrays along time (``time``,
+``source_file``) are chunked by :data:`TIME_CHUNK` frames, so that an append rewrites one
+chunk and opening a year-long store reads a few objects, not one per commit.
+
+Older stores are read and appended to as they are: version 2 stores (the raw files in a
+``source_files`` attribute, which every append rewrote whole, and the times in chunks of
+one commit), and version 1 stores (``precip_rate`` in ``mm/h``, gaps in a ``time_gaps``
+attribute, no grid-mapping variable or lat/lon), their rain rate under the name
+``rain_rate``.
 
 Writes are crash-safe: a new store is built beside its final path and renamed
 into place, and frames appended to an existing store become visible only when
@@ -75,7 +81,10 @@ LEGACY_VARIABLE = "precip_rate"
 UNITS = "kg m-2 h-1"
 #: The units a store's rain rate may carry (version 1 stores say mm/h).
 ACCEPTED_UNITS = (UNITS, "mm/h")
-STORE_VERSION = 2
+STORE_VERSION = 3
+#: Frames per chunk of the arrays along time (``time``, ``source_file``): 57 days of
+#: 5-minute frames in one object of at most 128 kB of times.
+TIME_CHUNK = 2**14
 #: The MLCast validator release whose specification the stores follow.
 MLCAST_VALIDATOR_VERSION = "0.4.0"
 TIME_UNITS = "minutes since 1970-01-01 00:00:00"
@@ -134,6 +143,8 @@ def make_dataset(
     ds = xr.Dataset(
         {VARIABLE: (("time", "y", "x"), precip), "crs": ((), np.int32(0), grid_mapping(crs_obj))},
         coords={"time": time_index.values, "y": y, "x": x,
+                "source_file": ("time", _file_names(source_files, len(time_index)),
+                                {"long_name": "the raw file each frame was read from"}),
                 "missing_times": ("missing_times", missing_times(time_index, step_minutes).values,
                                   {"long_name": "times of the step grid without a frame"}),
                 **(lat_lon(x, y, crs_obj) if geolocate else {})},
@@ -155,12 +166,18 @@ def make_dataset(
         "pixel_size_x": float(abs(x[1] - x[0])) if len(x) > 1 else float("nan"),
         "pixel_size_y": float(abs(y[1] - y[0])) if len(y) > 1 else float("nan"),
         "step_minutes": int(step_minutes),
-        "source_files": [str(f) for f in source_files],
         **(provenance or {}),
     }
     if len(time_index):  # the step is regular from the first frame, missing times included
         ds.attrs["consistent_timestep_start"] = time_index[0].isoformat()
     return ds
+
+
+def _file_names(files: Sequence[str], frames: int) -> np.ndarray:
+    """The raw file of each of ``frames`` frames as strings (empty when none is given)."""
+    if files and len(files) != frames:
+        raise ValueError(f"{len(files)} source files for {frames} frames")
+    return np.array([str(f) for f in files] if files else [""] * frames, dtype=object)
 
 
 def provenance(license: str | None = None, creator: str | None = None,
@@ -245,8 +262,10 @@ def _encoding(ds: xr.Dataset) -> dict:
     _, height, width = ds[VARIABLE].shape
     encoding = {
         VARIABLE: {"chunks": (1, height, width), "compressors": [ZstdCodec(level=3)]},
-        "time": {"units": TIME_UNITS, "dtype": "int64"},
+        "time": {"units": TIME_UNITS, "dtype": "int64", "chunks": (TIME_CHUNK,)},
     }
+    if "source_file" in ds:
+        encoding["source_file"] = {"chunks": (TIME_CHUNK,)}
     if "missing_times" in ds:
         # one chunk for a year of 5-minute gaps: sized by the first write, a two-event store
         # got one chunk per missing time (10^5 files)
@@ -287,6 +306,7 @@ def append_frames(path: str | Path, new: xr.Dataset) -> None:
     except StoreError as err:
         raise StoreError(f"{path}: {err}") from None
     time_array, precip = group["time"], group[variable]
+    files = group.get("source_file")
     n_old, n_new = time_array.shape[0], new.sizes["time"]
     if precip.shape[1:] != new[VARIABLE].shape[1:]:
         raise StoreError(
@@ -299,9 +319,12 @@ def append_frames(path: str | Path, new: xr.Dataset) -> None:
     time_array[n_old:] = encoded_time
     all_times = _decode_times(time_array)
     attrs = dict(group.attrs)
-    attrs["source_files"] = list(attrs.get("source_files", [])) + list(
-        new.attrs.get("source_files", [])
-    )
+    new_files = new["source_file"].values if "source_file" in new else np.full(n_new, "", object)
+    if files is not None:
+        files.resize((n_old + n_new,))
+        files[n_old:] = new_files
+    else:  # a version 1 or 2 store
+        attrs["source_files"] = list(attrs.get("source_files", [])) + new_files.tolist()
     missing = missing_times(all_times, int(attrs["step_minutes"]))
     if "missing_times" in group:
         missing_array = group["missing_times"]
