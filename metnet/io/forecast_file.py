@@ -327,6 +327,12 @@ def part_compression() -> dict[str, Any]:
     return KEPT_COMPRESSION
 
 
+#: Init times per chunk of a zarr forecast's times (``init_time``, ``valid_time``): a month
+#: of 5-minute init times in one object each, not one object per init time for every open
+#: to read (the fields keep one chunk per init time).
+INIT_TIMES_CHUNK = 2**13
+
+
 def write_forecast(ds: xr.Dataset, path: str | Path,
                    compression: dict[str, Any] = KEPT_COMPRESSION) -> Path:
     """Write a forecast dataset as netCDF-4 (``.nc``, fields compressed as ``compression``
@@ -340,6 +346,9 @@ def write_forecast(ds: xr.Dataset, path: str | Path,
     path = check_output_path(path)
     remove_leftovers(path)
     encoding = _encoding(ds, compression if path.suffix == ".nc" else {})
+    if path.suffix == ".zarr":  # init times appended one by one share their objects
+        encoding["init_time"]["chunks"] = (INIT_TIMES_CHUNK,)
+        encoding["valid_time"]["chunks"] = (INIT_TIMES_CHUNK, ds.sizes["lead_time"])
     with atomic_write(path) as tmp:
         if path.suffix == ".nc":
             ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding,
