@@ -107,7 +107,8 @@ def test_calibrate_refuses_data_that_do_not_fit_the_checkpoint(trained: Path,
                                                                stores: dict[str, Path],
                                                                tmp_path: Path) -> None:
     result = run_metnet("calibrate", "--ckpt_path", str(trained), *data_overrides(stores["same"]),
-                    "--data.motion_inputs", "false", cwd=tmp_path)
+                    "--data.motion_inputs", "false", "--data.motion_error", "false",
+                    cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("metnet calibrate: error:")
     assert "lead_channels=3 (data gives 0)" in result.stderr
