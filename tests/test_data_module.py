@@ -320,7 +320,7 @@ BAD_CONFIGS = [
     ({"shuffle_block": 0}, "shuffle_block=0 must be >= 1"),
     ({"context_step_minutes": 7}, "context_step_minutes=7 is not a multiple of step_minutes=5"),
     ({"train_fraction": 0}, "train_fraction=0 must be in"),
-    ({"motion_error": True}, "motion_error add channels to motion_inputs, which is off"),
+    ({"motion_error": True}, "motion_error adds channels to motion_inputs, which is off"),
     ({"splits": {"train": [["2024-06-01T12:00", "2024-06-01T15:00"]],
                  "test": [["2024-06-01T14:00", "2024-06-01T17:00"]]}},
      "the train and test ranges overlap"),

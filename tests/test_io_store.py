@@ -134,6 +134,17 @@ def test_appends_keep_the_metadata_and_the_time_chunks_the_same_size(tmp_path):
     assert "source_files" not in ds.attrs
 
 
+def test_frames_without_file_names_get_empty_ones(tmp_path):
+    path = write_store(_frames("2020-01-01T00:00", 2).assign_coords(
+        source_file=("time", np.array(_files(0, 2), dtype=object))), tmp_path / "s.zarr")
+    append_frames(path, _frames("2020-01-01T00:10", 2).drop_vars("source_file"))
+    assert open_store(path).source_file.values.tolist() == [*_files(0, 2), "", ""]
+    with pytest.raises(ValueError, match="3 source files for 2 frames"):
+        make_dataset(np.zeros((2, 2, 2)), pd.date_range("2020-01-01", periods=2, freq="5min"),
+                     np.arange(2.0), np.arange(2.0), crs="EPSG:3035", source="test",
+                     step_minutes=5, source_files=np.array(_files(0, 3)))
+
+
 def test_version_2_stores_keep_their_file_names_in_an_attribute(tmp_path):
     old = _frames("2020-01-01T00:00", 3).drop_vars("source_file").assign_attrs(
         metnet_store_version=2, source_files=_files(0, 3))

@@ -196,7 +196,8 @@ class NowcastDataModule(L.LightningDataModule):
         extras = [name for name, on in (("motion_velocity", motion_velocity),
                                         ("motion_error", motion_error)) if on]
         if extras and not motion_inputs:
-            raise DataConfigError(f"{' and '.join(extras)} add channels to motion_inputs, "
+            verb = "adds" if len(extras) == 1 else "add"
+            raise DataConfigError(f"{' and '.join(extras)} {verb} channels to motion_inputs, "
                                   "which is off: set motion_inputs: true, or drop them")
         if motion_inputs and context_frames < MOTION_FRAMES:
             raise DataConfigError(f"motion_inputs needs context_frames >= {MOTION_FRAMES} "

@@ -175,9 +175,10 @@ def make_dataset(
 
 def _file_names(files: Sequence[str], frames: int) -> np.ndarray:
     """The raw file of each of ``frames`` frames as strings (empty when none is given)."""
-    if files and len(files) != frames:
-        raise ValueError(f"{len(files)} source files for {frames} frames")
-    return np.array([str(f) for f in files] if files else [""] * frames, dtype=object)
+    names = [str(f) for f in files]
+    if names and len(names) != frames:
+        raise ValueError(f"{len(names)} source files for {frames} frames")
+    return np.array(names or [""] * frames, dtype=object)
 
 
 def provenance(license: str | None = None, creator: str | None = None,
@@ -242,7 +243,7 @@ def missing_times(times: Sequence, step_minutes: int) -> pd.DatetimeIndex:
 
 
 def gaps(ds: xr.Dataset) -> pd.DatetimeIndex:
-    """A store's missing times, from ``missing_times`` (version 2) or the ``time_gaps``
+    """A store's missing times, from ``missing_times`` (versions 2 and 3) or the ``time_gaps``
     attribute (version 1)."""
     if "missing_times" in ds:
         return pd.DatetimeIndex(ds["missing_times"].values)
@@ -356,8 +357,8 @@ def _is_dask(values: Any) -> bool:
 
 
 def on_disk_variable(group: zarr.Group) -> str:
-    """The name of the rain-rate array in the zarr group of a store metnet wrote (version 1
-    or 2).
+    """The name of the rain-rate array in the zarr group of a store metnet wrote (version 1,
+    2 or 3).
 
     Raises:
         StoreError: for a store metnet did not write (no rain-rate array of its own).

@@ -99,12 +99,14 @@ class Head(nn.Module):
 
     def _fuse(self, features: Tensor, planes: Tensor) -> Tensor:
         """The fuse convolution of features (N, c, H, W) joined with per-lead planes
-        (N, Cl, H, W), as the sum of its two parts: the same result without the joined copy,
-        and oneDNN is slow on odd channel counts (one third of the time on a CPU)."""
+        (N, Cl, H, W), as the sum of its two parts: the same result (up to rounding in low
+        precision) without the joined copy, and oneDNN is slow on odd channel counts (one
+        third of the time on a CPU)."""
         conv, c = self.fuse[0], features.shape[1]
-        out = F.conv2d(features, conv.weight[:, :c], conv.bias, padding=conv.padding)
-        return self.fuse[1](out.add_(F.conv2d(planes, conv.weight[:, c:], None,
-                                              padding=conv.padding)))
+        out = F.conv2d(features, conv.weight[:, :c], conv.bias, conv.stride, conv.padding,
+                       conv.dilation)
+        return self.fuse[1](out.add_(F.conv2d(planes, conv.weight[:, c:], None, conv.stride,
+                                              conv.padding, conv.dilation)))
 
     @property
     def margin(self) -> int:

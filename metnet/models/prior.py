@@ -135,7 +135,8 @@ class ExtrapolationPrior(nn.Module):
         n, height, width = rate.shape
         ht, wt, k = height - 2 * self.margin, width - 2 * self.margin, len(self.edges) - 1
         # bins once per pixel, not per member, and a first row and column in no bin: the
-        # running sums of the box counts start from nothing, with no padding of K planes
+        # running sums of the widest box start from nothing (narrower ones start inside
+        # the margin, where the first row and column cancel), with no padding of K planes
         bins = F.pad(rain_to_bin(rate, self.edges).to(torch.int16), (1, 0, 1, 0), value=k)
         out = rate.new_empty(n, self.components, k, ht, wt)
         if self.error:
