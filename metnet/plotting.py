@@ -83,7 +83,7 @@ def plot_frames(
         ax.axis("off")
     image = None
     for ax, index in zip(axes.flat, indices, strict=False):
-        frame = precip.isel(time=index).drop_vars("source_file", errors="ignore").load()
+        frame = precip.isel(time=index).load()
         when = pd.Timestamp(frame.time.values).strftime("%Y-%m-%d %H:%M UTC")
         image = draw_rain(ax, frame, when)
     fig.colorbar(image, ax=axes, label="rain rate (mm/h)", shrink=0.8, extend="max")
