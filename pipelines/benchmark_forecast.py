@@ -12,8 +12,9 @@ does not depend on its weights), in two forms:
 * ``tiled``: the learned axial positional embedding, tiles at half the target stride,
   32 tiles per call (how every network forecast before ``position: none``).
 
-Both include the network's motion inputs (pysteps' LK motion and metnet's advection, which
-equals pysteps' to the bit). The process runs as ``metnet forecast`` does
+Both include the network's motion inputs (pysteps' LK motion, interpolated on metnet's
+coarser grid, and metnet's advection, which equals pysteps' to the bit); the pysteps
+column is pysteps' own dense LK field on every pixel. The process runs as ``metnet forecast`` does
 (:func:`metnet.runtime.keep_freed_memory`; ``--default-malloc`` leaves glibc's
 allocation policy as it is). Synthetic domains of 256, 512 and 1024 px (1x, 4x, 16x the area), or
 real stores at given init times::
@@ -191,11 +192,12 @@ def parts(net: MetNet, rate: np.ndarray, repeats: int) -> list[float]:
 
 
 def pysteps_extrapolation(rate: np.ndarray) -> np.ndarray:
-    """pysteps alone: LK motion of the last 3 frames (T, H, W) mm/h, then its
-    semi-Lagrangian extrapolation of the last frame to the 12 leads (L, H, W)."""
+    """pysteps alone: LK motion of the last 3 frames (T, H, W) mm/h (its dense field, on
+    every pixel), then its semi-Lagrangian extrapolation of the last frame to the 12 leads
+    (L, H, W)."""
     last = np.nan_to_num(rate[-1].astype(np.float64))
     return pysteps_nowcasts.get_method("extrapolation")(
-        last, motion_field(rate).astype(np.float64), [lead / 5 for lead in LEADS],
+        last, motion_field(rate, grid_step=1).astype(np.float64), [lead / 5 for lead in LEADS],
         extrap_kwargs={"outval": 0.0})
 
 

@@ -29,6 +29,7 @@ from metnet.io.store import append_frames, make_dataset, open_store, write_store
 from metnet.models import MetNet
 from metnet.models.lead_inputs import LeadInputEncoder, vector_channels
 from metnet.models.prior import ExtrapolationPrior
+from metnet.nowcasts import extrapolation
 from metnet.transforms import input_to_rate
 
 LEADS = [5, 10, 15]
@@ -82,7 +83,9 @@ def _cache(store: Path, tmp_path: Path, leads: tuple[int, ...] = (1, 2, 3),
     return MotionCache(frames, windows.context, 1, leads, velocity, tmp_path, progress=False)
 
 
-def test_cached_extrapolation_equals_pysteps(synthetic_store: Path, tmp_path: Path) -> None:
+def test_cached_extrapolation_equals_pysteps(synthetic_store: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(extrapolation, "MOTION_GRID", 1)  # pysteps' dense field
     cache = _cache(synthetic_store, tmp_path)
     frames = StoreFrames(synthetic_store)
     for init in cache.init_frames[[0, len(cache.init_frames) // 2, -1]]:

@@ -18,7 +18,7 @@ from metnet.distribution import RainRateDistribution
 from metnet.forecast import complete_init_times, forecast_dataset
 from metnet.io.store import open_store
 from metnet.metrics import CalibrationStatistics, ContingencyScores
-from metnet.nowcasts import get_method
+from metnet.nowcasts import extrapolation, get_method
 from metnet.nowcasts import steps as steps_method
 from metnet.nowcasts.extrapolation import motion_field
 from metnet.transforms import clean_rate
@@ -53,7 +53,11 @@ def net(tiny_net):
 
 @pytest.fixture(scope="module")
 def result(net, store):
-    return evaluate(net, store, INITS, LEADS, THRESHOLDS, SCALES_KM, steps_members=MEMBERS)
+    """The evaluation, with motion on every pixel as pysteps computes it (:func:`by_hand`)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(extrapolation, "MOTION_GRID", 1)
+        return evaluate(net, store, INITS, LEADS, THRESHOLDS, SCALES_KM,
+                        steps_members=MEMBERS)
 
 
 def score(table: pd.DataFrame, method: str, metric: str, lead: int, threshold=None,

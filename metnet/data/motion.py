@@ -34,6 +34,7 @@ from metnet.atomic import atomic_write
 from metnet.data.frames import StoreFrames
 from metnet.io.store import cache_folder, store_fingerprint
 from metnet.models.lead_inputs import ERROR_CHANNEL, lead_channel_names
+from metnet.nowcasts import extrapolation
 from metnet.nowcasts.extrapolation import (
     DB_THRESHOLD,
     DB_ZERO,
@@ -145,7 +146,7 @@ class MotionCache:
             "frames": self.frames.index.tolist(), "motion_frames": self.motion_frames.tolist(),
             "stride": self.stride, "leads": self.lead_steps.tolist(),
             "velocity": self.velocity, "max_rate": self.frames.max_rate,
-            "motion": ["LK", MOTION_FRAMES, DB_THRESHOLD, DB_ZERO],
+            "motion": ["LK", MOTION_FRAMES, DB_THRESHOLD, DB_ZERO, extrapolation.MOTION_GRID],
             **({"packing": packing} if (packing := self.frames.rate_source.packing) else {}),
             **({"error": True} if self.error else {}),
         }
