@@ -224,8 +224,8 @@ def test_network_refuses_missing_or_misshapen_lead_inputs() -> None:
 
 
 def test_prior_histograms_are_exact_for_neighbourhoods_of_thirty_thousand_pixels() -> None:
-    """A 14 h lead gives a 179 x 179 px neighbourhood (32041 members): box sums whose
-    running totals pass int16's range still count every member, and the median of the
+    """A 14 h lead gives a 179 x 179 px neighbourhood (32041 members): every member counts
+    (in torch's form too, whose int16 running sums pass their range), and the median of the
     centred histogram is that of the members."""
     prior = ExtrapolationPrior(compact_bins(dry=True), max_lead_minutes=880)
     assert prior.margin == 89
@@ -243,6 +243,34 @@ def test_prior_histograms_are_exact_for_neighbourhoods_of_thirty_thousand_pixels
         centred = torch.zeros(k).index_add_(0, (torch.arange(k) + shift).clamp(0, k - 1), plain)
         torch.testing.assert_close(histograms[0, 1, :, y, x], plain, atol=1e-6, rtol=0)
         torch.testing.assert_close(histograms[0, 0, :, y, x], centred, atol=1e-6, rtol=0)
+    torch_form = torch.empty_like(histograms)  # other devices: int16 sums that wrap around
+    prior._neighbourhood_histograms(rain_to_bin(input_to_rate(planes[:, 0]).clamp_min(0),
+                                                edges).to(torch.int16), [r], torch_form)
+    assert torch.equal(torch_form, histograms)
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_prior_kernels_equal_the_torch_form_to_the_bit(dry: bool) -> None:
+    """The CPU kernels (numba) against the torch operations other devices run: every lead's
+    radius, dry areas, unknown pixels, errors of both signs, a domain wider than tall."""
+    prior = ExtrapolationPrior(compact_bins(dry=dry), max_lead_minutes=60, error=True)
+    gen = torch.Generator().manual_seed(4)
+    leads = torch.arange(5, 65, 5)
+    shape = (len(leads), 2 * prior.margin + 23, 2 * prior.margin + 41)
+    rate = torch.rand(shape, generator=gen) ** 3 * 40 * (torch.rand(shape, generator=gen) > 0.5)
+    known = (torch.rand(shape, generator=gen) > 0.05).float()
+    error = torch.randn(shape, generator=gen) * 0.2 * (torch.rand(shape, generator=gen) > 0.7)
+    planes = torch.stack([torch.log1p(rate) / 4.0, known, error], dim=1)
+    kernels = prior.histograms(planes, leads)
+    value = torch.where(known > 0.5, planes[:, 0], 0.0)
+    rate_in = torch.where(known > 0.5, input_to_rate(planes[:, 0]), 0.0).clamp_min(0)
+    bins = rain_to_bin(rate_in, prior.edges).to(torch.int16)
+    radii = [int(1 + lead / 10) for lead in leads.tolist()]
+    expected = torch.empty_like(kernels)
+    prior._neighbourhood_histograms(bins, radii, expected)
+    prior._error_histograms(value, torch.where(known > 0.5, error, 0.0), expected[:, 2])
+    assert kernels[:, 1, 0].lt(1).any() and kernels[:, 2, 0].lt(1).any()  # rain in reach
+    assert torch.equal(kernels, expected)
 
 
 def test_lead_input_encoder_is_space_to_depth_then_a_projection() -> None:

@@ -43,13 +43,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metnet.distribution import rain_to_bin
+from metnet.distribution import has_dry_bin, rain_to_bin
 from metnet.models.lead_inputs import ERROR_CHANNEL
-from metnet.transforms import input_to_rate
+from metnet.transforms import input_to_rate, rate_to_input
 
 #: Probability added to every bin before the log: small enough to cost no CRPS
 #: (K * 1e-7 of the mass), large enough to keep the logits finite.
@@ -90,6 +91,10 @@ class ExtrapolationPrior(nn.Module):
         super().__init__()
         self.register_buffer("edges", torch.tensor([float(e) for e in bin_edges]),
                              persistent=False)
+        # the error ensemble's members are binned in the input transform, where they are
+        # made (the transform is increasing): the same bins up to rounding at the edges
+        self.register_buffer("input_edges", rate_to_input(self.edges), persistent=False)
+        self.dry = has_dry_bin(self.edges)
         self.radius = tuple(float(v) for v in radius)
         self.margin = max(neighbourhood_radius(max_lead_minutes, self.radius), 1 if error else 0)
         self.error = error
@@ -129,37 +134,61 @@ class ExtrapolationPrior(nn.Module):
                 padded by the margin work too: a forecast computes them once, not once per
                 tile.
             lead_minutes: (N,) the lead time of each plane.
+
+        On a CPU the kernels of :mod:`metnet.models.prior_kernel` compute them, elsewhere
+        torch operations: the same to the bit.
         """
         known = planes[:, 1].float() > 0.5
         rate = torch.where(known, input_to_rate(planes[:, 0].float()), 0.0).clamp_min(0)
         n, height, width = rate.shape
         ht, wt, k = height - 2 * self.margin, width - 2 * self.margin, len(self.edges) - 1
-        # bins once per pixel, not per member, and a first row and column in no bin: the
-        # running sums of the widest box start from nothing (narrower ones start inside
-        # the margin, where the first row and column cancel), with no padding of K planes
-        bins = F.pad(rain_to_bin(rate, self.edges).to(torch.int16), (1, 0, 1, 0), value=k)
+        bins = rain_to_bin(rate, self.edges).to(torch.int16)
+        radii = [neighbourhood_radius(minutes, self.radius) for minutes in lead_minutes.tolist()]
         out = rate.new_empty(n, self.components, k, ht, wt)
+        value = error = None
+        if self.error:  # unknown values count as no rain and no error
+            value = torch.where(known, planes[:, 0].float(), 0.0)
+            error = torch.where(known, planes[:, ERROR_CHANNEL].float(), 0.0)
+        if planes.device.type == "cpu":
+            from metnet.models import prior_kernel  # compiled at first use
+
+            prior_kernel.neighbourhood_fractions(bins.numpy(), np.asarray(radii),
+                                                 self.margin, k, out.numpy())
+            if self.error:
+                prior_kernel.error_fractions(value.numpy(), error.numpy(),
+                                             self.input_edges.float().numpy(), self.dry,
+                                             self.margin, out[:, 2].numpy())
+            return out
+        self._neighbourhood_histograms(bins, radii, out)
         if self.error:
-            self._error_histograms(planes, known, out[:, 2])
-        for i, minutes in enumerate(lead_minutes.tolist()):
-            r = neighbourhood_radius(minutes, self.radius)
+            self._error_histograms(value, error, out[:, 2])
+        return out
+
+    def _neighbourhood_histograms(self, bins: Tensor, radii: Sequence[int],
+                                  out: Tensor) -> None:
+        """Write into ``out[:, :2]`` the centred and plain neighbourhoods' bin frequencies,
+        from the bin indices (N, Ht + 2 margin, Wt + 2 margin) of the planes, by running
+        sums of indicator planes."""
+        (ht, wt), k = out.shape[-2:], out.shape[2]
+        # a first row and column in no bin: the running sums of the widest box start from
+        # nothing (narrower ones start inside the margin, where the first row and column
+        # cancel), with no padding of K planes
+        bins = F.pad(bins, (1, 0, 1, 0), value=k)
+        m = 1 + self.margin
+        for i, r in enumerate(radii):
             side, first = 2 * r + 1, self.margin - r
             below = _cumulative_box_counts(bins[i, first:, first:], side, (ht, wt), k)
-            m = 1 + self.margin
             centre = bins[i, m:m + ht, m:m + wt]
             _bin_fractions(_recentred_cumulative(below, centre, side**2), side**2, out[i, 0])
             _bin_fractions(below, side**2, out[i, 1])
-        return out
 
-    def _error_histograms(self, planes: Tensor, known: Tensor, out: Tensor) -> None:
+    def _error_histograms(self, value: Tensor, error: Tensor, out: Tensor) -> None:
         """Write into ``out`` (N, K, Ht, Wt) the bin frequencies of the error ensemble: the
-        pixel's extrapolated value plus the last step's error at each of the 3 x 3 pixels
-        around it, in the input transform (unknown values count as no rain and no error).
-        Members are binned only where one can be wet (the pixel's own value or an error
-        around it positive); elsewhere every member is dry."""
+        pixel's extrapolated ``value`` plus the last step's ``error`` at each of the 3 x 3
+        pixels around it (both (N, Ht + 2 margin, Wt + 2 margin), in the input transform),
+        binned in the input transform. Members are binned only where one can be wet (the
+        pixel's own value or an error around it positive); elsewhere every member is dry."""
         (ht, wt), m = out.shape[-2:], self.margin
-        value = torch.where(known, planes[:, 0].float(), 0.0)
-        error = torch.where(known, planes[:, ERROR_CHANNEL].float(), 0.0)
         own = value[:, m:m + ht, m:m + wt]
         around = [error[:, m + dr:m + dr + ht, m + dc:m + dc + wt]
                   for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
@@ -171,7 +200,7 @@ class ExtrapolationPrior(nn.Module):
         where = wet.nonzero(as_tuple=True)
         base, share = own[where], own.new_tensor(1 / len(around))
         for e in around:
-            bins = rain_to_bin(input_to_rate(base + e[where]).clamp_min(0), self.edges)
+            bins = rain_to_bin(base + e[where], self.input_edges)
             out.index_put_((where[0], bins, *where[1:]), share, accumulate=True)
 
 
