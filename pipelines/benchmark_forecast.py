@@ -47,7 +47,7 @@ from metnet.io.synthetic import synthesize
 from metnet.models import MetNet
 from metnet.nowcasts import get_method
 from metnet.nowcasts.extrapolation import MOTION_FRAMES, advect, motion_field
-from metnet.nowcasts.model import one_pass_tiling, pad_planes, padded_input, prior_histograms
+from metnet.nowcasts.model import one_pass_tiling, pad_planes, padded_input
 from metnet.runtime import keep_freed_memory
 
 LEADS = list(range(5, 61, 5))
@@ -166,13 +166,14 @@ def main() -> None:
                 nets["one pass"], rate, args.repeats)) + " |", flush=True)
 
 
-PARTS = ("LK motion", "advection", "encoder", "prior histograms", "decoder and head",
+PARTS = ("LK motion", "advection", "encoder", "prior", "decoder and head, prior included",
          "log-softmax")
 
 
 def parts(net: MetNet, rate: np.ndarray, repeats: int) -> list[float]:
     """Seconds (median) of each of :data:`PARTS` of a one-pass forecast of context rates
-    (T, H, W) mm/h, all leads decoded at once."""
+    (T, H, W) mm/h, all leads decoded at once (the prior alone: its logits from the
+    whole-domain planes, as the head makes them)."""
     steps = [lead / 5 for lead in LEADS]
     velocity = motion_field(rate)
     per_lead = lead_planes(rate[-MOTION_FRAMES:], steps, velocity=True, error=True)
@@ -180,13 +181,17 @@ def parts(net: MetNet, rate: np.ndarray, repeats: int) -> list[float]:
     tiling = one_pass_tiling(net, context.shape[1:])
     x, planes = padded_input(context, tiling)[None], pad_planes(per_lead, tiling)
     leads = torch.tensor(LEADS)
+    prior = net.head.prior
+    (top, left), (height, width) = tiling.margin, tiling.covered
+    region = planes[..., top - prior.margin:top + height + prior.margin,
+                    left - prior.margin:left + width + prior.margin]
+    mix = torch.zeros(len(LEADS), prior.components - 1, height, width)
     with torch.inference_mode():
         latent = net.encode(x)
-        histograms = prior_histograms(net, planes, LEADS, tiling)
-        logits = net.decode(latent, leads, planes[None], histograms[None])
+        logits = net.decode(latent, leads, planes[None])
         calls = [lambda: motion_field(rate), lambda: advect(rate[-1], velocity, steps),
-                 lambda: net.encode(x), lambda: prior_histograms(net, planes, LEADS, tiling),
-                 lambda: net.decode(latent, leads, planes[None], histograms[None]),
+                 lambda: net.encode(x), lambda: prior.logits(mix, region, leads),
+                 lambda: net.decode(latent, leads, planes[None]),
                  lambda: torch.log_softmax(logits, dim=2)]
         return [measure(call, repeats)[0] for call in calls]
 

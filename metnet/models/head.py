@@ -137,7 +137,9 @@ class Head(nn.Module):
         logits = _pointwise(self.logits, features)
         if self.prior is None:
             return logits
-        if histograms is None:
-            histograms = self.prior.histograms(lead_inputs, lead_minutes)
         k = self.num_bins
-        return self.prior(logits[:, k:], histograms, lead_minutes) + logits[:, :k]
+        if histograms is None:
+            prior = self.prior.logits(logits[:, k:], lead_inputs, lead_minutes)
+        else:
+            prior = self.prior(logits[:, k:], histograms, lead_minutes)
+        return prior + logits[:, :k]

@@ -109,18 +109,36 @@ class ExtrapolationPrior(nn.Module):
         ``mix``: the mixture logits (N, C - 1, Ht, Wt) of the centred (and error) ensembles
         against the plain neighbourhood, whose histograms (N, C, K, Ht, Wt) are those of
         :meth:`histograms`; C = :attr:`components`; ``lead_minutes`` (N,)."""
+        weights = self._weights(mix, lead_minutes)[:, :, None]  # (N, C, 1, Ht, Wt)
+        parts = histograms.float()
+        mixture = parts[:, 0] * weights[:, 0]  # a sum of products: no (N, C, K) copy
+        for c in range(1, self.components):
+            mixture = mixture.addcmul_(parts[:, c], weights[:, c])
+        return torch.log(mixture.add_(FLOOR))
+
+    def logits(self, mix: Tensor, planes: Tensor, lead_minutes: Tensor) -> Tensor:
+        """``self(mix, self.histograms(planes, lead_minutes), lead_minutes)``. On a CPU
+        without gradients (inference) the kernel of :mod:`metnet.models.prior_kernel` makes
+        it one row of histograms at a time, never keeping the (N, C, K, Ht, Wt) of them:
+        the same up to float32 rounding."""
+        if planes.device.type != "cpu" or (torch.is_grad_enabled() and mix.requires_grad):
+            return self(mix, self.histograms(planes, lead_minutes), lead_minutes)
+        weights = self._weights(mix.detach(), lead_minutes).contiguous()
+        out = weights.new_empty(len(weights), len(self.edges) - 1, *weights.shape[-2:])
+        prior_kernel().mixture(*self._kernel_inputs(planes, lead_minutes), weights.numpy(),
+                               FLOOR, out.numpy())
+        return out.log_()
+
+    def _weights(self, mix: Tensor, lead_minutes: Tensor) -> Tensor:
+        """Mixture weights (N, C, Ht, Wt) float32 from the mixture logits (N, C - 1, Ht, Wt)
+        (:meth:`forward`)."""
         mix = mix.float()
         logits = [mix[:, 0], torch.zeros_like(mix[:, 0])]  # centred, plain
         if self.error:
             share = ERROR_WEIGHT * (ERROR_MINUTES / lead_minutes.float()).clamp(max=1)
             offset = torch.log(2 * share / (1 - share))[:, None, None]  # log w0: error/centred
             logits.append(mix[:, 1] + offset)
-        weights = torch.softmax(torch.stack(logits, dim=1), dim=1)[:, :, None]  # (N, C, 1, ...)
-        parts = histograms.float()
-        mixture = parts[:, 0] * weights[:, 0]  # a sum of products: no (N, C, K) copy
-        for c in range(1, self.components):
-            mixture = mixture.addcmul_(parts[:, c], weights[:, c])
-        return torch.log(mixture.add_(FLOOR))
+        return torch.softmax(torch.stack(logits, dim=1), dim=1)
 
     @torch.no_grad()
     def histograms(self, planes: Tensor, lead_minutes: Tensor) -> Tensor:
@@ -135,34 +153,45 @@ class ExtrapolationPrior(nn.Module):
                 tile.
             lead_minutes: (N,) the lead time of each plane.
 
-        On a CPU the kernels of :mod:`metnet.models.prior_kernel` compute them, elsewhere
+        On a CPU the kernel of :mod:`metnet.models.prior_kernel` computes them, elsewhere
         torch operations: the same to the bit.
         """
-        known = planes[:, 1].float() > 0.5
-        rate = torch.where(known, input_to_rate(planes[:, 0].float()), 0.0).clamp_min(0)
-        n, height, width = rate.shape
+        n, _, height, width = planes.shape
         ht, wt, k = height - 2 * self.margin, width - 2 * self.margin, len(self.edges) - 1
-        bins = rain_to_bin(rate, self.edges).to(torch.int16)
-        radii = [neighbourhood_radius(minutes, self.radius) for minutes in lead_minutes.tolist()]
-        out = rate.new_empty(n, self.components, k, ht, wt)
-        value = error = None
-        if self.error:  # unknown values count as no rain and no error
-            value = torch.where(known, planes[:, 0].float(), 0.0)
-            error = torch.where(known, planes[:, ERROR_CHANNEL].float(), 0.0)
+        out = planes.new_empty(n, self.components, k, ht, wt, dtype=torch.float32)
         if planes.device.type == "cpu":
-            from metnet.models import prior_kernel  # compiled at first use
-
-            prior_kernel.neighbourhood_fractions(bins.numpy(), np.asarray(radii),
-                                                 self.margin, k, out.numpy())
-            if self.error:
-                prior_kernel.error_fractions(value.numpy(), error.numpy(),
-                                             self.input_edges.float().numpy(), self.dry,
-                                             self.margin, out[:, 2].numpy())
+            prior_kernel().histograms(*self._kernel_inputs(planes, lead_minutes), out.numpy())
             return out
+        bins, radii, value, error = self._bins(planes, lead_minutes)
         self._neighbourhood_histograms(bins, radii, out)
         if self.error:
             self._error_histograms(value, error, out[:, 2])
         return out
+
+    def _bins(self, planes: Tensor, lead_minutes: Tensor) -> tuple[Tensor, list[int],
+                                                                   Tensor | None,
+                                                                   Tensor | None]:
+        """From the per-lead planes: each pixel's bin (N, H, W) int16, each lead's radius and,
+        with the error ensemble, the value and error planes (N, H, W) float32 (unknown
+        values count as no rain and no error)."""
+        known = planes[:, 1].float() > 0.5
+        rate = torch.where(known, input_to_rate(planes[:, 0].float()), 0.0).clamp_min(0)
+        bins = rain_to_bin(rate, self.edges).to(torch.int16)
+        radii = [neighbourhood_radius(minutes, self.radius) for minutes in lead_minutes.tolist()]
+        if not self.error:
+            return bins, radii, None, None
+        return (bins, radii, torch.where(known, planes[:, 0].float(), 0.0),
+                torch.where(known, planes[:, ERROR_CHANNEL].float(), 0.0))
+
+    def _kernel_inputs(self, planes: Tensor, lead_minutes: Tensor) -> tuple:
+        """The arguments of the CPU kernels before their output: bins, radii, margin, value,
+        error, edges in the input transform, dry bin."""
+        bins, radii, value, error = self._bins(planes, lead_minutes)
+        unused = np.zeros((1, 1, 1), np.float32)
+        return (bins.numpy(), np.asarray(radii), self.margin,
+                unused if value is None else value.numpy(),
+                unused if error is None else error.numpy(),
+                self.input_edges.float().numpy(), self.dry)
 
     def _neighbourhood_histograms(self, bins: Tensor, radii: Sequence[int],
                                   out: Tensor) -> None:
@@ -202,6 +231,15 @@ class ExtrapolationPrior(nn.Module):
         for e in around:
             bins = rain_to_bin(base + e[where], self.input_edges)
             out.index_put_((where[0], bins, *where[1:]), share, accumulate=True)
+
+
+def prior_kernel():
+    """:mod:`metnet.models.prior_kernel`, imported (and its kernels compiled or loaded from
+    numba's cache) at first use: a process that never runs the prior on a CPU pays
+    nothing."""
+    from metnet.models import prior_kernel as kernels
+
+    return kernels
 
 
 def _cumulative_box_counts(bins: Tensor, side: int, shape: tuple[int, int], k: int) -> Tensor:

@@ -1,12 +1,17 @@
-"""The prior's neighbourhood histograms on a CPU, in one pass per lead (numba).
+"""The prior on a CPU, in one pass per lead (numba).
 
-:meth:`metnet.models.prior.ExtrapolationPrior.histograms` builds, for every pixel and
-lead, the bin frequencies of a square neighbourhood and of that neighbourhood moved along
-the bins onto the pixel's own bin. In torch that is a dozen passes over 25 planes per lead
-(indicator planes, two running sums, their differences, a gather, two divisions); here a
-sliding window keeps one histogram per column and one per pixel, so each pixel costs a few
-additions per bin and every output value is written once. The result is the same to the
-bit (a test compares both); torch's form remains for other devices.
+:class:`metnet.models.prior.ExtrapolationPrior` builds, for every pixel and lead, the bin
+frequencies of a square neighbourhood, of that neighbourhood moved along the bins onto the
+pixel's own bin, and of the error ensemble, then the log of their mixture. In torch that
+is a dozen passes over 25 planes per lead and three histograms kept for the mixture; here
+a sliding window keeps one histogram per column and one per pixel, so each pixel costs a
+few additions per bin, all-dry windows are written directly, and one output row is made
+at a time:
+
+* :func:`histograms`: the histograms, the same to the bit as torch's form (a test), which
+  remains for other devices and for training, where the mixture needs gradients;
+* :func:`mixture`: ``mixture + floor`` straight from the rows of histograms, never
+  keeping them (inference): torch's result up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -15,100 +20,167 @@ import numba
 import numpy as np
 
 
-@numba.njit(parallel=True, cache=True)
-def neighbourhood_fractions(bins: np.ndarray, radii: np.ndarray, margin: int, k: int,
-                            out: np.ndarray) -> None:  # pragma: no cover - compiled
-    """Write into ``out`` (N, C >= 2, K, Ht, Wt) float32 the bin frequencies of the centred
-    (``out[:, 0]``) and plain (``out[:, 1]``) neighbourhoods of half-width ``radii[n]``
-    (pixels, at most ``margin``) around each target pixel, from bin indices ``bins``
-    (N, Ht + 2 margin, Wt + 2 margin) in [0, K).
+@numba.njit(cache=True)
+def _fractions(members: int) -> np.ndarray:  # pragma: no cover
+    """count / members (float32, as torch divides) for every count 0..members."""
+    out = np.empty(members + 1, np.float32)
+    for count in range(members + 1):
+        out[count] = np.float32(count) / np.float32(members)
+    return out
+
+
+@numba.njit(cache=True)
+def _column_counts(bins: np.ndarray, first: int, side: int, columns: int,
+                   k: int) -> np.ndarray:  # pragma: no cover
+    """Counts per bin (columns, K) of the ``side`` rows from ``first`` of each column from
+    ``first`` of one plane of bin indices (H, W)."""
+    column = np.zeros((columns, k), np.int32)
+    for c in range(columns):
+        for row in range(first, first + side):
+            column[c, bins[row, first + c]] += 1
+    return column
+
+
+@numba.njit(cache=True)
+def _move_down(bins: np.ndarray, column: np.ndarray, y: int, first: int,
+               side: int) -> None:  # pragma: no cover
+    """Move every column's window from target row ``y`` to ``y + 1``."""
+    for c in range(column.shape[0]):
+        column[c, bins[first + y, first + c]] -= 1
+        column[c, bins[first + y + side, first + c]] += 1
+
+
+@numba.njit(cache=True)
+def _neighbourhood_row(bins: np.ndarray, column: np.ndarray, y: int, margin: int, side: int,
+                       fraction: np.ndarray, window: np.ndarray, below: np.ndarray,
+                       row: np.ndarray) -> None:  # pragma: no cover
+    """Write into ``row`` (2, K, Wt) the centred and plain neighbourhoods' bin frequencies
+    along target row ``y``, from the column counts of that row's windows.
 
     The centred neighbourhood's cumulative counts are the plain one's read ``centre -
     median`` bins lower (``centre`` the pixel's bin, ``median`` the number of bins whose
     cumulative count is at most half the members), clamped to the ends, the last bin
     holding every member: :func:`metnet.models.prior._recentred_cumulative`."""
-    n, height, width = bins.shape
-    ht, wt = height - 2 * margin, width - 2 * margin
-    for i in numba.prange(n):
-        r = radii[i]
-        side = 2 * r + 1
-        members = side * side
-        fraction = np.empty(members + 1, np.float32)  # count -> count / members, as torch
-        for count in range(members + 1):
-            fraction[count] = np.float32(count) / np.float32(members)
-        first = margin - r  # first row and column any window reads
-        columns = wt + 2 * r
-        column = np.zeros((columns, k), np.int32)  # counts per bin of each column's window
-        for c in range(columns):
-            for row in range(first, first + side):
-                column[c, bins[i, row, first + c]] += 1
-        window = np.zeros(k, np.int32)
-        below = np.zeros(k + 1, np.int32)  # below[b + 1]: members in bins <= b
-        row = np.zeros((2, k, wt), np.float32)  # one output row, written out at once
-        for y in range(ht):
-            window[:] = 0
-            for c in range(side):
-                for b in range(k):
-                    window[b] += column[c, b]
-            for x in range(wt):
-                if x:
-                    for b in range(k):
-                        window[b] += column[x + side - 1, b] - column[x - 1, b]
-                if window[0] == members:  # all dry (the pixel too): both all in bin 0
-                    for b in range(k):
-                        row[0, b, x] = row[1, b, x] = np.float32(b == 0)
-                    continue
-                median = 0
-                for b in range(k):
-                    below[b + 1] = below[b] + window[b]
-                    median += below[b + 1] <= members // 2
-                    row[1, b, x] = fraction[window[b]]
-                shift = median + 1 - bins[i, y + margin, x + margin]
-                previous = 0
-                for b in range(k):
-                    source = k if b == k - 1 else min(max(b + shift, 0), k)
-                    row[0, b, x] = fraction[below[source] - previous]
-                    previous = below[source]
-            out[i, 0, :, y, :] = row[0]
-            out[i, 1, :, y, :] = row[1]
-            if y + 1 < ht:  # move every column's window one row down
-                for c in range(columns):
-                    column[c, bins[i, first + y, first + c]] -= 1
-                    column[c, bins[i, first + y + side, first + c]] += 1
+    k, wt = row.shape[1], row.shape[2]
+    members = side * side
+    window[:] = 0
+    for c in range(side):
+        for b in range(k):
+            window[b] += column[c, b]
+    for x in range(wt):
+        if x:
+            for b in range(k):
+                window[b] += column[x + side - 1, b] - column[x - 1, b]
+        if window[0] == members:  # all dry (the pixel too): both all in bin 0
+            for b in range(k):
+                row[0, b, x] = row[1, b, x] = np.float32(b == 0)
+            continue
+        median = 0
+        for b in range(k):  # below[b + 1]: members in bins <= b
+            below[b + 1] = below[b] + window[b]
+            median += below[b + 1] <= members // 2
+            row[1, b, x] = fraction[window[b]]
+        shift = median + 1 - bins[y + margin, x + margin]
+        previous = 0
+        for b in range(k):
+            source = k if b == k - 1 else min(max(b + shift, 0), k)
+            row[0, b, x] = fraction[below[source] - previous]
+            previous = below[source]
+
+
+@numba.njit(cache=True)
+def _error_row(value: np.ndarray, error: np.ndarray, y: int, margin: int, edges: np.ndarray,
+               dry: bool, row: np.ndarray) -> None:  # pragma: no cover
+    """Write into ``row`` (K, Wt) the error ensemble's bin frequencies along target row
+    ``y``: the pixel's value plus each error of the 3 x 3 pixels around it (planes (H, W)
+    in the input transform), binned by ``edges`` in the input transform, each member adding
+    1/9 in the order of torch's form; pixels whose value and errors are all at most 0 are
+    dry."""
+    k, wt = row.shape
+    share = np.float32(1 / 9)
+    row[:] = 0
+    for x in range(wt):
+        own = value[y + margin, x + margin]
+        wet = own > 0
+        for dr in range(-1, 2):
+            for dc in range(-1, 2):
+                wet |= error[y + margin + dr, x + margin + dc] > 0
+        if not wet:
+            row[0, x] = 1
+            continue
+        for dr in range(-1, 2):
+            for dc in range(-1, 2):
+                member = own + error[y + margin + dr, x + margin + dc]
+                b = 0
+                if not (dry and member <= edges[0]):
+                    while b < k - 1 and edges[b + 1] <= member:
+                        b += 1
+                row[b, x] += share
 
 
 @numba.njit(parallel=True, cache=True)
-def error_fractions(value: np.ndarray, error: np.ndarray, edges: np.ndarray, dry: bool,
-                    margin: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
-    """Write into ``out`` (N, K, Ht, Wt) float32 the bin frequencies of the error ensemble:
-    the pixel's value plus each error of the 3 x 3 pixels around it, from ``value`` and
-    ``error`` (N, Ht + 2 margin, Wt + 2 margin) float32 in the input transform (unknown:
-    0), binned by ``edges`` (K + 1,) in the input transform (``dry``: bin 0 holds values at
-    or below the first edge). Pixels whose value and errors are all at most 0 are dry.
-    As :meth:`metnet.models.prior.ExtrapolationPrior._error_histograms`, each member adding
-    1/9 in the same order."""
-    n, height, width = value.shape
-    k, ht, wt = out.shape[1], out.shape[2], out.shape[3]
-    share = np.float32(1 / 9)
+def histograms(bins: np.ndarray, radii: np.ndarray, margin: int, value: np.ndarray,
+               error: np.ndarray, edges: np.ndarray, dry: bool,
+               out: np.ndarray) -> None:  # pragma: no cover
+    """Write into ``out`` (N, C, K, Ht, Wt) float32 the bin frequencies of the centred and
+    plain neighbourhoods of half-width ``radii[n]`` (pixels, at most ``margin``) and, with
+    C = 3, of the error ensemble.
+
+    Args:
+        bins: (N, Ht + 2 margin, Wt + 2 margin) bin index of each pixel's rate, in [0, K).
+        value, error: (N, Ht + 2 margin, Wt + 2 margin) float32, the extrapolated value and
+            the last step's error in the input transform (unknown: 0), for C = 3.
+        edges: (K + 1,) bin edges in the input transform; ``dry``: the first bin is dry.
+    """
+    n, k, wt = out.shape[0], out.shape[2], out.shape[4]
     for i in numba.prange(n):
-        row = np.zeros((k, wt), np.float32)
+        r = radii[i]
+        side, first = 2 * r + 1, margin - r
+        fraction = _fractions(side * side)
+        column = _column_counts(bins[i], first, side, wt + 2 * r, k)
+        window, below = np.zeros(k, np.int32), np.zeros(k + 1, np.int32)
+        row = np.zeros((2, k, wt), np.float32)
+        error_row = np.zeros((k, wt), np.float32)
+        for y in range(out.shape[3]):
+            _neighbourhood_row(bins[i], column, y, margin, side, fraction, window, below, row)
+            out[i, 0, :, y, :] = row[0]
+            out[i, 1, :, y, :] = row[1]
+            if out.shape[1] == 3:
+                _error_row(value[i], error[i], y, margin, edges, dry, error_row)
+                out[i, 2, :, y, :] = error_row
+            if y + 1 < out.shape[3]:
+                _move_down(bins[i], column, y, first, side)
+
+
+@numba.njit(parallel=True, cache=True)
+def mixture(bins: np.ndarray, radii: np.ndarray, margin: int, value: np.ndarray,
+            error: np.ndarray, edges: np.ndarray, dry: bool, weights: np.ndarray,
+            floor: float, out: np.ndarray) -> None:  # pragma: no cover
+    """Write into ``out`` (N, K, Ht, Wt) float32 ``sum_c weights[:, c] * histogram_c +
+    floor``, the histograms those of :func:`histograms` (same arguments; C =
+    ``weights.shape[1]``, weights (N, C, Ht, Wt) float32) made one row at a time. (Its log
+    is left to torch, whose vectorised log is several times faster than a scalar one.)"""
+    n, k, ht, wt = out.shape
+    components = weights.shape[1]
+    floor32 = np.float32(floor)
+    for i in numba.prange(n):
+        r = radii[i]
+        side, first = 2 * r + 1, margin - r
+        fraction = _fractions(side * side)
+        column = _column_counts(bins[i], first, side, wt + 2 * r, k)
+        window, below = np.zeros(k, np.int32), np.zeros(k + 1, np.int32)
+        row = np.zeros((2, k, wt), np.float32)
+        error_row = np.zeros((k, wt), np.float32)
         for y in range(ht):
-            row[:] = 0
-            for x in range(wt):
-                own = value[i, y + margin, x + margin]
-                wet = own > 0
-                for dr in range(-1, 2):
-                    for dc in range(-1, 2):
-                        wet |= error[i, y + margin + dr, x + margin + dc] > 0
-                if not wet:
-                    row[0, x] = 1
-                    continue
-                for dr in range(-1, 2):
-                    for dc in range(-1, 2):
-                        member = own + error[i, y + margin + dr, x + margin + dc]
-                        b = 0
-                        if not (dry and member <= edges[0]):
-                            while b < k - 1 and edges[b + 1] <= member:
-                                b += 1
-                        row[b, x] += share
-            out[i, :, y, :] = row
+            _neighbourhood_row(bins[i], column, y, margin, side, fraction, window, below, row)
+            if components == 3:
+                _error_row(value[i], error[i], y, margin, edges, dry, error_row)
+            for b in range(k):
+                for x in range(wt):
+                    mixture = row[0, b, x] * weights[i, 0, y, x]
+                    mixture += row[1, b, x] * weights[i, 1, y, x]
+                    if components == 3:
+                        mixture += error_row[b, x] * weights[i, 2, y, x]
+                    out[i, b, y, x] = mixture + floor32
+            if y + 1 < ht:
+                _move_down(bins[i], column, y, first, side)

@@ -288,10 +288,9 @@ def whole_domain_logits(
             part = slice(first, first + chunk)
             leads = list(lead_times[part])
             extra = planes[part] if planes is not None else None
-            histograms = prior_histograms(net, extra, leads, tiling)
+            # the head makes the prior's histograms itself: on a CPU it never keeps them
             logits = net.decode(latent, torch.tensor(leads, device=device),
-                                None if extra is None else extra[None],
-                                None if histograms is None else histograms[None])
+                                None if extra is None else extra[None])
             # over the padded logits, then one copy of the domain: a strided view would be
             # copied twice
             out[part] = torch.log_softmax(logits[0].float(), dim=1)[..., :height, :width].cpu()
