@@ -1,6 +1,6 @@
 """How far two evaluations of the same init times differ, method by method.
 
-For each method of both ``scores.csv`` files (``metnet evaluate``), the largest change over
+For each method in both ``scores.csv`` files (``metnet evaluate``), the largest change over
 the lead times of CSI at 1 mm/h and of CRPS (the second file less the first, signed), and
 the leads where each is largest::
 
@@ -33,8 +33,8 @@ def main() -> None:
     args = p.parse_args()
     print("| method | largest CSI change | at lead (min) | largest CRPS change | at lead (min) |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    changes = {metric: per_lead(args.second, metric) - per_lead(args.first, metric)
-               for metric in ("csi", "crps")}
+    changes = {metric: (per_lead(args.second, metric) - per_lead(args.first, metric))
+               .dropna(axis=1, how="all") for metric in ("csi", "crps")}  # methods of both
     for method in changes["crps"].columns.intersection(changes["csi"].columns):
         cells = []
         for metric in ("csi", "crps"):
