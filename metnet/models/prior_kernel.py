@@ -42,6 +42,18 @@ def _column_counts(bins: np.ndarray, first: int, side: int, columns: int,
 
 
 @numba.njit(cache=True)
+def _lead_state(bins: np.ndarray, first: int, side: int, k: int,
+                wt: int) -> tuple:  # pragma: no cover
+    """What one lead's rows are made with: the fractions of ``side``^2 members, the column
+    counts of the first target row's windows, the window and cumulative counts (K,) and
+    (K + 1,), and the rows (2, K, Wt) of the neighbourhoods and (K, Wt) of the error
+    ensemble."""
+    return (_fractions(side * side), _column_counts(bins, first, side, wt + side - 1, k),
+            np.zeros(k, np.int32), np.zeros(k + 1, np.int32), np.zeros((2, k, wt), np.float32),
+            np.zeros((k, wt), np.float32))
+
+
+@numba.njit(cache=True)
 def _move_down(bins: np.ndarray, column: np.ndarray, y: int, first: int,
                side: int) -> None:  # pragma: no cover
     """Move every column's window from target row ``y`` to ``y + 1``."""
@@ -134,13 +146,9 @@ def histograms(bins: np.ndarray, radii: np.ndarray, margin: int, value: np.ndarr
     """
     n, k, wt = out.shape[0], out.shape[2], out.shape[4]
     for i in numba.prange(n):
-        r = radii[i]
-        side, first = 2 * r + 1, margin - r
-        fraction = _fractions(side * side)
-        column = _column_counts(bins[i], first, side, wt + 2 * r, k)
-        window, below = np.zeros(k, np.int32), np.zeros(k + 1, np.int32)
-        row = np.zeros((2, k, wt), np.float32)
-        error_row = np.zeros((k, wt), np.float32)
+        side, first = 2 * radii[i] + 1, margin - radii[i]
+        fraction, column, window, below, row, error_row = _lead_state(bins[i], first, side,
+                                                                      k, wt)
         for y in range(out.shape[3]):
             _neighbourhood_row(bins[i], column, y, margin, side, fraction, window, below, row)
             out[i, 0, :, y, :] = row[0]
@@ -164,13 +172,9 @@ def mixture(bins: np.ndarray, radii: np.ndarray, margin: int, value: np.ndarray,
     components = weights.shape[1]
     floor32 = np.float32(floor)
     for i in numba.prange(n):
-        r = radii[i]
-        side, first = 2 * r + 1, margin - r
-        fraction = _fractions(side * side)
-        column = _column_counts(bins[i], first, side, wt + 2 * r, k)
-        window, below = np.zeros(k, np.int32), np.zeros(k + 1, np.int32)
-        row = np.zeros((2, k, wt), np.float32)
-        error_row = np.zeros((k, wt), np.float32)
+        side, first = 2 * radii[i] + 1, margin - radii[i]
+        fraction, column, window, below, row, error_row = _lead_state(bins[i], first, side,
+                                                                      k, wt)
         for y in range(ht):
             _neighbourhood_row(bins[i], column, y, margin, side, fraction, window, below, row)
             if components == 3:
