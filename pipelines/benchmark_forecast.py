@@ -14,8 +14,8 @@ does not depend on its weights), in two forms:
 
 Both include the network's motion inputs (pysteps' LK motion, interpolated on metnet's
 coarser grid, and metnet's advection, which equals pysteps' to the bit); the pysteps
-column is pysteps' own dense LK field on every pixel. The process runs as ``metnet forecast`` does
-(:func:`metnet.runtime.keep_freed_memory`; ``--default-malloc`` leaves glibc's
+column is pysteps' own dense LK field on every pixel. The process runs as ``metnet
+forecast`` does (:func:`metnet.runtime.keep_freed_memory`; ``--default-malloc`` leaves glibc's
 allocation policy as it is). Synthetic domains of 256, 512 and 1024 px (1x, 4x, 16x the area), or
 real stores at given init times::
 
@@ -47,7 +47,7 @@ from metnet.io.synthetic import synthesize
 from metnet.models import MetNet
 from metnet.nowcasts import get_method
 from metnet.nowcasts.extrapolation import MOTION_FRAMES, advect, motion_field
-from metnet.nowcasts.model import one_pass_tiling, pad_planes, padded_input
+from metnet.nowcasts.model import one_pass_tiling, pad_planes, padded_input, prior_region
 from metnet.runtime import keep_freed_memory
 
 LEADS = list(range(5, 61, 5))
@@ -132,12 +132,17 @@ def domains(args: argparse.Namespace) -> list[tuple[str, np.ndarray, float]]:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sides", type=int, nargs="*", default=[256, 512, 1024],
+def add_domain_arguments(p: argparse.ArgumentParser, sides: list[int]) -> None:
+    """The options :func:`domains` reads: ``--sides`` (default ``sides``) and ``--store``."""
+    p.add_argument("--sides", type=int, nargs="*", default=sides,
                    help="sides of square synthetic domains in px")
     p.add_argument("--store", action="append", default=[],
                    help="STORE@INIT_TIME of a real store (repeatable)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_domain_arguments(p, [256, 512, 1024])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tiled-max-side", type=int, default=512,
                    help="skip the tiled network on larger domains (minutes each)")
@@ -182,10 +187,8 @@ def parts(net: MetNet, rate: np.ndarray, repeats: int) -> list[float]:
     x, planes = padded_input(context, tiling)[None], pad_planes(per_lead, tiling)
     leads = torch.tensor(LEADS)
     prior = net.head.prior
-    (top, left), (height, width) = tiling.margin, tiling.covered
-    region = planes[..., top - prior.margin:top + height + prior.margin,
-                    left - prior.margin:left + width + prior.margin]
-    mix = torch.zeros(len(LEADS), prior.components - 1, height, width)
+    region = prior_region(prior, planes, tiling)
+    mix = torch.zeros(len(LEADS), prior.components - 1, *tiling.covered)
     with torch.inference_mode():
         latent = net.encode(x)
         logits = net.decode(latent, leads, planes[None])

@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from benchmark_forecast import domains, measure
+from benchmark_forecast import add_domain_arguments, domains, measure
 
 from metnet.nowcasts.extrapolation import motion_field
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sides", type=int, nargs="*", default=[],
-                   help="sides of square synthetic domains in px")
-    p.add_argument("--store", action="append", default=[],
-                   help="STORE@INIT_TIME of a real store (repeatable)")
+    add_domain_arguments(p, [])
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8],
                    help="grid steps in px (1: pysteps' dense field)")
     p.add_argument("--repeats", type=int, default=3)

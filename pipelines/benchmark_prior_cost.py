@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import torch
-from benchmark_forecast import LEADS, domains, network
+from benchmark_forecast import LEADS, add_domain_arguments, domains, network
 
 from metnet.models import MetNet
 from metnet.nowcasts.model import forecast
@@ -36,10 +36,7 @@ FORMS = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sides", type=int, nargs="*", default=[256],
-                   help="sides of square synthetic domains in px")
-    p.add_argument("--store", action="append", default=[],
-                   help="STORE@INIT_TIME of a real store (repeatable)")
+    add_domain_arguments(p, [256])
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     keep_freed_memory()

@@ -21,7 +21,14 @@ import types
 from pathlib import Path
 
 import torch
-from benchmark_forecast import LEADS, MOTION_FRAMES, domains, lead_planes, network
+from benchmark_forecast import (
+    LEADS,
+    MOTION_FRAMES,
+    add_domain_arguments,
+    domains,
+    lead_planes,
+    network,
+)
 
 from metnet.nowcasts.model import one_pass_tiling, pad_planes, prior_histograms
 
@@ -43,9 +50,7 @@ def prior_module(revision: str, folder: Path) -> types.ModuleType:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("revision")
-    p.add_argument("--sides", type=int, nargs="*", default=[256])
-    p.add_argument("--store", action="append", default=[],
-                   help="STORE@INIT_TIME of a real store (repeatable)")
+    add_domain_arguments(p, [256])
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         former = prior_module(args.revision, Path(folder))

@@ -20,7 +20,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from benchmark_forecast import LEADS, domains
+from benchmark_forecast import LEADS, add_domain_arguments, domains
 
 from metnet.data.motion import lead_planes
 from metnet.models.prior import neighbourhood_radius
@@ -55,10 +55,7 @@ def bounding_box(wet: torch.Tensor, r: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sides", type=int, nargs="*", default=[256],
-                   help="sides of square synthetic domains in px")
-    p.add_argument("--store", action="append", default=[],
-                   help="STORE@INIT_TIME of a real store (repeatable)")
+    add_domain_arguments(p, [256])
     args = p.parse_args()
     radii = [neighbourhood_radius(lead) for lead in LEADS]
     print("| domain | pixels reached, per lead | "

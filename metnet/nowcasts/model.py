@@ -306,9 +306,16 @@ def prior_histograms(net: nn.Module, planes: torch.Tensor | None, lead_times: Se
     prior = getattr(getattr(net, "head", None), "prior", None)
     if prior is None or planes is None:
         return None
+    return prior.histograms(prior_region(prior, planes, tiling),
+                            torch.tensor(lead_times, device=planes.device))
+
+
+def prior_region(prior: nn.Module, planes: torch.Tensor, tiling: Tiling) -> torch.Tensor:
+    """The part (L, Cl, covered + 2 margin) of padded per-lead planes (L, Cl,
+    *tiling.padded) that a prior (:class:`~metnet.models.prior.ExtrapolationPrior`) reads:
+    the covered domain and the prior's margin around it."""
     (top, left), (height, width), r = tiling.margin, tiling.covered, prior.margin
-    region = planes[..., top - r:top + height + r, left - r:left + width + r]
-    return prior.histograms(region, torch.tensor(lead_times, device=planes.device))
+    return planes[..., top - r:top + height + r, left - r:left + width + r]
 
 
 def probabilities_to_logits(probs: torch.Tensor) -> torch.Tensor:
