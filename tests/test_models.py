@@ -127,7 +127,7 @@ def test_encode_decode_equals_forward() -> None:
 # --- any input size ----------------------------------------------------------------------
 
 
-def whole_domain_net() -> MetNet:
+def whole_domain_net(half_resolution: bool = False) -> MetNet:
     """A network without positional embedding (any input size), with motion inputs and the
     prior, whose learned corrections are made non-zero so that the network matters."""
     torch.manual_seed(0)
@@ -135,17 +135,19 @@ def whole_domain_net() -> MetNet:
                  pack_factor=2, downsampler_channels=(8, 16), lstm_hidden=16, num_blocks=2,
                  conditioned_from=1, heads=2, lead_embedding_dim=8, max_lead_minutes=30,
                  lead_step_minutes=10, lead_channels=4, prior=True, dry_bin=True,
-                 position="none", attention_window=2)
+                 position="none", attention_window=2, half_resolution=half_resolution)
     for param in (*net.head.logits.parameters(), *net.lead_encoder.project.parameters()):
         torch.nn.init.normal_(param, std=0.1)
     return net.eval()
 
 
-def test_a_network_without_positions_forecasts_a_domain_as_its_patches() -> None:
+@pytest.mark.parametrize("half_resolution", [False, True])
+def test_a_network_without_positions_forecasts_a_domain_as_its_patches(
+        half_resolution: bool) -> None:
     """One pass over a 224 px domain predicts its central 128 px; in the interior of each
     32 px target (8 px in from its edges: the head's seams) that equals what the network
     predicts from that target's own 128 px patch."""
-    net = whole_domain_net()
+    net = whole_domain_net(half_resolution)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(1, 2, 2, 224, 224, generator=gen)
     lead_inputs = torch.randn(1, 3, 4, 224, 224, generator=gen)
@@ -161,6 +163,36 @@ def test_a_network_without_positions_forecasts_a_domain_as_its_patches() -> None
             torch.testing.assert_close(patch[interior],
                                        whole[..., row:row + 32, col:col + 32][interior],
                                        atol=1e-3, rtol=1e-4)
+
+
+def test_a_half_resolution_network_convolves_nothing_at_full_resolution() -> None:
+    """With ``half_resolution`` every convolution sees at most half the input's rows and
+    columns (the per-lead planes packed 2 x 2, a sub-pixel head), yet the four output
+    pixels of a 2 x 2 block get logits of their own; without it, the head and the lead
+    encoder convolve at full resolution."""
+    x = torch.randn(1, 2, 2, 128, 128)
+    planes = torch.rand(1, 3, 4, 128, 128)
+    for half_resolution, widest in [(True, 64), (False, 128)]:
+        net = whole_domain_net(half_resolution)
+        with torch.no_grad(), _ConvolutionSizes() as sizes:
+            logits = net(x, [10, 20, 30], planes)
+        assert max(sizes) == widest
+    blocks = logits.unfold(-2, 2, 2).unfold(-2, 2, 2).flatten(-2)  # (..., 16, 16, 4)
+    assert (blocks.std(-1) > 1e-3).float().mean() > 0.9
+
+
+class _ConvolutionSizes(torch.overrides.TorchFunctionMode):
+    """The widest input side of every 2-d convolution run inside it."""
+
+    def __enter__(self) -> list[int]:
+        self.sizes: list[int] = []
+        super().__enter__()
+        return self.sizes
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.conv2d:
+            self.sizes.append(max(args[0].shape[-2:]))
+        return func(*args, **(kwargs or {}))
 
 
 def test_only_a_network_without_positions_takes_any_size() -> None:

@@ -294,14 +294,16 @@ def test_the_prior_without_gradients_is_its_mixture_of_histograms(error: bool) -
     assert trained.grad is not None and trained.grad.abs().sum() > 0
 
 
-def test_lead_input_encoder_is_space_to_depth_then_a_projection() -> None:
+@pytest.mark.parametrize("pack", [1, 2])
+def test_lead_input_encoder_is_space_to_depth_then_a_projection(pack: int) -> None:
     """Each of the 8 x 8 input pixels under a latent pixel has its own projection weights,
-    as ``PixelUnshuffle`` then a 1x1 convolution would give them."""
+    as ``PixelUnshuffle`` then a 1x1 convolution would give them (with ``pack``, the stem
+    runs on the planes packed ``pack`` x ``pack``)."""
     torch.manual_seed(0)
-    encoder = LeadInputEncoder(channels=4, dim=32, factor=8)
+    encoder = LeadInputEncoder(channels=4, dim=32, factor=8, pack=pack)
     nn.init.normal_(encoder.project.weight)
     x = torch.randn(3, 4, 40, 48)
-    packed = nn.PixelUnshuffle(8)(encoder.stem(x))
+    packed = nn.PixelUnshuffle(8 // pack)(encoder.stem(nn.PixelUnshuffle(pack)(x)))
     expected = encoder.project(packed).permute(0, 2, 3, 1)
     torch.testing.assert_close(encoder(x), expected, rtol=1e-4, atol=1e-4)
 
@@ -337,7 +339,9 @@ def test_forecast_dataset_runs_a_motion_network(translating_store: Path) -> None
     assert values.shape == (1, 1, 3, 64, 64) and np.isfinite(values).all()
 
 
-def test_an_untrained_prior_network_forecasts_the_probabilistic_extrapolation() -> None:
+@pytest.mark.parametrize("half_resolution", [False, True])
+def test_an_untrained_prior_network_forecasts_the_probabilistic_extrapolation(
+        half_resolution: bool) -> None:
     """With the prior, the untrained network's distribution at a target pixel is the even
     mixture of the bin histogram of its neighbourhood of the extrapolated field and of that
     histogram moved along the bins to have its median in the pixel's own bin; training
@@ -346,7 +350,7 @@ def test_an_untrained_prior_network_forecasts_the_probabilistic_extrapolation() 
     net = MetNet(input_channels=2, context_frames=4, input_size=48, target_size=16,
                  pack_factor=1, lstm_hidden=16, downsampler_channels=(8, 16), heads=2,
                  max_lead_minutes=30, lead_step_minutes=5, lead_channels=2, prior=True,
-                 dry_bin=True)
+                 dry_bin=True, half_resolution=half_resolution)
     gen = torch.Generator().manual_seed(1)
     rate = torch.rand(1, 3, 48, 48, generator=gen) ** 3 * 20  # mm/h, many near-dry pixels
     rate[..., :24] = 0.0

@@ -47,6 +47,12 @@ class Head(nn.Module):
     3x3 conv before the logits, so the head can place rain to the pixel where the latent
     only knows it to a latent pixel.
 
+    With ``subpixel``, nothing runs at output resolution: the upsampling stops at half of
+    it, the per-lead planes join there packed 2 x 2 into channels (space-to-depth), and the
+    1x1 conv gives the logits of each 2 x 2 block of output pixels, unpacked by a pixel
+    shuffle (a sub-pixel convolution). Every output pixel keeps its own weights, at a
+    third of the full-resolution head's cost.
+
     With a ``prior`` (:class:`~metnet.models.prior.ExtrapolationPrior`), the logits are the
     prior's, computed from the per-lead inputs, plus the head's own as a correction, and
     the head's last conv also gives the prior's mixture logits; that conv starts at zero, so
@@ -61,6 +67,8 @@ class Head(nn.Module):
         min_channels: narrowest upsampling stage.
         lead_channels: per-lead input channels Cl joined at output resolution (0: none).
         prior: the probabilistic extrapolation to correct (needs ``lead_channels``).
+        subpixel: work at half the output resolution, with a sub-pixel convolution last
+            (needs ``factor`` >= 2).
     """
 
     def __init__(
@@ -73,26 +81,31 @@ class Head(nn.Module):
         min_channels: int = 16,
         lead_channels: int = 0,
         prior: ExtrapolationPrior | None = None,
+        subpixel: bool = False,
     ) -> None:
         super().__init__()
         if factor < 1 or factor & (factor - 1):
             raise ValueError(f"upsampling factor must be a power of 2, got {factor}")
+        if subpixel and factor < 2:
+            raise ValueError("a sub-pixel head needs an upsampling factor of at least 2")
         if prior is not None and lead_channels < 2:
             raise ValueError("the extrapolation prior needs per-lead inputs (lead_channels)")
         self.context_margin = tuple(margin)
         self.norm = nn.LayerNorm(dim)
         self.film = FiLM(cond_dim, dim) if cond_dim else None
+        self.pack = 2 if subpixel else 1
         stages, c = [], dim
-        for _ in range(factor.bit_length() - 1):
+        for _ in range((factor // self.pack).bit_length() - 1):
             stages.append(_upsample_stage(c, max(c // 2, min_channels)))
             c = max(c // 2, min_channels)
         self.upsample = nn.Sequential(*stages)
-        self.fuse = (nn.Sequential(nn.Conv2d(c + lead_channels, c, 3, padding=1), nn.GELU())
+        packed = lead_channels * self.pack**2
+        self.fuse = (nn.Sequential(nn.Conv2d(c + packed, c, 3, padding=1), nn.GELU())
                      if lead_channels else None)
         self.prior = prior
         self.num_bins = num_bins
-        self.logits = nn.Conv2d(c, num_bins + (prior.components - 1 if prior is not None else 0),
-                                1)
+        outputs = num_bins + (prior.components - 1 if prior is not None else 0)
+        self.logits = nn.Conv2d(c, outputs * self.pack**2, 1)
         if prior is not None:
             nn.init.zeros_(self.logits.weight)
             nn.init.zeros_(self.logits.bias)
@@ -107,6 +120,25 @@ class Head(nn.Module):
                        conv.dilation)
         return self.fuse[1](out.add_(F.conv2d(planes, conv.weight[:, c:], None, conv.stride,
                                               conv.padding, conv.dilation)))
+
+    def _packed(self, planes: Tensor) -> Tensor:
+        """Planes (N, Cl, H, W) at the resolution the head works at: (N, Cl p^2, H / p, W / p),
+        p = :attr:`pack`."""
+        return F.pixel_unshuffle(planes, self.pack) if self.pack > 1 else planes
+
+    def _unpacked(self, packed: Tensor) -> Tensor:
+        """Logits (N, K p^2, H / p, W / p) at output resolution, (N, K, H, W)."""
+        return F.pixel_shuffle(packed, self.pack) if self.pack > 1 else packed
+
+    def _add_unpacked(self, full: Tensor, packed: Tensor) -> Tensor:
+        """``full + self._unpacked(packed)``, full (N, K, H, W), in one pass over the output
+        resolution instead of three (unpacking copies, and so does a sum that is not made in
+        place); in place on ``full`` when no gradient is recorded."""
+        p, (n, k, h, w) = self.pack, full.shape
+        whole = full.view(n, k, h // p, p, w // p, p)
+        part = packed.view(n, k, p, p, h // p, w // p).permute(0, 1, 4, 2, 5, 3)
+        summed = whole + part if torch.is_grad_enabled() else whole.add_(part)
+        return summed.reshape(n, k, h, w)
 
     @property
     def margin(self) -> int:
@@ -133,13 +165,14 @@ class Head(nn.Module):
         if self.fuse is not None:
             m = self.margin
             inner = lead_inputs[..., m:lead_inputs.shape[-2] - m, m:lead_inputs.shape[-1] - m]
-            features = self._fuse(features, inner.to(features.dtype))
-        logits = _pointwise(self.logits, features)
+            features = self._fuse(features, self._packed(inner.to(features.dtype)))
+        packed = _pointwise(self.logits, features)
         if self.prior is None:
-            return logits
-        k = self.num_bins
+            return self._unpacked(packed)
+        k = self.num_bins * self.pack**2
+        mix = self._unpacked(packed[:, k:])
         if histograms is None:
-            prior = self.prior.logits(logits[:, k:], lead_inputs, lead_minutes)
+            prior = self.prior.logits(mix, lead_inputs, lead_minutes)
         else:
-            prior = self.prior(logits[:, k:], histograms, lead_minutes)
-        return prior + logits[:, :k]
+            prior = self.prior(mix, histograms, lead_minutes)
+        return self._add_unpacked(prior, packed[:, :k])

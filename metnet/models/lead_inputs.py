@@ -50,18 +50,28 @@ class LeadInputEncoder(nn.Module):
     survive), then a 1x1 projection to the latent width. The projection starts at zero, so
     a freshly built network with lead inputs computes what one without them does.
 
+    With ``pack`` > 1 the planes are first packed ``pack`` x ``pack`` into channels
+    (space-to-depth), so the 3x3 conv runs at 1 / ``pack`` of the input resolution.
+
     Args:
         channels: per-lead input channels Cl.
         dim: latent channels C.
         factor: input pixels per latent pixel (the downsampler's factor).
         width: channels of the 3x3 conv.
+        pack: input pixels packed into channels before the 3x3 conv (a divisor of
+            ``factor``).
     """
 
-    def __init__(self, channels: int, dim: int, factor: int, width: int = 16) -> None:
+    def __init__(self, channels: int, dim: int, factor: int, width: int = 16,
+                 pack: int = 1) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.GELU())
-        self.factor = factor
-        self.project = nn.Conv2d(width * factor * factor, dim, 1)
+        if factor % pack:
+            raise ValueError(f"pack {pack} must divide the downsampling factor {factor}")
+        self.pack = pack
+        self.stem = nn.Sequential(nn.Conv2d(channels * pack * pack, width, 3, padding=1),
+                                  nn.GELU())
+        self.stride = factor // pack  # stem pixels per latent pixel
+        self.project = nn.Conv2d(width * self.stride**2, dim, 1)
         nn.init.zeros_(self.project.weight)
         nn.init.zeros_(self.project.bias)
 
@@ -70,6 +80,8 @@ class LeadInputEncoder(nn.Module):
         # space-to-depth, then the 1x1 projection, as one strided convolution with the same
         # weights: no copy that rearranges the planes (half the time)
         weight = self.project.weight
-        kernel = weight.view(weight.shape[0], -1, self.factor, self.factor)
-        out = F.conv2d(self.stem(x), kernel, self.project.bias, stride=self.factor)
+        kernel = weight.view(weight.shape[0], -1, self.stride, self.stride)
+        if self.pack > 1:
+            x = F.pixel_unshuffle(x, self.pack)
+        out = F.conv2d(self.stem(x), kernel, self.project.bias, stride=self.stride)
         return out.permute(0, 2, 3, 1)

@@ -108,6 +108,10 @@ class MetNet(nn.Module):
             whole rows and columns with ``position="axial"``; half the latent context side
             with ``position="none"``, so that on a domain each pixel's attention reaches as
             far as in a training patch.
+        half_resolution: the decoder convolves nothing at input resolution: the per-lead
+            planes are packed 2 x 2 into channels before the lead encoder's and the head's
+            3x3 convolutions, and the head ends in a sub-pixel convolution (:class:`Head`'s
+            ``subpixel``). With ``pack_factor`` 2 no convolution of the network does.
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class MetNet(nn.Module):
         prior_error: bool = False,
         position: str = "axial",
         attention_window: int | None = None,
+        half_resolution: bool = False,
     ) -> None:
         super().__init__()
         # The constructor arguments, plain values only: enough to rebuild the network from a
@@ -205,13 +210,15 @@ class MetNet(nn.Module):
 
         self.context_blocks = nn.ModuleList(block(False) for _ in range(split))
         self.conditioned_blocks = nn.ModuleList(block(True) for _ in range(num_blocks - split))
-        self.lead_encoder = (LeadInputEncoder(lead_channels, lstm_hidden, factor)
+        pack = 2 if half_resolution else 1
+        self.lead_encoder = (LeadInputEncoder(lead_channels, lstm_hidden, factor, pack=pack)
                              if lead_channels else None)
         extrapolation = (ExtrapolationPrior(self.bin_edges, max_lead_minutes, prior_radius,
                                             prior_error) if prior else None)
         self.head = Head(lstm_hidden, len(self.bin_edges) - 1, self.latent_margin, factor,
                          cond_dim,
-                         lead_channels=lead_channels, prior=extrapolation)
+                         lead_channels=lead_channels, prior=extrapolation,
+                         subpixel=half_resolution)
         context_margin = min((s - t) // 2 for s, t in zip(self.input_size, self.target_size,
                                                            strict=True))
         if self.head.margin > context_margin:
