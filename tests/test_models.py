@@ -337,3 +337,20 @@ def test_the_network_imports_neither_lightning_nor_pysteps():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_heads_matrix_product_is_its_1x1_convolution(layout: torch.memory_format) -> None:
+    """The logits' 1x1 convolution, made as a matrix product, equals torch's convolution
+    (values and gradients) whatever the features' layout."""
+    from metnet.models.head import _pointwise
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 27, 1)
+    torch.nn.init.normal_(conv.bias)
+    x = torch.randn(3, 16, 12, 10).contiguous(memory_format=layout).requires_grad_()
+    got, expected = _pointwise(conv, x), conv(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    (grad_got,) = torch.autograd.grad(got.square().sum(), conv.bias)
+    (grad_expected,) = torch.autograd.grad(expected.square().sum(), conv.bias)
+    torch.testing.assert_close(grad_got, grad_expected, rtol=1e-5, atol=1e-4)
