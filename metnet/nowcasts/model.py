@@ -259,9 +259,8 @@ def whole_domain_logits(
     net: nn.Module, rate: np.ndarray, lead_times: Sequence[int], progress: bool = False,
     per_lead: np.ndarray | None = None, inputs: ModelInput | None = None,
 ) -> torch.Tensor:
-    """Log bin probabilities (L, K, H, W) over the domain from one pass of an
-    :attr:`any_size` network: one encoding of the padded domain, then the leads decoded in
-    chunks.
+    """Bin logits (L, K, H, W) over the domain from one pass of an :attr:`any_size`
+    network: one encoding of the padded domain, then the leads decoded in chunks.
 
     Args:
         net: a MetNet (eval mode) with ``any_size``.
@@ -272,7 +271,9 @@ def whole_domain_logits(
         inputs: the network's input (default: :func:`radar_input` of ``rate``).
 
     Returns:
-        float32 log-probabilities on the CPU (log-softmax of the network's logits).
+        The network's float32 logits on the CPU (a softmax over K gives the bin
+        probabilities), laid out with the bins last in memory, as
+        :class:`~metnet.distribution.RainRateDistribution` reads them.
     """
     tiling = one_pass_tiling(net, rate.shape[1:])
     device = next(net.parameters()).device
@@ -280,7 +281,8 @@ def whole_domain_logits(
     planes = pad_planes(per_lead, tiling).to(device) if per_lead is not None else None
     height, width = rate.shape[1:]
     chunk = max(1, DECODE_PIXELS // math.prod(tiling.covered))
-    out = torch.empty((len(lead_times), len(net.bin_edges) - 1, height, width))
+    out = torch.empty((len(lead_times), height, width, len(net.bin_edges) - 1))
+    out = out.permute(0, 3, 1, 2)
     firsts = range(0, len(lead_times), chunk)
     with torch.inference_mode():
         latent = net.encode(x)
@@ -291,9 +293,9 @@ def whole_domain_logits(
             # the head makes the prior's histograms itself: on a CPU it never keeps them
             logits = net.decode(latent, torch.tensor(leads, device=device),
                                 None if extra is None else extra[None])
-            # over the padded logits, then one copy of the domain: a strided view would be
-            # copied twice
-            out[part] = torch.log_softmax(logits[0].float(), dim=1)[..., :height, :width].cpu()
+            # no log-softmax: the distribution's softmax normalises them, and one copy of
+            # the domain moves the bins last
+            out[part] = logits[0, ..., :height, :width].float().cpu()
     return out
 
 
