@@ -30,6 +30,7 @@ class ConvLSTMLayer(nn.Module):
         b, t, _, h, w = x.shape
         x_gates = self.input_conv(x.flatten(0, 1)).unflatten(0, (b, t))
         state = torch.zeros(b, self.hidden, h, w, device=x.device, dtype=x.dtype)
+        state = state.contiguous(memory_format=torch.channels_last)  # as the convolutions
         cell = torch.zeros_like(state)
         outputs = []
         for step in range(t):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metnet.models.conditioning import FiLM, modulate
-from metnet.models.lead_inputs import pack_planes
+from metnet.models.downsampler import space_to_depth
 from metnet.models.prior import ExtrapolationPrior
 
 
@@ -131,7 +131,7 @@ class Head(nn.Module):
     def _packed(self, planes: Tensor) -> Tensor:
         """Planes (N, Cl, H, W) at the resolution the head works at: (N, Cl p^2, H / p, W / p),
         p = :attr:`pack`, channels-last as the features they join."""
-        return pack_planes(planes, self.pack)
+        return space_to_depth(planes, self.pack)
 
     def _unpacked(self, packed: Tensor) -> Tensor:
         """Logits (N, K p^2, H / p, W / p) at output resolution, (N, K, H, W)."""
