@@ -58,7 +58,7 @@ class Head(nn.Module):
     it, the per-lead planes join there packed 2 x 2 into channels (space-to-depth), and the
     1x1 conv gives the logits of each 2 x 2 block of output pixels, unpacked by a pixel
     shuffle (a sub-pixel convolution). Every output pixel keeps its own weights, at a
-    third of the full-resolution head's cost.
+    fraction of the full-resolution head's cost (``BENCHMARKS.md``).
 
     With a ``prior`` (:class:`~metnet.models.prior.ExtrapolationPrior`), the logits are the
     prior's, computed from the per-lead inputs, plus the head's own as a correction, and
