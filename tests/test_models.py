@@ -339,18 +339,25 @@ def test_the_network_imports_neither_lightning_nor_pysteps():
     assert out.strip() == "[]"
 
 
+@pytest.mark.parametrize("pack", [1, 2])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_the_heads_matrix_product_is_its_1x1_convolution(layout: torch.memory_format) -> None:
-    """The logits' 1x1 convolution, made as a matrix product, equals torch's convolution
-    (values and gradients) whatever the features' layout."""
-    from metnet.models.head import _pointwise
+def test_the_heads_block_logits_are_its_subpixel_convolution(
+        layout: torch.memory_format, pack: int) -> None:
+    """The logits' 1x1 convolution, made as a matrix product with the outputs of each block
+    last, equals torch's convolution then pixel shuffle (values and gradients) whatever the
+    features' layout: trained weights keep their meaning."""
+    from metnet.models.head import _block_logits, _unblocked
 
     torch.manual_seed(0)
-    conv = torch.nn.Conv2d(16, 27, 1)
+    conv = torch.nn.Conv2d(16, 27 * pack**2, 1)
     torch.nn.init.normal_(conv.bias)
     x = torch.randn(3, 16, 12, 10).contiguous(memory_format=layout).requires_grad_()
-    got, expected = _pointwise(conv, x), conv(x)
+    got = _unblocked(_block_logits(conv, x, pack))
+    expected = torch.nn.functional.pixel_shuffle(conv(x), pack)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    (grad_got,) = torch.autograd.grad(got.square().sum(), conv.bias)
-    (grad_expected,) = torch.autograd.grad(expected.square().sum(), conv.bias)
-    torch.testing.assert_close(grad_got, grad_expected, rtol=1e-5, atol=1e-4)
+    assert got.permute(0, 2, 3, 1).is_contiguous()
+    inputs = (conv.weight, conv.bias, x)
+    grads_got = torch.autograd.grad(got.square().sum(), inputs)
+    grads_expected = torch.autograd.grad(expected.square().sum(), inputs)
+    for grad_got, grad_expected in zip(grads_got, grads_expected, strict=True):
+        torch.testing.assert_close(grad_got, grad_expected, rtol=1e-5, atol=1e-4)

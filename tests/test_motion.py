@@ -273,22 +273,27 @@ def test_prior_kernels_equal_the_torch_form_to_the_bit(dry: bool) -> None:
     assert torch.equal(kernels, expected)
 
 
+@pytest.mark.parametrize("dry", [True, False])
 @pytest.mark.parametrize("error", [True, False])
-def test_the_prior_without_gradients_is_its_mixture_of_histograms(error: bool) -> None:
-    """Inference on a CPU makes the prior's logits one row of histograms at a time: the
-    mixture of the histograms up to float32 rounding; with gradients, the mixture itself."""
-    prior = ExtrapolationPrior(compact_bins(dry=True), max_lead_minutes=60, error=error)
+def test_the_prior_without_gradients_is_its_mixture_of_histograms(error: bool,
+                                                                  dry: bool) -> None:
+    """Inference on a CPU makes the prior's logits one pixel at a time, the bins last in
+    memory: the mixture of the histograms up to float32 rounding (unknown pixels, errors of
+    both signs, with and without a dry bin); with gradients, the mixture itself."""
+    prior = ExtrapolationPrior(compact_bins(dry=dry), max_lead_minutes=60, error=error)
     gen = torch.Generator().manual_seed(5)
     leads = torch.tensor([5.0, 30.0, 60.0])
     shape = (len(leads), 2 * prior.margin + 19, 2 * prior.margin + 26)
     rate = torch.rand(shape, generator=gen) ** 3 * 40 * (torch.rand(shape, generator=gen) > 0.6)
-    errors = torch.randn(shape, generator=gen) * 0.2
-    planes = torch.stack([torch.log1p(rate) / 4.0, torch.ones_like(rate), errors], dim=1)
+    known = (torch.rand(shape, generator=gen) > 0.05).float()
+    errors = torch.randn(shape, generator=gen) * 0.5
+    planes = torch.stack([torch.log1p(rate) / 4.0, known, errors], dim=1)
     mix = torch.randn(len(leads), prior.components - 1, 19, 26, generator=gen)
     expected = prior(mix, prior.histograms(planes, leads), leads)
     with torch.inference_mode():
         fused = prior.logits(mix, planes, leads)
     torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+    assert fused.permute(0, 2, 3, 1).is_contiguous()
     trained = mix.clone().requires_grad_()
     prior.logits(trained, planes, leads).sum().backward()
     assert trained.grad is not None and trained.grad.abs().sum() > 0

@@ -26,20 +26,40 @@ def _upsample_stage(c_in: int, c_out: int) -> nn.Sequential:
     return stage
 
 
-def _pointwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """A 1x1 convolution of x (N, C, H, W) as a batched matrix product: the same result, in
-    a third of the time of oneDNN's convolution on a CPU for the full-resolution logits.
-    The output is contiguous; x may be channels-last (read in place, not copied). The bias
-    is added after the product: ``baddbmm`` first copies it, broadcast, into the output,
-    which on a CPU takes several times the product's own time."""
+def _block_logits(conv: nn.Conv2d, x: Tensor, pack: int) -> Tensor:
+    """The 1x1 convolution of features x (N, c, h, w) whose O p^2 output channels are, in
+    pixel-shuffle order (channel o p^2 + i p + j), the outputs of each p x p block of output
+    pixels (p = ``pack``): as (N, h, w, p, p, O), each pixel's O outputs contiguous (the
+    weight rows reordered, so trained weights keep their meaning). A matrix product: a
+    fraction of the time of oneDNN's convolution for the full-resolution logits on a CPU,
+    reading channels-last features in place; the bias is added after it (``addmm`` first
+    copies it, broadcast, into its output)."""
     n, c, h, w = x.shape
-    if x.is_contiguous(memory_format=torch.channels_last):
-        columns = x.permute(0, 2, 3, 1).reshape(n, h * w, c).transpose(1, 2)
-    else:
-        columns = x.reshape(n, c, h * w)
-    weight = conv.weight.view(conv.out_channels, c)
-    out = torch.bmm(weight.expand(n, *weight.shape), columns).add_(conv.bias[:, None])
-    return out.view(n, conv.out_channels, h, w)
+    outputs = conv.out_channels // pack**2
+    weight = conv.weight.view(outputs, pack, pack, c).permute(1, 2, 0, 3).reshape(-1, c)
+    bias = conv.bias.view(outputs, pack, pack).permute(1, 2, 0).reshape(-1)
+    out = torch.mm(x.permute(0, 2, 3, 1).reshape(-1, c), weight.t()).add_(bias)
+    return out.view(n, h, w, pack, pack, outputs)
+
+
+def _unblocked(blocks: Tensor) -> Tensor:
+    """Outputs (N, h, w, p, p, O) of p x p blocks as (N, O, h p, w p), the outputs last in
+    memory."""
+    n, h, w, p, _, o = blocks.shape
+    return blocks.permute(0, 1, 3, 2, 4, 5).reshape(n, h * p, w * p, o).permute(0, 3, 1, 2)
+
+
+def _add_blocks(full: Tensor, blocks: Tensor) -> Tensor:
+    """``full + _unblocked(blocks)``, full (N, K, H, W) in any layout, blocks (N, H / p,
+    W / p, p, p, K): one pass, in place on ``full`` when no gradient is recorded (its K
+    values per pixel contiguous, as the prior's kernel lays them out, the sum runs along
+    contiguous rows of p K values on both sides)."""
+    n, k, h, w = full.shape
+    p = blocks.shape[3]
+    whole = full.permute(0, 2, 3, 1).view(n, h // p, p, w // p, p, k)
+    part = blocks.permute(0, 1, 3, 2, 4, 5)
+    summed = whole + part if torch.is_grad_enabled() else whole.add_(part)
+    return summed.reshape(n, h, w, k).permute(0, 3, 1, 2)
 
 
 class Head(nn.Module):
@@ -133,20 +153,6 @@ class Head(nn.Module):
         p = :attr:`pack`, channels-last as the features they join."""
         return space_to_depth(planes, self.pack)
 
-    def _unpacked(self, packed: Tensor) -> Tensor:
-        """Logits (N, K p^2, H / p, W / p) at output resolution, (N, K, H, W)."""
-        return F.pixel_shuffle(packed, self.pack) if self.pack > 1 else packed
-
-    def _add_unpacked(self, full: Tensor, packed: Tensor) -> Tensor:
-        """``full + self._unpacked(packed)``, full (N, K, H, W), in one pass over the output
-        resolution instead of three (unpacking copies, and so does a sum that is not made in
-        place); in place on ``full`` when no gradient is recorded."""
-        p, (n, k, h, w) = self.pack, full.shape
-        whole = full.view(n, k, h // p, p, w // p, p)
-        part = packed.view(n, k, p, p, h // p, w // p).permute(0, 1, 4, 2, 5, 3)
-        summed = whole + part if torch.is_grad_enabled() else whole.add_(part)
-        return summed.reshape(n, k, h, w)
-
     @property
     def margin(self) -> int:
         """Pixels of per-lead inputs the head needs around the target on each side."""
@@ -154,7 +160,8 @@ class Head(nn.Module):
 
     def forward(self, z: Tensor, cond: Tensor | None = None, lead_inputs: Tensor | None = None,
                 lead_minutes: Tensor | None = None, histograms: Tensor | None = None) -> Tensor:
-        """Logits (N, K, ht * factor, wt * factor), (ht, wt) the latent less its margins.
+        """Logits (N, K, ht * factor, wt * factor), (ht, wt) the latent less its margins,
+        the bins last in memory (a permuted (N, Ht, Wt, K) tensor).
 
         Args:
             z: (N, h, w, C) latent.
@@ -173,13 +180,13 @@ class Head(nn.Module):
             m = self.margin
             inner = lead_inputs[..., m:lead_inputs.shape[-2] - m, m:lead_inputs.shape[-1] - m]
             features = self._fuse(features, self._packed(inner.to(features.dtype)))
-        packed = _pointwise(self.logits, features)
+        blocks = _block_logits(self.logits, features, self.pack)  # (N, h, w, p, p, O)
         if self.prior is None:
-            return self._unpacked(packed)
-        k = self.num_bins * self.pack**2
-        mix = self._unpacked(packed[:, k:])
+            return _unblocked(blocks)
+        k = self.num_bins
+        mix = _unblocked(blocks[..., k:])
         if histograms is None:
             prior = self.prior.logits(mix, lead_inputs, lead_minutes)
         else:
             prior = self.prior(mix, histograms, lead_minutes)
-        return self._add_unpacked(prior, packed[:, :k])
+        return _add_blocks(prior, blocks[..., :k])

@@ -119,15 +119,16 @@ class ExtrapolationPrior(nn.Module):
     def logits(self, mix: Tensor, planes: Tensor, lead_minutes: Tensor) -> Tensor:
         """``self(mix, self.histograms(planes, lead_minutes), lead_minutes)``. On a CPU
         without gradients (inference) the kernel of :mod:`metnet.models.prior_kernel` makes
-        it one row of histograms at a time, never keeping the (N, C, K, Ht, Wt) of them:
-        the same up to float32 rounding."""
+        it one pixel at a time, never keeping the (N, C, K, Ht, Wt) histograms, with the
+        bins last in memory (a permuted (N, Ht, Wt, K) tensor): the same up to float32
+        rounding."""
         if planes.device.type != "cpu" or (torch.is_grad_enabled() and mix.requires_grad):
             return self(mix, self.histograms(planes, lead_minutes), lead_minutes)
         weights = self._weights(mix.detach(), lead_minutes).contiguous()
-        out = weights.new_empty(len(weights), len(self.edges) - 1, *weights.shape[-2:])
+        out = weights.new_empty(len(weights), *weights.shape[-2:], len(self.edges) - 1)
         prior_kernel().mixture(*self._kernel_inputs(planes, lead_minutes), weights.numpy(),
                                FLOOR, out.numpy())
-        return out.log_()
+        return out.log_().permute(0, 3, 1, 2)
 
     def _weights(self, mix: Tensor, lead_minutes: Tensor) -> Tensor:
         """Mixture weights (N, C, Ht, Wt) float32 from the mixture logits (N, C - 1, Ht, Wt)

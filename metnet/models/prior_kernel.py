@@ -1,18 +1,18 @@
-"""The prior on a CPU, in one pass per lead (numba).
+"""The prior on a CPU (numba).
 
 :class:`metnet.models.prior.ExtrapolationPrior` builds, for every pixel and lead, the bin
 frequencies of a square neighbourhood, of that neighbourhood moved along the bins onto the
 pixel's own bin, and of the error ensemble, then the log of their mixture. In torch that
 is a dozen passes over 25 planes per lead and three histograms kept for the mixture; here
 a sliding window keeps one histogram per column and one per pixel, so each pixel costs a
-few additions per bin, all-dry windows are written directly, and one output row is made
-at a time:
+few additions per bin, and all-dry windows are written directly:
 
-* :func:`histograms`: the histograms, the same to the bit as torch's form (a test), which
-  remains for other devices and for training, where the mixture needs gradients;
-* :func:`mixture`: ``mixture + floor`` straight from the rows of histograms, never
-  keeping them (inference): torch's result up to float32 rounding.
-"""
+* :func:`histograms`: the histograms, one output row at a time, the same to the bit as
+  torch's form (a test), which remains for other devices and for training, where the
+  mixture needs gradients;
+* :func:`mixture`: ``mixture + floor`` straight from each pixel's window, never keeping
+  the histograms (inference), the bins last in memory as the head adds its corrections:
+  torch's result up to float32 rounding."""
 
 from __future__ import annotations
 
@@ -160,31 +160,97 @@ def histograms(bins: np.ndarray, radii: np.ndarray, margin: int, value: np.ndarr
                 _move_down(bins[i], column, y, first, side)
 
 
+@numba.njit(cache=True)
+def _neighbourhoods_into(window: np.ndarray, members: int, centre: int, centred: float,
+                         plain: float, floor: np.float32,
+                         out: np.ndarray) -> None:  # pragma: no cover
+    """Write into ``out`` (K,) ``floor + plain * window + centred * window moved`` (window
+    (K,) the members per bin of one pixel's neighbourhood, ``centred`` and ``plain`` the two
+    neighbourhoods' weights per member): the centred neighbourhood moves each member
+    ``centre - median`` bins up, clamped to the ends (``median`` the first bin whose
+    cumulative count passes half the members): the form of :func:`_neighbourhood_row`
+    without its cumulative counts."""
+    k, cumulative, median = len(out), 0, len(out) - 1
+    for b in range(k):
+        cumulative += window[b]
+        if cumulative > members // 2:
+            median = b
+            break
+    for b in range(k):
+        out[b] = floor + plain * window[b]
+    move = centre - median
+    for b in range(k):
+        out[min(max(b + move, 0), k - 1)] += centred * window[b]
+
+
+@numba.njit(cache=True)
+def _add_error_members(value: np.ndarray, error: np.ndarray, y: int, x: int, start: int,
+                       edges: np.ndarray, dry: bool, weight: float,
+                       out: np.ndarray) -> None:  # pragma: no cover
+    """Add to ``out`` (K,) ``weight`` times the error ensemble's bin frequencies at pixel
+    ``(y, x)`` of the planes (:func:`_error_row`): all in the first bin where the value and
+    the errors around are at most 0, else 1/9 per member. Each member's bin is found by
+    walking along the edges (K + 1,) from ``start``, the bin of the pixel's own value: the
+    errors are small, so the walk is a step or two where a search from the first bin walks
+    through every bin below."""
+    own = value[y, x]
+    wet = own > 0
+    for dr in range(-1, 2):
+        for dc in range(-1, 2):
+            wet |= error[y + dr, x + dc] > 0
+    if not wet:
+        out[0] += weight
+        return
+    share, k = weight / np.float32(9), len(out)
+    for dr in range(-1, 2):
+        for dc in range(-1, 2):
+            member = own + error[y + dr, x + dc]
+            b = 0
+            if not (dry and member <= edges[0]):
+                b = start
+                while b < k - 1 and edges[b + 1] <= member:
+                    b += 1
+                while b > 0 and edges[b] > member:
+                    b -= 1
+            out[b] += share
+
+
 @numba.njit(parallel=True, cache=True)
 def mixture(bins: np.ndarray, radii: np.ndarray, margin: int, value: np.ndarray,
             error: np.ndarray, edges: np.ndarray, dry: bool, weights: np.ndarray,
             floor: float, out: np.ndarray) -> None:  # pragma: no cover
-    """Write into ``out`` (N, K, Ht, Wt) float32 ``sum_c weights[:, c] * histogram_c +
-    floor``, the histograms those of :func:`histograms` (same arguments; C =
-    ``weights.shape[1]``, weights (N, C, Ht, Wt) float32) made one row at a time. (Its log
-    is left to torch, whose vectorised log is several times faster than a scalar one.)"""
-    n, k, ht, wt = out.shape
-    components = weights.shape[1]
+    """Write into ``out`` (N, Ht, Wt, K) float32, the bins last, ``sum_c weights[:, c] *
+    histogram_c + floor``, the histograms those of :func:`histograms` (same arguments; C =
+    ``weights.shape[1]``, weights (N, C, Ht, Wt) float32), each pixel's made in turn from a
+    sliding window's counts and never kept. (Its log is left to torch, whose vectorised log
+    is several times faster than a scalar one.)"""
+    n, ht, wt, k = out.shape
     floor32 = np.float32(floor)
     for i in numba.prange(n):
         side, first = 2 * radii[i] + 1, margin - radii[i]
-        fraction, column, window, below, row, error_row = _lead_state(bins[i], first, side,
-                                                                      k, wt)
+        members = side * side
+        share = np.float32(1) / np.float32(members)
+        column = _column_counts(bins[i], first, side, wt + side - 1, k)
+        window = np.zeros(k, np.int32)
         for y in range(ht):
-            _neighbourhood_row(bins[i], column, y, margin, side, fraction, window, below, row)
-            if components == 3:
-                _error_row(value[i], error[i], y, margin, edges, dry, error_row)
-            for b in range(k):
-                for x in range(wt):
-                    mixture = row[0, b, x] * weights[i, 0, y, x]
-                    mixture += row[1, b, x] * weights[i, 1, y, x]
-                    if components == 3:
-                        mixture += error_row[b, x] * weights[i, 2, y, x]
-                    out[i, b, y, x] = mixture + floor32
+            window[:] = 0
+            for c in range(side):
+                for b in range(k):
+                    window[b] += column[c, b]
+            for x in range(wt):
+                if x:  # the window moves one column right
+                    for b in range(k):
+                        window[b] += column[x + side - 1, b] - column[x - 1, b]
+                pixel, w = out[i, y, x], weights[i, :, y, x]
+                centre = bins[i, y + margin, x + margin]
+                if window[0] == members:  # all dry (the pixel too): both all in bin 0
+                    pixel[:] = floor32
+                    pixel[0] += w[0] + w[1]
+                else:
+                    _neighbourhoods_into(window, members, centre, w[0] * share,
+                                         w[1] * share, floor32, pixel)
+                if len(w) == 3:
+                    _add_error_members(value[i], error[i], y + margin, x + margin, centre,
+                                       edges, dry, w[2], pixel)
             if y + 1 < ht:
                 _move_down(bins[i], column, y, first, side)

@@ -293,8 +293,8 @@ def whole_domain_logits(
             # the head makes the prior's histograms itself: on a CPU it never keeps them
             logits = net.decode(latent, torch.tensor(leads, device=device),
                                 None if extra is None else extra[None])
-            # no log-softmax: the distribution's softmax normalises them, and one copy of
-            # the domain moves the bins last
+            # no log-softmax: the distribution's softmax normalises them; the head lays the
+            # bins last, so the cropped copy moves whole pixels
             out[part] = logits[0, ..., :height, :width].float().cpu()
     return out
 
