@@ -344,18 +344,20 @@ def test_the_network_imports_neither_lightning_nor_pysteps():
 def test_the_heads_block_logits_are_its_subpixel_convolution(
         layout: torch.memory_format, pack: int) -> None:
     """The logits' 1x1 convolution, made as a matrix product with the outputs of each block
-    last, equals torch's convolution then pixel shuffle (values and gradients) whatever the
-    features' layout: trained weights keep their meaning."""
-    from metnet.models.head import _block_logits, _unblocked
+    last (or as planes), equals torch's convolution then pixel shuffle (values and
+    gradients) whatever the features' layout: trained weights keep their meaning."""
+    from metnet.models.head import _block_logits, _subpixel_planes, _unblocked
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(16, 27 * pack**2, 1)
     torch.nn.init.normal_(conv.bias)
     x = torch.randn(3, 16, 12, 10).contiguous(memory_format=layout).requires_grad_()
-    got = _unblocked(_block_logits(conv, x, pack))
+    got = _unblocked(_block_logits(conv.weight.flatten(1), conv.bias, x, pack))
     expected = torch.nn.functional.pixel_shuffle(conv(x), pack)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert got.permute(0, 2, 3, 1).is_contiguous()
+    planes = _subpixel_planes(conv.weight.flatten(1), conv.bias, x, pack)
+    torch.testing.assert_close(planes, expected, rtol=1e-5, atol=1e-5)
     inputs = (conv.weight, conv.bias, x)
     grads_got = torch.autograd.grad(got.square().sum(), inputs)
     grads_expected = torch.autograd.grad(expected.square().sum(), inputs)

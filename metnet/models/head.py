@@ -26,20 +26,31 @@ def _upsample_stage(c_in: int, c_out: int) -> nn.Sequential:
     return stage
 
 
-def _block_logits(conv: nn.Conv2d, x: Tensor, pack: int) -> Tensor:
-    """The 1x1 convolution of features x (N, c, h, w) whose O p^2 output channels are, in
-    pixel-shuffle order (channel o p^2 + i p + j), the outputs of each p x p block of output
-    pixels (p = ``pack``): as (N, h, w, p, p, O), each pixel's O outputs contiguous (the
-    weight rows reordered, so trained weights keep their meaning). A matrix product: a
-    fraction of the time of oneDNN's convolution for the full-resolution logits on a CPU,
-    reading channels-last features in place; the bias is added after it (``addmm`` first
-    copies it, broadcast, into its output)."""
+def _block_logits(weight: Tensor, bias: Tensor, x: Tensor, pack: int) -> Tensor:
+    """The 1x1 convolution (``weight`` (O p^2, c), ``bias`` (O p^2,)) of features x (N, c, h,
+    w) whose output channels are, in pixel-shuffle order (channel o p^2 + i p + j), the
+    outputs of each p x p block of output pixels (p = ``pack``): as (N, h, w, p, p, O), each
+    pixel's O outputs contiguous (the weight rows reordered, so trained weights keep their
+    meaning). A matrix product: a fraction of the time of oneDNN's convolution for the
+    full-resolution logits on a CPU, reading channels-last features in place; the bias is
+    added after it (``addmm`` first copies it, broadcast, into its output)."""
     n, c, h, w = x.shape
-    outputs = conv.out_channels // pack**2
-    weight = conv.weight.view(outputs, pack, pack, c).permute(1, 2, 0, 3).reshape(-1, c)
-    bias = conv.bias.view(outputs, pack, pack).permute(1, 2, 0).reshape(-1)
+    outputs = len(weight) // pack**2
+    weight = weight.view(outputs, pack, pack, c).permute(1, 2, 0, 3).reshape(-1, c)
+    bias = bias.view(outputs, pack, pack).permute(1, 2, 0).reshape(-1)
     out = torch.mm(x.permute(0, 2, 3, 1).reshape(-1, c), weight.t()).add_(bias)
     return out.view(n, h, w, pack, pack, outputs)
+
+
+def _subpixel_planes(weight: Tensor, bias: Tensor, x: Tensor, pack: int) -> Tensor:
+    """The same convolution as :func:`_block_logits`, its outputs as contiguous planes (N, O,
+    h p, w p): for a few outputs, a copy that keeps each plane's rows whole is several times
+    faster than moving O values per pixel."""
+    n, c, h, w = x.shape
+    outputs = len(weight) // pack**2
+    out = torch.mm(x.permute(0, 2, 3, 1).reshape(-1, c), weight.t()).add_(bias)
+    out = out.view(n, h, w, outputs, pack, pack).permute(0, 3, 1, 4, 2, 5)
+    return out.reshape(n, outputs, h * pack, w * pack)
 
 
 def _unblocked(blocks: Tensor) -> Tensor:
@@ -180,13 +191,13 @@ class Head(nn.Module):
             m = self.margin
             inner = lead_inputs[..., m:lead_inputs.shape[-2] - m, m:lead_inputs.shape[-1] - m]
             features = self._fuse(features, self._packed(inner.to(features.dtype)))
-        blocks = _block_logits(self.logits, features, self.pack)  # (N, h, w, p, p, O)
+        weight, bias, p = self.logits.weight.flatten(1), self.logits.bias, self.pack
         if self.prior is None:
-            return _unblocked(blocks)
-        k = self.num_bins
-        mix = _unblocked(blocks[..., k:])
+            return _unblocked(_block_logits(weight, bias, features, p))
+        k = self.num_bins * p**2  # the bins' outputs, then the prior's mixture logits
+        mix = _subpixel_planes(weight[k:], bias[k:], features, p)
         if histograms is None:
             prior = self.prior.logits(mix, lead_inputs, lead_minutes)
         else:
             prior = self.prior(mix, histograms, lead_minutes)
-        return _add_blocks(prior, blocks[..., :k])
+        return _add_blocks(prior, _block_logits(weight[:k], bias[:k], features, p))

@@ -126,8 +126,10 @@ class ExtrapolationPrior(nn.Module):
             return self(mix, self.histograms(planes, lead_minutes), lead_minutes)
         weights = self._weights(mix.detach(), lead_minutes).contiguous()
         out = weights.new_empty(len(weights), *weights.shape[-2:], len(self.edges) - 1)
-        prior_kernel().mixture(*self._kernel_inputs(planes, lead_minutes), weights.numpy(),
-                               FLOOR, out.numpy())
+        radii = [neighbourhood_radius(minutes, self.radius) for minutes in lead_minutes.tolist()]
+        prior_kernel().mixture(planes.float().numpy(), ERROR_CHANNEL if self.error else -1,
+                               np.asarray(radii), self.margin, self.input_edges.float().numpy(),
+                               self.dry, weights.numpy(), FLOOR, out.numpy())
         return out.log_().permute(0, 3, 1, 2)
 
     def _weights(self, mix: Tensor, lead_minutes: Tensor) -> Tensor:

@@ -184,27 +184,30 @@ def _neighbourhoods_into(window: np.ndarray, members: int, centre: int, centred:
 
 
 @numba.njit(cache=True)
-def _add_error_members(value: np.ndarray, error: np.ndarray, y: int, x: int, start: int,
-                       edges: np.ndarray, dry: bool, weight: float,
+def _add_error_members(value: np.ndarray, error: np.ndarray, known: np.ndarray, y: int, x: int,
+                       start: int, edges: np.ndarray, dry: bool, weight: float,
                        out: np.ndarray) -> None:  # pragma: no cover
     """Add to ``out`` (K,) ``weight`` times the error ensemble's bin frequencies at pixel
-    ``(y, x)`` of the planes (:func:`_error_row`): all in the first bin where the value and
-    the errors around are at most 0, else 1/9 per member. Each member's bin is found by
-    walking along the edges (K + 1,) from ``start``, the bin of the pixel's own value: the
-    errors are small, so the walk is a step or two where a search from the first bin walks
-    through every bin below."""
-    own = value[y, x]
+    ``(y, x)`` of the planes (:func:`_error_row`; unknown pixels have value and error 0):
+    all in the first bin where the value and the errors around are at most 0, else 1/9 per
+    member. Each member's bin is found by walking along the edges (K + 1,) from ``start``,
+    the bin of the pixel's own value: the errors are small, so the walk is a step or two
+    where a search from the first bin walks through every bin below."""
+    zero = np.float32(0)
+    own = value[y, x] if known[y, x] > 0.5 else zero
     wet = own > 0
     for dr in range(-1, 2):
         for dc in range(-1, 2):
-            wet |= error[y + dr, x + dc] > 0
+            wet |= known[y + dr, x + dc] > 0.5 and error[y + dr, x + dc] > 0
     if not wet:
         out[0] += weight
         return
     share, k = weight / np.float32(9), len(out)
     for dr in range(-1, 2):
         for dc in range(-1, 2):
-            member = own + error[y + dr, x + dc]
+            member = own
+            if known[y + dr, x + dc] > 0.5:
+                member += error[y + dr, x + dc]
             b = 0
             if not (dry and member <= edges[0]):
                 b = start
@@ -215,22 +218,54 @@ def _add_error_members(value: np.ndarray, error: np.ndarray, y: int, x: int, sta
             out[b] += share
 
 
+@numba.njit(cache=True)
+def _plane_bins(planes: np.ndarray, edges: np.ndarray, dry: bool) -> np.ndarray:  # pragma: no cover
+    """Bin index (H, W) of each pixel of one lead's planes (Cl, H, W) (channel 0 the value in
+    the input transform, channel 1 where it is known; unknown or negative counts as no
+    rain), binned by ``edges`` (K + 1,) in the input transform as
+    :func:`metnet.distribution.rain_to_bin` bins rates: the number of inner edges at or
+    below the value, and with a ``dry`` bin 0 at or below the first edge."""
+    k, zero = len(edges) - 1, np.float32(0)
+    out = np.empty(planes.shape[1:], np.int32)
+    for y in range(out.shape[0]):
+        for x in range(out.shape[1]):
+            value = max(planes[0, y, x], zero) if planes[1, y, x] > 0.5 else zero
+            b = 0
+            if not (dry and value <= edges[0]):
+                for e in range(1, k):
+                    b += edges[e] <= value
+            out[y, x] = b
+    return out
+
+
 @numba.njit(parallel=True, cache=True)
-def mixture(bins: np.ndarray, radii: np.ndarray, margin: int, value: np.ndarray,
-            error: np.ndarray, edges: np.ndarray, dry: bool, weights: np.ndarray,
-            floor: float, out: np.ndarray) -> None:  # pragma: no cover
+def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: int,
+            edges: np.ndarray, dry: bool, weights: np.ndarray, floor: float,
+            out: np.ndarray) -> None:  # pragma: no cover
     """Write into ``out`` (N, Ht, Wt, K) float32, the bins last, ``sum_c weights[:, c] *
-    histogram_c + floor``, the histograms those of :func:`histograms` (same arguments; C =
+    histogram_c + floor``, the histograms those of :func:`histograms` (C =
     ``weights.shape[1]``, weights (N, C, Ht, Wt) float32), each pixel's made in turn from a
     sliding window's counts and never kept. (Its log is left to torch, whose vectorised log
-    is several times faster than a scalar one.)"""
+    is several times faster than a scalar one.)
+
+    Args:
+        planes: (N, Cl, Ht + 2 margin, Wt + 2 margin) float32 per-lead inputs, read in place
+            (channel 0 the value in the input transform, 1 where it is known, and with C = 3
+            ``error_channel`` the last step's error); the pixels' bins are made here, in
+            the input transform (the same as torch's in rain rate up to rounding at the
+            edges).
+        radii: (N,) neighbourhood half-widths, at most ``margin``.
+        edges: (K + 1,) bin edges in the input transform; ``dry``: the first bin is dry.
+    """
     n, ht, wt, k = out.shape
     floor32 = np.float32(floor)
     for i in numba.prange(n):
+        bins = _plane_bins(planes[i], edges, dry)
+        known, value, error = planes[i, 1], planes[i, 0], planes[i, max(error_channel, 0)]
         side, first = 2 * radii[i] + 1, margin - radii[i]
         members = side * side
         share = np.float32(1) / np.float32(members)
-        column = _column_counts(bins[i], first, side, wt + side - 1, k)
+        column = _column_counts(bins, first, side, wt + side - 1, k)
         window = np.zeros(k, np.int32)
         for y in range(ht):
             window[:] = 0
@@ -242,7 +277,7 @@ def mixture(bins: np.ndarray, radii: np.ndarray, margin: int, value: np.ndarray,
                     for b in range(k):
                         window[b] += column[x + side - 1, b] - column[x - 1, b]
                 pixel, w = out[i, y, x], weights[i, :, y, x]
-                centre = bins[i, y + margin, x + margin]
+                centre = bins[y + margin, x + margin]
                 if window[0] == members:  # all dry (the pixel too): both all in bin 0
                     pixel[:] = floor32
                     pixel[0] += w[0] + w[1]
@@ -250,7 +285,7 @@ def mixture(bins: np.ndarray, radii: np.ndarray, margin: int, value: np.ndarray,
                     _neighbourhoods_into(window, members, centre, w[0] * share,
                                          w[1] * share, floor32, pixel)
                 if len(w) == 3:
-                    _add_error_members(value[i], error[i], y + margin, x + margin, centre,
+                    _add_error_members(value, error, known, y + margin, x + margin, centre,
                                        edges, dry, w[2], pixel)
             if y + 1 < ht:
-                _move_down(bins[i], column, y, first, side)
+                _move_down(bins, column, y, first, side)
