@@ -181,6 +181,29 @@ def test_a_half_resolution_network_convolves_nothing_at_full_resolution() -> Non
     assert (blocks.std(-1) > 1e-3).float().mean() > 0.9
 
 
+@pytest.mark.parametrize("half_resolution", [False, True])
+def test_the_head_takes_the_planes_the_network_packed_once(half_resolution: bool) -> None:
+    """The network packs the per-lead planes once for its lead encoder and its head: the
+    head's logits from the packed target region equal those from the planes it packs
+    itself."""
+    from metnet.models.downsampler import space_to_depth
+
+    net = whole_domain_net(half_resolution)
+    gen = torch.Generator().manual_seed(6)
+    z = torch.randn(3, 16, 16, 16, generator=gen)  # (N, h, w, C): a 128 px input's latent
+    planes = torch.rand(3, 4, 128, 128, generator=gen)
+    leads = torch.tensor([10.0, 20.0, 30.0])
+    pack = net.lead_encoder.pack
+    packed = net._target_crop(space_to_depth(planes, pack), pack=pack)
+    with torch.no_grad():
+        cond = net.lead_embedding(leads)
+        itself = net.head(z, cond, net._target_crop(planes, net.head.margin), leads)
+        given = net.head(z, cond, net._target_crop(planes, net.head.margin), leads,
+                         packed_inputs=packed)
+    assert itself.shape == (3, 25, 32, 32)
+    torch.testing.assert_close(given, itself, rtol=0, atol=0)
+
+
 class _ConvolutionSizes(torch.overrides.TorchFunctionMode):
     """The widest input side of every 2-d convolution run inside it."""
 

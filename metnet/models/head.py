@@ -159,18 +159,14 @@ class Head(nn.Module):
         return self.fuse[1](out.add_(F.conv2d(planes, conv.weight[:, c:], None, conv.stride,
                                               conv.padding, conv.dilation)))
 
-    def _packed(self, planes: Tensor) -> Tensor:
-        """Planes (N, Cl, H, W) at the resolution the head works at: (N, Cl p^2, H / p, W / p),
-        p = :attr:`pack`, channels-last as the features they join."""
-        return space_to_depth(planes, self.pack)
-
     @property
     def margin(self) -> int:
         """Pixels of per-lead inputs the head needs around the target on each side."""
         return self.prior.margin if self.prior is not None else 0
 
     def forward(self, z: Tensor, cond: Tensor | None = None, lead_inputs: Tensor | None = None,
-                lead_minutes: Tensor | None = None, histograms: Tensor | None = None) -> Tensor:
+                lead_minutes: Tensor | None = None, histograms: Tensor | None = None,
+                packed_inputs: Tensor | None = None) -> Tensor:
         """Logits (N, K, ht * factor, wt * factor), (ht, wt) the latent less its margins,
         the bins last in memory (a permuted (N, Ht, Wt, K) tensor).
 
@@ -182,15 +178,21 @@ class Head(nn.Module):
             lead_minutes: (N,) lead times, with a prior.
             histograms: (N, C, K, Ht, Wt) the prior's histograms when already computed
                 (:meth:`~metnet.models.prior.ExtrapolationPrior.histograms`), or None.
+            packed_inputs: (N, Cl p^2, Ht / p, Wt / p) the per-lead inputs over the target
+                packed p x p (:func:`~metnet.models.downsampler.space_to_depth`, p =
+                :attr:`pack`) when already packed, or None (packed here).
         """
         (top, left), (h, w) = self.context_margin, z.shape[1:3]
         z = self.norm(z[:, top : h - top, left : w - left])
         z = modulate(z, self.film(cond)[0] if self.film is not None else None)
         features = self.upsample(z.permute(0, 3, 1, 2))
         if self.fuse is not None:
-            m = self.margin
-            inner = lead_inputs[..., m:lead_inputs.shape[-2] - m, m:lead_inputs.shape[-1] - m]
-            features = self._fuse(features, self._packed(inner.to(features.dtype)))
+            if packed_inputs is None:
+                m = self.margin
+                inner = lead_inputs[..., m:lead_inputs.shape[-2] - m,
+                                    m:lead_inputs.shape[-1] - m]
+                packed_inputs = space_to_depth(inner, self.pack)
+            features = self._fuse(features, packed_inputs.to(features.dtype))
         weight, bias, p = self.logits.weight.flatten(1), self.logits.bias, self.pack
         if self.prior is None:
             return _unblocked(_block_logits(weight, bias, features, p))

@@ -79,10 +79,16 @@ class LeadInputEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, Cl, H, W) -> channels-last (N, H / factor, W / factor, C)."""
+        return self.encode_packed(space_to_depth(x, self.pack))
+
+    def encode_packed(self, packed: Tensor) -> Tensor:
+        """:meth:`forward` of planes already packed ``pack`` x ``pack`` into channels
+        (:func:`~metnet.models.downsampler.space_to_depth`), (N, Cl pack^2, H / pack,
+        W / pack) -> (N, H / factor, W / factor, C): a network packs them once for this
+        encoder and its head."""
         # space-to-depth, then the 1x1 projection, as one strided convolution with the same
         # weights: no copy that rearranges the planes (half the time)
         weight = self.project.weight
         kernel = weight.view(weight.shape[0], -1, self.stride, self.stride)
-        out = F.conv2d(self.stem(space_to_depth(x, self.pack)), kernel, self.project.bias,
-                       stride=self.stride)
+        out = F.conv2d(self.stem(packed), kernel, self.project.bias, stride=self.stride)
         return out.permute(0, 2, 3, 1)
