@@ -273,7 +273,8 @@ def whole_domain_logits(
     Returns:
         The network's float32 logits on the CPU (a softmax over K gives the bin
         probabilities), laid out with the bins last in memory, as
-        :class:`~metnet.distribution.RainRateDistribution` reads them.
+        :class:`~metnet.distribution.RainRateDistribution` reads them (when the leads fit
+        one chunk, a cropped view of the decoder's output, made in inference mode).
     """
     tiling = one_pass_tiling(net, rate.shape[1:])
     device = next(net.parameters()).device
@@ -281,9 +282,11 @@ def whole_domain_logits(
     planes = pad_planes(per_lead, tiling).to(device) if per_lead is not None else None
     height, width = rate.shape[1:]
     chunk = max(1, DECODE_PIXELS // math.prod(tiling.covered))
-    out = torch.empty((len(lead_times), height, width, len(net.bin_edges) - 1))
-    out = out.permute(0, 3, 1, 2)
     firsts = range(0, len(lead_times), chunk)
+    out = None  # one chunk's cropped logits need no copy: the softmax reads them in place
+    if len(firsts) > 1:
+        out = torch.empty((len(lead_times), height, width, len(net.bin_edges) - 1))
+        out = out.permute(0, 3, 1, 2)
     with torch.inference_mode():
         latent = net.encode(x)
         for first in tqdm(firsts, desc="leads", unit="chunk", leave=False, disable=not progress):
@@ -294,8 +297,11 @@ def whole_domain_logits(
             logits = net.decode(latent, torch.tensor(leads, device=device),
                                 None if extra is None else extra[None])
             # no log-softmax: the distribution's softmax normalises them; the head lays the
-            # bins last, so the cropped copy moves whole pixels
-            out[part] = logits[0, ..., :height, :width].float().cpu()
+            # bins last, so a cropped copy moves whole pixels
+            cropped = logits[0, ..., :height, :width].float().cpu()
+            if out is None:
+                return cropped
+            out[part] = cropped
     return out
 
 
