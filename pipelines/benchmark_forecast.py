@@ -22,6 +22,9 @@ real stores at given init times::
     python pipelines/benchmark_forecast.py
     python pipelines/benchmark_forecast.py --store outputs/stores/knmi.zarr@2010-08-26T06:10 \\
         --store outputs/stores/mch.zarr@2016-07-11T22:50 --sides
+
+``--paired N`` adds the steadier measure of the ratio to pysteps on this noisy VM: both
+timed back to back in each of N rounds, the median of the rounds' ratios.
 """
 
 from __future__ import annotations
@@ -152,6 +155,9 @@ def main() -> None:
                    help="keep glibc's allocation policy (not what metnet forecast runs)")
     p.add_argument("--parts", action="store_true",
                    help="also time each part of the one-pass forecast, on every domain")
+    p.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                   help="also time pysteps LK and the one pass back to back ROUNDS times on "
+                        "every domain and give the median of their ratios")
     args = p.parse_args()
     if not args.default_malloc:
         keep_freed_memory()
@@ -164,12 +170,40 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, rate, km in domains(args):
         print(row(name, rate, km, nets, args), flush=True)
+    if args.paired:
+        print(f"\none pass / pysteps LK, paired: each round times both back to back (median "
+              f"of {args.paired} rounds, and the rounds' range)\n")
+        print("| domain | pysteps LK | one pass | one pass / pysteps LK | range |")
+        print("| --- | ---: | ---: | ---: | --- |")
+        for name, rate, _ in domains(args):
+            print(paired_row(name, rate, nets["one pass"], args.paired), flush=True)
     if args.parts:
         print("\n| domain | " + " | ".join(PARTS) + " |")
         print("| --- |" + " ---: |" * len(PARTS))
         for name, rate, _ in domains(args):
             print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in parts(
                 nets["one pass"], rate, args.repeats)) + " |", flush=True)
+
+
+def paired_row(name: str, rate: np.ndarray, net: MetNet, rounds: int) -> str:
+    """One row of the paired comparison: pysteps LK and the one-pass forecast of context
+    rates (T, H, W) mm/h timed back to back in each round (which goes first alternating),
+    so that the VM's drifting speed falls on both; the median seconds of each and the
+    median and range of the rounds' ratios."""
+    calls = {"lk": lambda: pysteps_extrapolation(rate),
+             "one": lambda: get_method("model")(rate, LEADS, step_minutes=5, net=net)}
+    for call in calls.values():  # warm-up
+        call()
+    seconds: dict[str, list[float]] = {key: [] for key in calls}
+    for round_ in range(rounds):
+        for key in (("lk", "one") if round_ % 2 == 0 else ("one", "lk")):
+            began = time.perf_counter()
+            calls[key]()
+            seconds[key].append(time.perf_counter() - began)
+    ratios = [one / lk for one, lk in zip(seconds["one"], seconds["lk"], strict=True)]
+    return (f"| {name} | {statistics.median(seconds['lk']):.2f} "
+            f"| {statistics.median(seconds['one']):.2f} | {statistics.median(ratios):.2f} "
+            f"| {min(ratios):.2f}-{max(ratios):.2f} |")
 
 
 PARTS = ("LK motion", "advection", "encoder", "prior", "decoder and head, prior included",
