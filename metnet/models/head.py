@@ -87,9 +87,10 @@ class Head(nn.Module):
 
     With ``subpixel``, nothing runs at output resolution: the upsampling stops at half of
     it, the per-lead planes join there packed 2 x 2 into channels (space-to-depth), and the
-    1x1 conv gives the logits of each 2 x 2 block of output pixels, unpacked by a pixel
-    shuffle (a sub-pixel convolution). Every output pixel keeps its own weights, at a
-    fraction of the full-resolution head's cost (``BENCHMARKS.md``).
+    1x1 conv gives the logits of each 2 x 2 block of output pixels, unpacked as a pixel
+    shuffle would (a sub-pixel convolution; made as a matrix product that lays each pixel's
+    logits out contiguously). Every output pixel keeps its own weights, at a fraction of the
+    full-resolution head's cost (``BENCHMARKS.md``).
 
     With a ``prior`` (:class:`~metnet.models.prior.ExtrapolationPrior`), the logits are the
     prior's, computed from the per-lead inputs, plus the head's own as a correction, and
@@ -167,8 +168,8 @@ class Head(nn.Module):
     def forward(self, z: Tensor, cond: Tensor | None = None, lead_inputs: Tensor | None = None,
                 lead_minutes: Tensor | None = None, histograms: Tensor | None = None,
                 packed_inputs: Tensor | None = None) -> Tensor:
-        """Logits (N, K, ht * factor, wt * factor), (ht, wt) the latent less its margins,
-        the bins last in memory (a permuted (N, Ht, Wt, K) tensor).
+        """Logits (N, K, ht * factor, wt * factor), (ht, wt) the latent less its margins;
+        without gradients, the bins last in memory (a permuted (N, Ht, Wt, K) tensor).
 
         Args:
             z: (N, h, w, C) latent.
