@@ -26,6 +26,12 @@ def _upsample_stage(c_in: int, c_out: int) -> nn.Sequential:
     return stage
 
 
+def _pixel_product(weight: Tensor, bias: Tensor, x: Tensor) -> Tensor:
+    """``weight`` (O, c) times each pixel's channels of x (N, c, h, w), plus ``bias``: (N h w,
+    O), each pixel's outputs contiguous; channels-last features are read in place."""
+    return torch.mm(x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]), weight.t()).add_(bias)
+
+
 def _block_logits(weight: Tensor, bias: Tensor, x: Tensor, pack: int) -> Tensor:
     """The 1x1 convolution (``weight`` (O p^2, c), ``bias`` (O p^2,)) of features x (N, c, h,
     w) whose output channels are, in pixel-shuffle order (channel o p^2 + i p + j), the
@@ -38,19 +44,17 @@ def _block_logits(weight: Tensor, bias: Tensor, x: Tensor, pack: int) -> Tensor:
     outputs = len(weight) // pack**2
     weight = weight.view(outputs, pack, pack, c).permute(1, 2, 0, 3).reshape(-1, c)
     bias = bias.view(outputs, pack, pack).permute(1, 2, 0).reshape(-1)
-    out = torch.mm(x.permute(0, 2, 3, 1).reshape(-1, c), weight.t()).add_(bias)
-    return out.view(n, h, w, pack, pack, outputs)
+    return _pixel_product(weight, bias, x).view(n, h, w, pack, pack, outputs)
 
 
 def _subpixel_planes(weight: Tensor, bias: Tensor, x: Tensor, pack: int) -> Tensor:
     """The same convolution as :func:`_block_logits`, its outputs as contiguous planes (N, O,
     h p, w p): for a few outputs, a copy that keeps each plane's rows whole is several times
     faster than moving O values per pixel."""
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     outputs = len(weight) // pack**2
-    out = torch.mm(x.permute(0, 2, 3, 1).reshape(-1, c), weight.t()).add_(bias)
-    out = out.view(n, h, w, outputs, pack, pack).permute(0, 3, 1, 4, 2, 5)
-    return out.reshape(n, outputs, h * pack, w * pack)
+    out = _pixel_product(weight, bias, x).view(n, h, w, outputs, pack, pack)
+    return out.permute(0, 3, 1, 4, 2, 5).reshape(n, outputs, h * pack, w * pack)
 
 
 def _unblocked(blocks: Tensor) -> Tensor:

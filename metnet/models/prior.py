@@ -126,11 +126,15 @@ class ExtrapolationPrior(nn.Module):
             return self(mix, self.histograms(planes, lead_minutes), lead_minutes)
         weights = self._weights(mix.detach(), lead_minutes).contiguous()
         out = weights.new_empty(len(weights), *weights.shape[-2:], len(self.edges) - 1)
-        radii = [neighbourhood_radius(minutes, self.radius) for minutes in lead_minutes.tolist()]
+        radii = self._radii(lead_minutes)
         prior_kernel().mixture(planes.float().numpy(), ERROR_CHANNEL if self.error else -1,
                                np.asarray(radii), self.margin, self.input_edges.float().numpy(),
                                self.dry, weights.numpy(), FLOOR, out.numpy())
         return out.log_().permute(0, 3, 1, 2)
+
+    def _radii(self, lead_minutes: Tensor) -> list[int]:
+        """The neighbourhood half-width (pixels) of each lead of ``lead_minutes`` (N,)."""
+        return [neighbourhood_radius(minutes, self.radius) for minutes in lead_minutes.tolist()]
 
     def _weights(self, mix: Tensor, lead_minutes: Tensor) -> Tensor:
         """Mixture weights (N, C, Ht, Wt) float32 from the mixture logits (N, C - 1, Ht, Wt)
@@ -180,7 +184,7 @@ class ExtrapolationPrior(nn.Module):
         known = planes[:, 1].float() > 0.5
         rate = torch.where(known, input_to_rate(planes[:, 0].float()), 0.0).clamp_min(0)
         bins = rain_to_bin(rate, self.edges).to(torch.int16)
-        radii = [neighbourhood_radius(minutes, self.radius) for minutes in lead_minutes.tolist()]
+        radii = self._radii(lead_minutes)
         if not self.error:
             return bins, radii, None, None
         return (bins, radii, torch.where(known, planes[:, 0].float(), 0.0),

@@ -260,8 +260,8 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: i
     n, ht, wt, k = out.shape
     floor32 = np.float32(floor)
     for j in numba.prange(n):
-        # leads taken from both ends in turn: each thread's contiguous share of them
-        # mixes short leads (wetter, with the error ensemble) and long ones
+        # leads taken from both ends in turn: each thread's contiguous share of them mixes
+        # short and long ones, whose costs differ
         i = j // 2 if j % 2 == 0 else n - 1 - j // 2
         bins = _plane_bins(planes[i], edges, dry)
         known, value, error = planes[i, 1], planes[i, 0], planes[i, max(error_channel, 0)]
