@@ -213,8 +213,8 @@ PARTS = ("LK motion", "advection", "encoder", "prior", "decoder and head, prior 
 def parts(net: MetNet, rate: np.ndarray, repeats: int) -> list[float]:
     """Seconds (median) of each of :data:`PARTS` of a one-pass forecast of context rates
     (T, H, W) mm/h, all leads decoded at once (the prior alone: its logits from the
-    whole-domain planes, as the head makes them; the distribution: the logits copied bins
-    last, then the distribution's softmax, as the forecast makes it)."""
+    whole-domain planes, as the head makes them; the distribution: the softmax of the
+    decoder's bins-last logits cropped to the domain, as the forecast makes it)."""
     steps = [lead / 5 for lead in LEADS]
     velocity = motion_field(rate)
     per_lead = lead_planes(rate[-MOTION_FRAMES:], steps, velocity=True, error=True)
@@ -231,9 +231,8 @@ def parts(net: MetNet, rate: np.ndarray, repeats: int) -> list[float]:
         calls = [lambda: motion_field(rate), lambda: advect(rate[-1], velocity, steps),
                  lambda: net.encode(x), lambda: prior.logits(mix, region, leads),
                  lambda: net.decode(latent, leads, planes[None]),
-                 lambda: RainRateDistribution(
-                     logits[0].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),
-                     net.bin_edges, dim=1)]
+                 lambda: RainRateDistribution(logits[0, ..., :rate.shape[1], :rate.shape[2]],
+                                              net.bin_edges, dim=1)]
         return [measure(call, repeats)[0] for call in calls]
 
 
