@@ -224,7 +224,7 @@ def parts(net: MetNet, rate: np.ndarray, repeats: int) -> list[float]:
     leads = torch.tensor(LEADS)
     prior = net.head.prior
     region = prior_region(prior, planes, tiling)
-    mix = torch.zeros(len(LEADS), prior.components - 1, *tiling.covered)
+    mix = torch.zeros(len(LEADS), prior.mix_planes, *tiling.covered)
     with torch.inference_mode():
         latent = net.encode(x)
         logits = net.decode(latent, leads, planes[None])

@@ -10,10 +10,13 @@ For the test init times of a store, prints per lead time the CRPS (mm/h) of:
 * ``prior``: what an untrained network with ``prior: true`` and ``dry_bin: true``
   forecasts, the even mixture of that histogram and the histogram recentred on the pixel's
   own extrapolated rate (:class:`metnet.models.prior.ExtrapolationPrior`);
-* ``prior+error``: the same with ``prior_error: true`` (the shipped configurations), the
-  error ensemble of the last step's extrapolation error mixed in;
+* ``prior+error``: the same with ``prior_error: true``, the error ensemble of the last
+  step's extrapolation error mixed in;
+* ``pinned``: the plain neighbourhood and the error ensemble mixed, with the mixture's
+  median pinned to the pixel's own extrapolated bin (``prior_pinned: true``, the shipped
+  configurations);
 
-and CSI at 1 mm/h of both priors (decided at P = 0.5) next to extrapolation's.
+and CSI at 1 mm/h of the priors (decided at P = 0.5) next to extrapolation's.
 
     python pipelines/benchmark_prior.py outputs/stores/knmi.zarr 2010-08-26T06:10 2010-08-26T06:35
 """
@@ -36,8 +39,9 @@ from metnet.nowcasts.extrapolation import motion_field
 from metnet.transforms import rate_to_input
 
 LEADS = (5, 10, 15, 30, 45, 60)
-COLUMNS = ("neighbourhood", "binned", "binned+dry", "prior", "prior+error")
-PRIORS = ("prior", "prior+error")
+COLUMNS = ("neighbourhood", "binned", "binned+dry", "prior", "prior+error", "pinned")
+#: The priors, by (error ensemble, pinned median).
+PRIORS = {"prior": (False, False), "prior+error": (True, False), "pinned": (True, True)}
 
 
 def prior_histograms(field: np.ndarray, leads: Sequence[int], prior: ExtrapolationPrior,
@@ -63,10 +67,11 @@ def prior_distributions(field: np.ndarray, error: np.ndarray
         histograms = prior_histograms(field, LEADS, prior)  # (L, 2, K, H, W)
         out[name] = RainRateDistribution(histograms[:, 1].clamp_min(1e-12).log(),
                                          prior.edges.double(), dim=1)
-    for name, with_error in zip(PRIORS, (False, True), strict=True):
-        prior = ExtrapolationPrior(compact_bins(dry=True), max(LEADS), error=with_error)
+    for name, (with_error, pinned) in PRIORS.items():
+        prior = ExtrapolationPrior(compact_bins(dry=True), max(LEADS), error=with_error,
+                                   pinned=pinned)
         histograms = prior_histograms(field, LEADS, prior, error if with_error else None)
-        mix = torch.zeros(len(LEADS), prior.components - 1, *field.shape[1:])
+        mix = torch.zeros(len(LEADS), prior.mix_planes, *field.shape[1:])
         out[name] = RainRateDistribution(prior(mix, histograms, torch.tensor(LEADS)),
                                          prior.edges, dim=1)
     return out

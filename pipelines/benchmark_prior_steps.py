@@ -15,7 +15,11 @@ extrapolation's and the observed one (``--steps``); and the CRPS and CSI at 1 mm
 * ``shift=D``: the wet mass moved D bins along the bins (negative: to lower rates);
 * ``error=W``: the error ensemble (``prior_error``: the pixel's extrapolated value plus the
   last step's extrapolation errors around it) with a share W of the mixture, the two
-  neighbourhoods sharing the rest evenly (0.5: the untrained prior with ``prior_error``).
+  neighbourhoods sharing the rest evenly (0.5: the untrained prior with ``prior_error``);
+* ``pin=W[,A,B]``: the error ensemble (as ``error=0.5,1``) and the neighbourhoods, the
+  centred one with a share W of them, mixed, then the mixture's median pinned to the
+  pixel's own extrapolated bin (``pin=0``: the untrained prior with ``prior_pinned``),
+  with the neighbourhood's half-width ``floor(A + B * lead)`` if given.
 
     python pipelines/benchmark_prior_steps.py outputs/stores/mch.zarr 2016-07-11T22:50 \\
         2016-07-11T23:00 --steps
@@ -35,7 +39,7 @@ from metnet.data.motion import extrapolation_error
 from metnet.distribution import RainRateDistribution, compact_bins
 from metnet.forecast import complete_init_times, read_context, read_observations
 from metnet.io.store import open_store
-from metnet.models.prior import RADIUS, ExtrapolationPrior
+from metnet.models.prior import RADIUS, ExtrapolationPrior, pin_median
 from metnet.nowcasts import steps
 from metnet.nowcasts.extrapolation import forecast, motion_field
 from metnet.verification import ensemble_crps
@@ -57,12 +61,21 @@ def histograms(field: np.ndarray, radius: tuple[float, float] = RADIUS,
 def variant(field: np.ndarray, error: np.ndarray, name: str, value: str) -> torch.Tensor:
     """Bin probabilities (L, K, H, W) of the prior changed as ``name=value`` says."""
     radius = tuple(float(v) for v in value.split(",")) if name == "radius" else RADIUS
+    if name == "pin" and "," in value:
+        value, *rest = value.split(",")
+        radius = tuple(float(v) for v in rest)
     if name == "error":
         centred, plain, ensemble = histograms(field, radius, error).unbind(1)
         weight, power = (float(v) for v in (value + ",0").split(",")[:2])
         share = weight * torch.tensor([min(1.0, 5 / lead) ** power for lead in LEADS])
         share = share[:, None, None, None]
         return share * ensemble + (1 - share) / 2 * (centred + plain)
+    if name == "pin":
+        centred, plain, ensemble = histograms(field, radius, error).unbind(1)
+        share = 0.5 * torch.tensor([min(1.0, 5 / lead) for lead in LEADS])[:, None, None, None]
+        neighbourhoods = torch.lerp(plain, centred, float(value))
+        own = histograms(field, (0.0, 0.0))[:, 1]  # radius 0: the pixel's own bin
+        return pin_median(share * ensemble + (1 - share) * neighbourhoods, own)
     centred, plain = histograms(field, radius).unbind(1)
     weight = float(value) if name == "weight" else 0.5
     probs = torch.lerp(plain, centred, weight)

@@ -249,11 +249,13 @@ def test_prior_histograms_are_exact_for_neighbourhoods_of_thirty_thousand_pixels
     assert torch.equal(torch_form, histograms)
 
 
+@pytest.mark.parametrize("pinned", [False, True])
 @pytest.mark.parametrize("dry", [True, False])
-def test_prior_kernels_equal_the_torch_form_to_the_bit(dry: bool) -> None:
+def test_prior_kernels_equal_the_torch_form_to_the_bit(dry: bool, pinned: bool) -> None:
     """The CPU kernels (numba) against the torch operations other devices run: every lead's
     radius, dry areas, unknown pixels, errors of both signs, a domain wider than tall."""
-    prior = ExtrapolationPrior(compact_bins(dry=dry), max_lead_minutes=60, error=True)
+    prior = ExtrapolationPrior(compact_bins(dry=dry), max_lead_minutes=60, error=True,
+                               pinned=pinned)
     gen = torch.Generator().manual_seed(4)
     leads = torch.arange(5, 65, 5)
     shape = (len(leads), 2 * prior.margin + 23, 2 * prior.margin + 41)
@@ -273,14 +275,17 @@ def test_prior_kernels_equal_the_torch_form_to_the_bit(dry: bool) -> None:
     assert torch.equal(kernels, expected)
 
 
+@pytest.mark.parametrize("pinned", [False, True])
 @pytest.mark.parametrize("dry", [True, False])
 @pytest.mark.parametrize("error", [True, False])
-def test_the_prior_without_gradients_is_its_mixture_of_histograms(error: bool,
-                                                                  dry: bool) -> None:
+def test_the_prior_without_gradients_is_its_mixture_of_histograms(error: bool, dry: bool,
+                                                                  pinned: bool) -> None:
     """Inference on a CPU makes the prior's logits one pixel at a time, the bins last in
     memory: the mixture of the histograms up to float32 rounding (unknown pixels, errors of
-    both signs, with and without a dry bin); with gradients, the mixture itself."""
-    prior = ExtrapolationPrior(compact_bins(dry=dry), max_lead_minutes=60, error=error)
+    both signs, with and without a dry bin, pinned or not); with gradients, the mixture
+    itself."""
+    prior = ExtrapolationPrior(compact_bins(dry=dry), max_lead_minutes=60, error=error,
+                               pinned=pinned)
     gen = torch.Generator().manual_seed(5)
     leads = torch.tensor([5.0, 30.0, 60.0])
     shape = (len(leads), 2 * prior.margin + 19, 2 * prior.margin + 26)
@@ -288,15 +293,52 @@ def test_the_prior_without_gradients_is_its_mixture_of_histograms(error: bool,
     known = (torch.rand(shape, generator=gen) > 0.05).float()
     errors = torch.randn(shape, generator=gen) * 0.5
     planes = torch.stack([torch.log1p(rate) / 4.0, known, errors], dim=1)
-    mix = torch.randn(len(leads), prior.components - 1, 19, 26, generator=gen)
+    mix = torch.randn(len(leads), prior.mix_planes, 19, 26, generator=gen)
     expected = prior(mix, prior.histograms(planes, leads), leads)
     with torch.inference_mode():
         fused = prior.logits(mix, planes, leads)
-    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+    if pinned:  # bins made as differences of cumulative sums: float32 rounding of ~1e-7
+        torch.testing.assert_close(fused.exp(), expected.exp(), rtol=0, atol=1e-6)
+    else:
+        torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
     assert fused.permute(0, 2, 3, 1).is_contiguous()
-    trained = mix.clone().requires_grad_()
-    prior.logits(trained, planes, leads).sum().backward()
-    assert trained.grad is not None and trained.grad.abs().sum() > 0
+    if prior.mix_planes:
+        trained = mix.clone().requires_grad_()
+        prior.logits(trained, planes, leads).sum().backward()
+        assert trained.grad is not None and trained.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("error", [True, False])
+def test_a_pinned_prior_decides_as_extrapolation_and_keeps_the_neighbourhood_elsewhere(
+        error: bool) -> None:
+    """The pinned prior's median is the pixel's own extrapolated bin: P(R > t) >= 0.5 where
+    extrapolation says rain above t and below it elsewhere, at every bin edge t; quantiles
+    already on the right side of the pixel's value are the mixture's (here, untrained,
+    the plain neighbourhood's, or the neighbourhood and the error ensemble's)."""
+    prior = ExtrapolationPrior(compact_bins(dry=True), max_lead_minutes=60, error=error,
+                               pinned=True)
+    gen = torch.Generator().manual_seed(6)
+    leads = torch.tensor([5.0, 30.0, 60.0])
+    shape = (len(leads), 2 * prior.margin + 20, 2 * prior.margin + 20)
+    rate = torch.rand(shape, generator=gen) ** 3 * 40 * (torch.rand(shape, generator=gen) > 0.5)
+    errors = torch.randn(shape, generator=gen) * 0.3
+    planes = torch.stack([torch.log1p(rate) / 4.0, torch.ones_like(rate), errors], dim=1)
+    with torch.inference_mode():
+        logits = prior.logits(torch.zeros(len(leads), prior.mix_planes, 20, 20), planes, leads)
+    dist = RainRateDistribution(logits, prior.edges, dim=1)
+    m = prior.margin
+    own = rate[:, m:m + 20, m:m + 20]
+    own_bin = rain_to_bin(own, prior.edges)
+    for j, t in enumerate(prior.edges[1:-1].tolist(), start=1):  # P(R > t): bins j and up
+        assert torch.equal(dist.exceedance(t) >= 0.5, own_bin >= j)
+    histograms = prior.histograms(planes, leads)
+    weights = prior._weights(torch.zeros(len(leads), prior.mix_planes, 20, 20), leads)
+    mixture = (histograms * weights[:, :, None]).sum(1).cumsum(1)
+    pinned = torch.softmax(logits, 1).cumsum(1)
+    below = torch.arange(len(prior.edges) - 1)[None, :, None, None] < own_bin[:, None]
+    kept = torch.where(below, mixture < 0.499, mixture > 0.501)
+    assert kept.float().mean() > 0.5  # most bins lie on the right side already
+    torch.testing.assert_close(pinned[kept], mixture[kept], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("pack", [1, 2])

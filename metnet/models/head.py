@@ -147,7 +147,7 @@ class Head(nn.Module):
                      if lead_channels else None)
         self.prior = prior
         self.num_bins = num_bins
-        outputs = num_bins + (prior.components - 1 if prior is not None else 0)
+        outputs = num_bins + (prior.mix_planes if prior is not None else 0)
         self.logits = nn.Conv2d(c, outputs * self.pack**2, 1)
         if prior is not None:
             nn.init.zeros_(self.logits.weight)

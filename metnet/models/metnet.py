@@ -102,6 +102,9 @@ class MetNet(nn.Module):
             neighbourhood half-width.
         prior_error: add the prior's error ensemble, from per-lead input channel 2 (the
             data's ``motion_error``).
+        prior_pinned: the prior's median pinned to the pixel's own extrapolated bin,
+            instead of a neighbourhood recentred there (``pinned`` of
+            :class:`~metnet.models.prior.ExtrapolationPrior`).
         position: ``"axial"`` (a learned embedding of each latent row and column: inputs
             of ``input_size`` only) or ``"none"`` (inputs of any size).
         attention_window: attention reach along rows and columns in latent pixels. None:
@@ -142,6 +145,7 @@ class MetNet(nn.Module):
         prior: bool = False,
         prior_radius: tuple[float, float] = (1.0, 0.1),
         prior_error: bool = False,
+        prior_pinned: bool = False,
         position: str = "axial",
         attention_window: int | None = None,
         half_resolution: bool = False,
@@ -214,7 +218,7 @@ class MetNet(nn.Module):
         self.lead_encoder = (LeadInputEncoder(lead_channels, lstm_hidden, factor, pack=pack)
                              if lead_channels else None)
         extrapolation = (ExtrapolationPrior(self.bin_edges, max_lead_minutes, prior_radius,
-                                            prior_error) if prior else None)
+                                            prior_error, prior_pinned) if prior else None)
         self.head = Head(lstm_hidden, len(self.bin_edges) - 1, self.latent_margin, factor,
                          cond_dim,
                          lead_channels=lead_channels, prior=extrapolation,

@@ -36,6 +36,15 @@ last step's error describes the next few minutes' best and fades from the mixtur
 lead grows. On the test init times of
 the real stores the even mixture keeps extrapolation's CSI at 1 mm/h and the
 neighbourhood's CRPS at short leads (BENCHMARKS.md).
+
+A **pinned** prior (``pinned=True``) has no centred neighbourhood: it mixes the plain
+neighbourhood (and the error ensemble), then pins the mixture's median to the pixel's own
+extrapolated bin by the least change of its quantiles: the cumulative probability below
+that bin is capped just under 1/2 and that at and above it raised just over 1/2, so
+``P(R > t) >= 0.5`` exactly where extrapolation says rain above ``t`` (for thresholds that
+are bin edges), and every quantile that already lies on the right side of the pixel's own
+value stays where the neighbourhood puts it. Its slot of the histograms holds the pixel's
+own bin (a point mass), which pins and is not mixed.
 """
 
 from __future__ import annotations
@@ -61,6 +70,9 @@ RADIUS = (1.0, 0.1)
 #: falling as 1 / lead after it (the neighbourhoods share the rest).
 ERROR_WEIGHT = 0.5
 ERROR_MINUTES = 5.0
+#: How far from 1/2 a pinned prior keeps the cumulative probability below the pixel's own
+#: bin and at it: its median stays in that bin through the floor, the log and a softmax.
+PIN_MARGIN = 1e-3
 
 
 def neighbourhood_radius(lead_minutes: float, radius: tuple[float, float] = RADIUS) -> int:
@@ -84,10 +96,14 @@ class ExtrapolationPrior(nn.Module):
         radius: neighbourhood half-width (pixels at lead 0, pixels per minute of lead).
         error: add the error ensemble (from per-lead input channel
             :data:`~metnet.models.lead_inputs.ERROR_CHANNEL`).
+        pinned: pin the median of the mixture of the plain neighbourhood (and the error
+            ensemble) to the pixel's own bin, instead of mixing in the centred
+            neighbourhood.
     """
 
     def __init__(self, bin_edges: Sequence[float], max_lead_minutes: float,
-                 radius: tuple[float, float] = RADIUS, error: bool = False) -> None:
+                 radius: tuple[float, float] = RADIUS, error: bool = False,
+                 pinned: bool = False) -> None:
         super().__init__()
         self.register_buffer("edges", torch.tensor([float(e) for e in bin_edges]),
                              persistent=False)
@@ -98,22 +114,34 @@ class ExtrapolationPrior(nn.Module):
         self.radius = tuple(float(v) for v in radius)
         self.margin = max(neighbourhood_radius(max_lead_minutes, self.radius), 1 if error else 0)
         self.error = error
+        self.pinned = pinned
 
     @property
     def components(self) -> int:
-        """Ensembles in the mixture: (centred, plain) or (centred, plain, error)."""
+        """Histograms per pixel and lead: (centred, plain) or (centred, plain, error); pinned,
+        the pixel's own bin in the centred one's place."""
         return 3 if self.error else 2
 
+    @property
+    def mix_planes(self) -> int:
+        """Mixture logits the head gives: one per mixed ensemble besides the plain
+        neighbourhood."""
+        return self.components - (2 if self.pinned else 1)
+
     def forward(self, mix: Tensor, histograms: Tensor, lead_minutes: Tensor) -> Tensor:
-        """Prior logits (N, K, Ht, Wt), float32, ``log(mixture + FLOOR)``, differentiable in
-        ``mix``: the mixture logits (N, C - 1, Ht, Wt) of the centred (and error) ensembles
-        against the plain neighbourhood, whose histograms (N, C, K, Ht, Wt) are those of
-        :meth:`histograms`; C = :attr:`components`; ``lead_minutes`` (N,)."""
+        """Prior logits (N, K, Ht, Wt), float32, ``log(mixture + FLOOR)`` (pinned:
+        ``log(pinned mixture + FLOOR)``), differentiable in ``mix``: the
+        :attr:`mix_planes` mixture logits (N, M, Ht, Wt) of the centred (and error)
+        ensembles against the plain neighbourhood, whose histograms (N, C, K, Ht, Wt) are
+        those of :meth:`histograms`; C = :attr:`components`; ``lead_minutes`` (N,)."""
         weights = self._weights(mix, lead_minutes)[:, :, None]  # (N, C, 1, Ht, Wt)
         parts = histograms.float()
-        mixture = parts[:, 0] * weights[:, 0]  # a sum of products: no (N, C, K) copy
-        for c in range(1, self.components):
+        first = 1 if self.pinned else 0  # a pinned prior's slot 0 pins, not mixed
+        mixture = parts[:, first] * weights[:, first]  # a sum of products: no (N, C, K) copy
+        for c in range(first + 1, self.components):
             mixture = mixture.addcmul_(parts[:, c], weights[:, c])
+        if self.pinned:
+            mixture = pin_median(mixture, parts[:, 0])
         return torch.log(mixture.add_(FLOOR))
 
     def logits(self, mix: Tensor, planes: Tensor, lead_minutes: Tensor) -> Tensor:
@@ -129,7 +157,8 @@ class ExtrapolationPrior(nn.Module):
         radii = self._radii(lead_minutes)
         prior_kernel().mixture(planes.float().numpy(), ERROR_CHANNEL if self.error else -1,
                                np.asarray(radii), self.margin, self.input_edges.float().numpy(),
-                               self.dry, weights.numpy(), FLOOR, out.numpy())
+                               self.dry, weights.numpy(), FLOOR,
+                               PIN_MARGIN if self.pinned else -1.0, out.numpy())
         return out.log_().permute(0, 3, 1, 2)
 
     def _radii(self, lead_minutes: Tensor) -> list[int]:
@@ -137,20 +166,24 @@ class ExtrapolationPrior(nn.Module):
         return [neighbourhood_radius(minutes, self.radius) for minutes in lead_minutes.tolist()]
 
     def _weights(self, mix: Tensor, lead_minutes: Tensor) -> Tensor:
-        """Mixture weights (N, C, Ht, Wt) float32 from the mixture logits (N, C - 1, Ht, Wt)
-        (:meth:`forward`)."""
+        """Mixture weights (N, C, Ht, Wt) float32 from the :attr:`mix_planes` mixture logits
+        (N, M, Ht, Wt) (:meth:`forward`); a pinned prior's slot 0 weighs 0."""
         mix = mix.float()
-        logits = [mix[:, 0], torch.zeros_like(mix[:, 0])]  # centred, plain
+        plain = mix.new_zeros(len(mix), *mix.shape[-2:])
+        logits = [plain] if self.pinned else [mix[:, 0], plain]  # (centred,) plain
         if self.error:
             share = ERROR_WEIGHT * (ERROR_MINUTES / lead_minutes.float()).clamp(max=1)
-            offset = torch.log(2 * share / (1 - share))[:, None, None]  # log w0: error/centred
-            logits.append(mix[:, 1] + offset)
-        return torch.softmax(torch.stack(logits, dim=1), dim=1)
+            # log w0 of the error ensemble against the neighbourhood it shares the rest with
+            rest = 1 - share if self.pinned else (1 - share) / 2
+            logits.append(mix[:, -1] + torch.log(share / rest)[:, None, None])
+        weights = torch.softmax(torch.stack(logits, dim=1), dim=1)
+        return F.pad(weights, (0, 0, 0, 0, 1, 0)) if self.pinned else weights
 
     @torch.no_grad()
     def histograms(self, planes: Tensor, lead_minutes: Tensor) -> Tensor:
-        """Bin frequencies (N, C, K, Ht, Wt) of the centred and plain neighbourhoods (and
-        of the error ensemble), C = :attr:`components`.
+        """Bin frequencies (N, C, K, Ht, Wt) of the centred (pinned: a point mass in the
+        pixel's own bin) and plain neighbourhoods (and of the error ensemble), C =
+        :attr:`components`.
 
         Args:
             planes: (N, Cl >= 2, Ht + 2 margin, Wt + 2 margin) per-lead inputs around the
@@ -192,19 +225,19 @@ class ExtrapolationPrior(nn.Module):
 
     def _kernel_inputs(self, planes: Tensor, lead_minutes: Tensor) -> tuple:
         """The arguments of the CPU kernels before their output: bins, radii, margin, value,
-        error, edges in the input transform, dry bin."""
+        error, edges in the input transform, dry bin, pinned."""
         bins, radii, value, error = self._bins(planes, lead_minutes)
         unused = np.zeros((1, 1, 1), np.float32)
         return (bins.numpy(), np.asarray(radii), self.margin,
                 unused if value is None else value.numpy(),
                 unused if error is None else error.numpy(),
-                self.input_edges.float().numpy(), self.dry)
+                self.input_edges.float().numpy(), self.dry, self.pinned)
 
     def _neighbourhood_histograms(self, bins: Tensor, radii: Sequence[int],
                                   out: Tensor) -> None:
-        """Write into ``out[:, :2]`` the centred and plain neighbourhoods' bin frequencies,
-        from the bin indices (N, Ht + 2 margin, Wt + 2 margin) of the planes, by running
-        sums of indicator planes."""
+        """Write into ``out[:, :2]`` the centred (pinned: the pixel's own bin) and plain
+        neighbourhoods' bin frequencies, from the bin indices (N, Ht + 2 margin, Wt + 2
+        margin) of the planes, by running sums of indicator planes."""
         (ht, wt), k = out.shape[-2:], out.shape[2]
         # a first row and column in no bin: the running sums of the widest box start from
         # nothing (narrower ones start inside the margin, where the first row and column
@@ -215,7 +248,11 @@ class ExtrapolationPrior(nn.Module):
             side, first = 2 * r + 1, self.margin - r
             below = _cumulative_box_counts(bins[i, first:, first:], side, (ht, wt), k)
             centre = bins[i, m:m + ht, m:m + wt]
-            _bin_fractions(_recentred_cumulative(below, centre, side**2), side**2, out[i, 0])
+            if self.pinned:
+                out[i, 0].zero_().scatter_(0, centre[None].long(), 1.0)
+            else:
+                _bin_fractions(_recentred_cumulative(below, centre, side**2), side**2,
+                               out[i, 0])
             _bin_fractions(below, side**2, out[i, 1])
 
     def _error_histograms(self, value: Tensor, error: Tensor, out: Tensor) -> None:
@@ -238,6 +275,18 @@ class ExtrapolationPrior(nn.Module):
         for e in around:
             bins = rain_to_bin(base + e[where], self.input_edges)
             out.index_put_((where[0], bins, *where[1:]), share, accumulate=True)
+
+
+def pin_median(probs: Tensor, own: Tensor) -> Tensor:
+    """Bin probabilities (N, K, H, W) moved the least (quantile by quantile) to have their
+    median in the bin where ``own`` (N, K, H, W), a point mass, is: the cumulative
+    probability below that bin capped at ``1/2 - PIN_MARGIN``, at and above it raised to
+    ``1/2 + PIN_MARGIN``. Differentiable in ``probs``."""
+    cumulative = probs.cumsum(1)
+    from_own = own.cumsum(1) > 0.5
+    cumulative = torch.where(from_own, cumulative.clamp(min=0.5 + PIN_MARGIN),
+                             cumulative.clamp(max=0.5 - PIN_MARGIN))
+    return torch.diff(cumulative, dim=1, prepend=torch.zeros_like(cumulative[:, :1]))
 
 
 def prior_kernel():

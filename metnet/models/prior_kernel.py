@@ -65,9 +65,10 @@ def _move_down(bins: np.ndarray, column: np.ndarray, y: int, first: int,
 @numba.njit(cache=True)
 def _neighbourhood_row(bins: np.ndarray, column: np.ndarray, y: int, margin: int, side: int,
                        fraction: np.ndarray, window: np.ndarray, below: np.ndarray,
-                       row: np.ndarray) -> None:  # pragma: no cover
-    """Write into ``row`` (2, K, Wt) the centred and plain neighbourhoods' bin frequencies
-    along target row ``y``, from the column counts of that row's windows.
+                       pinned: bool, row: np.ndarray) -> None:  # pragma: no cover
+    """Write into ``row`` (2, K, Wt) the centred (``pinned``: a point mass in the pixel's
+    own bin) and plain neighbourhoods' bin frequencies along target row ``y``, from the
+    column counts of that row's windows.
 
     The centred neighbourhood's cumulative counts are the plain one's read ``centre -
     median`` bins lower (``centre`` the pixel's bin, ``median`` the number of bins whose
@@ -92,6 +93,10 @@ def _neighbourhood_row(bins: np.ndarray, column: np.ndarray, y: int, margin: int
             below[b + 1] = below[b] + window[b]
             median += below[b + 1] <= members // 2
             row[1, b, x] = fraction[window[b]]
+        if pinned:
+            for b in range(k):
+                row[0, b, x] = np.float32(b == bins[y + margin, x + margin])
+            continue
         shift = median + 1 - bins[y + margin, x + margin]
         previous = 0
         for b in range(k):
@@ -132,11 +137,12 @@ def _error_row(value: np.ndarray, error: np.ndarray, y: int, margin: int, edges:
 
 @numba.njit(parallel=True, cache=True)
 def histograms(bins: np.ndarray, radii: np.ndarray, margin: int, value: np.ndarray,
-               error: np.ndarray, edges: np.ndarray, dry: bool,
+               error: np.ndarray, edges: np.ndarray, dry: bool, pinned: bool,
                out: np.ndarray) -> None:  # pragma: no cover
-    """Write into ``out`` (N, C, K, Ht, Wt) float32 the bin frequencies of the centred and
-    plain neighbourhoods of half-width ``radii[n]`` (pixels, at most ``margin``) and, with
-    C = 3, of the error ensemble.
+    """Write into ``out`` (N, C, K, Ht, Wt) float32 the bin frequencies of the centred
+    (``pinned``: a point mass in the pixel's own bin) and plain neighbourhoods of
+    half-width ``radii[n]`` (pixels, at most ``margin``) and, with C = 3, of the error
+    ensemble.
 
     Args:
         bins: (N, Ht + 2 margin, Wt + 2 margin) bin index of each pixel's rate, in [0, K).
@@ -150,7 +156,8 @@ def histograms(bins: np.ndarray, radii: np.ndarray, margin: int, value: np.ndarr
         fraction, column, window, below, row, error_row = _lead_state(bins[i], first, side,
                                                                       k, wt)
         for y in range(out.shape[3]):
-            _neighbourhood_row(bins[i], column, y, margin, side, fraction, window, below, row)
+            _neighbourhood_row(bins[i], column, y, margin, side, fraction, window, below, pinned,
+                               row)
             out[i, 0, :, y, :] = row[0]
             out[i, 1, :, y, :] = row[1]
             if out.shape[1] == 3:
@@ -172,12 +179,14 @@ def _neighbourhoods_into(window: np.ndarray, members: int, centre: int, centred:
     without its cumulative counts."""
     k, cumulative, median = len(out), 0, len(out) - 1
     for b in range(k):
+        out[b] = floor + plain * window[b]
+    if centred == 0:  # a pinned prior's
+        return
+    for b in range(k):
         cumulative += window[b]
         if cumulative > members // 2:
             median = b
             break
-    for b in range(k):
-        out[b] = floor + plain * window[b]
     move = centre - median
     for b in range(k):
         out[min(max(b + move, 0), k - 1)] += centred * window[b]
@@ -219,6 +228,21 @@ def _add_error_members(value: np.ndarray, error: np.ndarray, known: np.ndarray, 
 
 
 @numba.njit(cache=True)
+def _pin_median(pixel: np.ndarray, own: int, margin: float,
+                floor: np.float32) -> None:  # pragma: no cover
+    """Pin the median of the bin probabilities ``pixel`` (K,) to bin ``own`` and add
+    ``floor``: :func:`metnet.models.prior.pin_median`, the cumulative probability below
+    ``own`` capped at ``1/2 - margin``, at and above it raised to ``1/2 + margin``."""
+    low, high = np.float32(0.5 - margin), np.float32(0.5 + margin)
+    cumulative, previous = np.float32(0), np.float32(0)
+    for b in range(len(pixel)):
+        cumulative += pixel[b]
+        pinned = min(cumulative, low) if b < own else max(cumulative, high)
+        pixel[b] = pinned - previous + floor
+        previous = pinned
+
+
+@numba.njit(cache=True)
 def _plane_bins(planes: np.ndarray, edges: np.ndarray, dry: bool) -> np.ndarray:  # pragma: no cover
     """Bin index (H, W) of each pixel of one lead's planes (Cl, H, W) (channel 0 the value in
     the input transform, channel 1 where it is known; unknown or negative counts as no
@@ -240,13 +264,15 @@ def _plane_bins(planes: np.ndarray, edges: np.ndarray, dry: bool) -> np.ndarray:
 
 @numba.njit(parallel=True, cache=True)
 def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: int,
-            edges: np.ndarray, dry: bool, weights: np.ndarray, floor: float,
+            edges: np.ndarray, dry: bool, weights: np.ndarray, floor: float, pin: float,
             out: np.ndarray) -> None:  # pragma: no cover
     """Write into ``out`` (N, Ht, Wt, K) float32, the bins last, ``sum_c weights[:, c] *
     histogram_c + floor``, the histograms those of :func:`histograms` (C =
     ``weights.shape[1]``, weights (N, C, Ht, Wt) float32), each pixel's made in turn from a
     sliding window's counts and never kept. (Its log is left to torch, whose vectorised log
-    is several times faster than a scalar one.)
+    is several times faster than a scalar one.) With ``pin >= 0`` the prior is pinned
+    (``weights[:, 0]`` 0): the sum's median is pinned to the pixel's own bin by the
+    margin ``pin`` (:func:`_pin_median`) before the floor is added.
 
     Args:
         planes: (N, Cl, Ht + 2 margin, Wt + 2 margin) float32 per-lead inputs, read in place
@@ -259,6 +285,8 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: i
     """
     n, ht, wt, k = out.shape
     floor32 = np.float32(floor)
+    pinned = pin >= 0
+    base = np.float32(0) if pinned else floor32  # pinned: the floor comes after the pin
     for j in numba.prange(n):
         # leads taken from both ends in turn: each thread's contiguous share of them mixes
         # short and long ones, whose costs differ
@@ -282,13 +310,15 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: i
                 pixel, w = out[i, y, x], weights[i, :, y, x]
                 centre = bins[y + margin, x + margin]
                 if window[0] == members:  # all dry (the pixel too): both all in bin 0
-                    pixel[:] = floor32
+                    pixel[:] = base
                     pixel[0] += w[0] + w[1]
                 else:
                     _neighbourhoods_into(window, members, centre, w[0] * share,
-                                         w[1] * share, floor32, pixel)
+                                         w[1] * share, base, pixel)
                 if len(w) == 3:
                     _add_error_members(value, error, known, y + margin, x + margin, centre,
                                        edges, dry, w[2], pixel)
+                if pinned:
+                    _pin_median(pixel, centre, pin, floor32)
             if y + 1 < ht:
                 _move_down(bins, column, y, first, side)
