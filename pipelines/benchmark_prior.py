@@ -10,11 +10,10 @@ For the test init times of a store, prints per lead time the CRPS (mm/h) of:
 * ``prior``: what an untrained network with ``prior: true`` and ``dry_bin: true``
   forecasts, the even mixture of that histogram and the histogram recentred on the pixel's
   own extrapolated rate (:class:`metnet.models.prior.ExtrapolationPrior`);
-* ``prior+error``: the same with ``prior_error: true``, the error ensemble of the last
-  step's extrapolation error mixed in;
+* ``prior+error``: the same with ``prior_error: true`` (the shipped configurations), the
+  error ensemble of the last step's extrapolation error mixed in;
 * ``pinned``: the plain neighbourhood and the error ensemble mixed, with the mixture's
-  median pinned to the pixel's own extrapolated bin (``prior_pinned: true``, the shipped
-  configurations);
+  median pinned to the pixel's own extrapolated bin (``prior_pinned: true``);
 
 and CSI at 1 mm/h of the priors (decided at P = 0.5) next to extrapolation's.
 

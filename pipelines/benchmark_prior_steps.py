@@ -20,6 +20,10 @@ extrapolation's and the observed one (``--steps``); and the CRPS and CSI at 1 mm
   centred one with a share W of them, mixed, then the mixture's median pinned to the
   pixel's own extrapolated bin (``pin=0``: the untrained prior with ``prior_pinned``),
   with the neighbourhood's half-width ``floor(A + B * lead)`` if given.
+* ``cap=W``: the same mixture with only its lower half pinned: the cumulative probability
+  below the pixel's own bin capped just under 1/2, so that P >= 0.5 wherever extrapolation
+  says rain above a bin edge, and higher rates than the pixel's left where the mixture
+  puts them.
 
     python pipelines/benchmark_prior_steps.py outputs/stores/mch.zarr 2016-07-11T22:50 \\
         2016-07-11T23:00 --steps
@@ -70,6 +74,15 @@ def variant(field: np.ndarray, error: np.ndarray, name: str, value: str) -> torc
         share = weight * torch.tensor([min(1.0, 5 / lead) ** power for lead in LEADS])
         share = share[:, None, None, None]
         return share * ensemble + (1 - share) / 2 * (centred + plain)
+    if name == "cap":
+        centred, plain, ensemble = histograms(field, radius, error).unbind(1)
+        share = 0.5 * torch.tensor([min(1.0, 5 / lead) for lead in LEADS])[:, None, None, None]
+        mixture = share * ensemble + (1 - share) * torch.lerp(plain, centred, float(value))
+        own = histograms(field, (0.0, 0.0))[:, 1]
+        cumulative = mixture.cumsum(1)
+        below = own.cumsum(1) < 0.5
+        cumulative = torch.where(below, cumulative.clamp(max=0.499), cumulative)
+        return torch.diff(cumulative, dim=1, prepend=torch.zeros_like(cumulative[:, :1]))
     if name == "pin":
         centred, plain, ensemble = histograms(field, radius, error).unbind(1)
         share = 0.5 * torch.tensor([min(1.0, 5 / lead) for lead in LEADS])[:, None, None, None]

@@ -430,6 +430,31 @@ def test_an_untrained_prior_network_forecasts_the_probabilistic_extrapolation(
                lead_channels=2, prior=True, max_lead_minutes=60, lead_step_minutes=5)
 
 
+@pytest.mark.parametrize("half_resolution", [False, True])
+def test_an_untrained_pinned_prior_network_decides_as_extrapolation(
+        half_resolution: bool) -> None:
+    """With ``prior_pinned`` (no mixture logits without the error ensemble), the untrained
+    network says P(R > t) > 0.5 exactly where the extrapolated rate is above t, for
+    thresholds at bin edges, and learns."""
+    torch.manual_seed(0)
+    net = MetNet(input_channels=2, context_frames=4, input_size=48, target_size=16,
+                 pack_factor=1, lstm_hidden=16, downsampler_channels=(8, 16), heads=2,
+                 max_lead_minutes=30, lead_step_minutes=5, lead_channels=2, prior=True,
+                 prior_pinned=True, dry_bin=True, half_resolution=half_resolution)
+    assert net.head.prior.mix_planes == 0
+    gen = torch.Generator().manual_seed(1)
+    rate = torch.rand(1, 3, 48, 48, generator=gen) ** 3 * 20
+    rate[..., :24] = 0.0
+    planes = torch.stack([torch.log1p(rate) / 4.0, torch.ones_like(rate)], dim=2)
+    logits = net(torch.randn(1, 4, 2, 48, 48), LEADS, planes)
+    dist = RainRateDistribution(logits.float(), torch.tensor(net.bin_edges), dim=2)
+    own = rate[:, :, 16:32, 16:32]
+    for t in (0.1, 1.0, 4.0):
+        assert torch.equal(dist.exceedance(t) > 0.5, own > t)
+    masked_cross_entropy(logits, own * 1.5, torch.tensor(net.bin_edges), dim=2).backward()
+    assert net.head.logits.weight.grad.abs().sum() > 0
+
+
 def _augmented_pair(store: Path, cache: Path) -> tuple[NowcastDataModule, NowcastDataModule]:
     """The same training samples, as they are and under random symmetries of the square."""
     settings = dict(KW, motion_inputs=True, motion_velocity=True, motion_error=True,
