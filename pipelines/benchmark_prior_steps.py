@@ -43,7 +43,7 @@ from metnet.data.motion import extrapolation_error
 from metnet.distribution import RainRateDistribution, compact_bins
 from metnet.forecast import complete_init_times, read_context, read_observations
 from metnet.io.store import open_store
-from metnet.models.prior import RADIUS, ExtrapolationPrior, pin_median
+from metnet.models.prior import PIN_MARGIN, RADIUS, ExtrapolationPrior, pin_median
 from metnet.nowcasts import steps
 from metnet.nowcasts.extrapolation import forecast, motion_field
 from metnet.verification import ensemble_crps
@@ -81,7 +81,7 @@ def variant(field: np.ndarray, error: np.ndarray, name: str, value: str) -> torc
         own = histograms(field, (0.0, 0.0))[:, 1]
         cumulative = mixture.cumsum(1)
         below = own.cumsum(1) < 0.5
-        cumulative = torch.where(below, cumulative.clamp(max=0.499), cumulative)
+        cumulative = torch.where(below, cumulative.clamp(max=0.5 - PIN_MARGIN), cumulative)
         return torch.diff(cumulative, dim=1, prepend=torch.zeros_like(cumulative[:, :1]))
     if name == "pin":
         centred, plain, ensemble = histograms(field, radius, error).unbind(1)

@@ -44,7 +44,20 @@ def prior_module(revision: str, folder: Path) -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("former_prior", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if "pinned" not in module.ExtrapolationPrior.__init__.__code__.co_varnames:
+        module.prior_kernel = _kernels_before_pinned
     return module
+
+
+def _kernels_before_pinned() -> types.SimpleNamespace:
+    """This checkout's CPU kernels as revisions before ``prior_pinned`` call them: the
+    histograms without the ``pinned`` argument before their output."""
+    from metnet.models import prior_kernel as kernels
+
+    def histograms(*args: object) -> None:
+        kernels.histograms(*args[:-1], False, args[-1])
+
+    return types.SimpleNamespace(histograms=histograms)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from metnet.distribution import (
 from metnet.io.store import append_frames, make_dataset, open_store, write_store
 from metnet.models import MetNet
 from metnet.models.lead_inputs import LeadInputEncoder, vector_channels
-from metnet.models.prior import ExtrapolationPrior
+from metnet.models.prior import FLOOR, ExtrapolationPrior
 from metnet.nowcasts import extrapolation
 from metnet.transforms import input_to_rate
 
@@ -299,6 +299,7 @@ def test_the_prior_without_gradients_is_its_mixture_of_histograms(error: bool, d
         fused = prior.logits(mix, planes, leads)
     if pinned:  # bins made as differences of cumulative sums: float32 rounding of ~1e-7
         torch.testing.assert_close(fused.exp(), expected.exp(), rtol=0, atol=1e-6)
+        assert fused.exp().min() >= 0.99 * FLOOR  # the floor comes after the pin
     else:
         torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
     assert fused.permute(0, 2, 3, 1).is_contiguous()
@@ -442,6 +443,8 @@ def test_an_untrained_pinned_prior_network_decides_as_extrapolation(
                  max_lead_minutes=30, lead_step_minutes=5, lead_channels=2, prior=True,
                  prior_pinned=True, dry_bin=True, half_resolution=half_resolution)
     assert net.head.prior.mix_planes == 0
+    with pytest.raises(ValueError, match="prior_pinned needs prior"):
+        MetNet(input_channels=2, prior_pinned=True)
     gen = torch.Generator().manual_seed(1)
     rate = torch.rand(1, 3, 48, 48, generator=gen) ** 3 * 20
     rate[..., :24] = 0.0

@@ -98,8 +98,9 @@ class Head(nn.Module):
 
     With a ``prior`` (:class:`~metnet.models.prior.ExtrapolationPrior`), the logits are the
     prior's, computed from the per-lead inputs, plus the head's own as a correction, and
-    the head's last conv also gives the prior's mixture logits; that conv starts at zero, so
-    an untrained head forecasts the prior.
+    the head's last conv also gives the prior's mixture logits (its ``mix_planes``, none for
+    a pinned prior without the error ensemble); that conv starts at zero, so an untrained
+    head forecasts the prior.
 
     Args:
         dim: latent channels C.

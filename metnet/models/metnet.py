@@ -172,6 +172,8 @@ class MetNet(nn.Module):
             raise ValueError(
                 "prior_error needs prior: true and the data's motion_error (the per-lead "
                 f"channel extrapolation_error), got prior={prior}, lead_channels={lead_channels}")
+        if prior_pinned and not prior:
+            raise ValueError("prior_pinned needs prior: true")
         if max_lead_minutes % lead_step_minutes:
             raise ValueError("max_lead_minutes must be a multiple of lead_step_minutes")
         self.input_channels = input_channels

@@ -131,9 +131,10 @@ class ExtrapolationPrior(nn.Module):
     def forward(self, mix: Tensor, histograms: Tensor, lead_minutes: Tensor) -> Tensor:
         """Prior logits (N, K, Ht, Wt), float32, ``log(mixture + FLOOR)`` (pinned:
         ``log(pinned mixture + FLOOR)``), differentiable in ``mix``: the
-        :attr:`mix_planes` mixture logits (N, M, Ht, Wt) of the centred (and error)
-        ensembles against the plain neighbourhood, whose histograms (N, C, K, Ht, Wt) are
-        those of :meth:`histograms`; C = :attr:`components`; ``lead_minutes`` (N,)."""
+        :attr:`mix_planes` mixture logits (N, M, Ht, Wt) of the centred (unless pinned) and
+        the error (if any) ensembles against the plain neighbourhood, whose histograms
+        (N, C, K, Ht, Wt) are those of :meth:`histograms`; C = :attr:`components`;
+        ``lead_minutes`` (N,)."""
         weights = self._weights(mix, lead_minutes)[:, :, None]  # (N, C, 1, Ht, Wt)
         parts = histograms.float()
         first = 1 if self.pinned else 0  # a pinned prior's slot 0 pins, not mixed

@@ -2,7 +2,8 @@
 
 :class:`metnet.models.prior.ExtrapolationPrior` builds, for every pixel and lead, the bin
 frequencies of a square neighbourhood, of that neighbourhood moved along the bins onto the
-pixel's own bin, and of the error ensemble, then the log of their mixture. In torch that
+pixel's own bin (pinned: a point mass in that bin, which pins the mixture's median), and
+of the error ensemble, then the log of their mixture. In torch that
 is a dozen passes over 25 planes per lead and three histograms kept for the mixture; here
 a sliding window keeps one histogram per column and one per pixel, so each pixel costs a
 few additions per bin, and all-dry windows are written directly:
@@ -10,7 +11,8 @@ few additions per bin, and all-dry windows are written directly:
 * :func:`histograms`: the histograms, one output row at a time, the same to the bit as
   torch's form (a test), which remains for other devices and for training, where the
   mixture needs gradients;
-* :func:`mixture`: ``mixture + floor`` straight from each pixel's window, never keeping
+* :func:`mixture`: ``mixture + floor`` (pinned: ``pinned mixture + floor``) straight from
+  each pixel's window, never keeping
   the histograms (inference), the bins last in memory as the head adds its corrections:
   torch's result up to float32 rounding."""
 
