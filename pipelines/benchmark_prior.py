@@ -14,8 +14,6 @@ For the test init times of a store, prints per lead time the CRPS (mm/h) of:
   error ensemble of the last step's extrapolation error mixed in;
 * ``pinned``: the plain neighbourhood and the error ensemble mixed, with the mixture's
   median pinned to the pixel's own extrapolated bin (``prior_pinned: true``);
-* ``floored``: ``prior+error`` with its median kept from falling below the pixel's own
-  extrapolated bin (``prior_floored: true``);
 
 and CSI at 1 mm/h of the priors (decided at P = 0.5) next to extrapolation's.
 
@@ -40,11 +38,9 @@ from metnet.nowcasts.extrapolation import motion_field
 from metnet.transforms import rate_to_input
 
 LEADS = (5, 10, 15, 30, 45, 60)
-COLUMNS = ("neighbourhood", "binned", "binned+dry", "prior", "prior+error", "pinned",
-           "floored")
-#: The priors, by their settings.
-PRIORS = {"prior": {}, "prior+error": dict(error=True),
-          "pinned": dict(error=True, pinned=True), "floored": dict(error=True, floored=True)}
+COLUMNS = ("neighbourhood", "binned", "binned+dry", "prior", "prior+error", "pinned")
+#: The priors, by (error ensemble, pinned median).
+PRIORS = {"prior": (False, False), "prior+error": (True, False), "pinned": (True, True)}
 
 
 def prior_histograms(field: np.ndarray, leads: Sequence[int], prior: ExtrapolationPrior,
@@ -70,9 +66,10 @@ def prior_distributions(field: np.ndarray, error: np.ndarray
         histograms = prior_histograms(field, LEADS, prior)  # (L, 2, K, H, W)
         out[name] = RainRateDistribution(histograms[:, 1].clamp_min(1e-12).log(),
                                          prior.edges.double(), dim=1)
-    for name, settings in PRIORS.items():
-        prior = ExtrapolationPrior(compact_bins(dry=True), max(LEADS), **settings)
-        histograms = prior_histograms(field, LEADS, prior, error if prior.error else None)
+    for name, (with_error, pinned) in PRIORS.items():
+        prior = ExtrapolationPrior(compact_bins(dry=True), max(LEADS), error=with_error,
+                                   pinned=pinned)
+        histograms = prior_histograms(field, LEADS, prior, error if with_error else None)
         mix = torch.zeros(len(LEADS), prior.mix_planes, *field.shape[1:])
         out[name] = RainRateDistribution(prior(mix, histograms, torch.tensor(LEADS)),
                                          prior.edges, dim=1)

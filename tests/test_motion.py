@@ -275,17 +275,17 @@ def test_prior_kernels_equal_the_torch_form_to_the_bit(dry: bool, pinned: bool) 
     assert torch.equal(kernels, expected)
 
 
-@pytest.mark.parametrize("median", ["free", "pinned", "floored"])
+@pytest.mark.parametrize("pinned", [False, True])
 @pytest.mark.parametrize("dry", [True, False])
 @pytest.mark.parametrize("error", [True, False])
 def test_the_prior_without_gradients_is_its_mixture_of_histograms(error: bool, dry: bool,
-                                                                  median: str) -> None:
+                                                                  pinned: bool) -> None:
     """Inference on a CPU makes the prior's logits one pixel at a time, the bins last in
     memory: the mixture of the histograms up to float32 rounding (unknown pixels, errors of
-    both signs, with and without a dry bin, its median free, pinned or floored); with
-    gradients, the mixture itself."""
+    both signs, with and without a dry bin, pinned or not); with gradients, the mixture
+    itself."""
     prior = ExtrapolationPrior(compact_bins(dry=dry), max_lead_minutes=60, error=error,
-                               pinned=median == "pinned", floored=median == "floored")
+                               pinned=pinned)
     gen = torch.Generator().manual_seed(5)
     leads = torch.tensor([5.0, 30.0, 60.0])
     shape = (len(leads), 2 * prior.margin + 19, 2 * prior.margin + 26)
@@ -297,7 +297,7 @@ def test_the_prior_without_gradients_is_its_mixture_of_histograms(error: bool, d
     expected = prior(mix, prior.histograms(planes, leads), leads)
     with torch.inference_mode():
         fused = prior.logits(mix, planes, leads)
-    if median != "free":  # bins made as differences of cumulative sums: rounding of ~1e-7
+    if pinned:  # bins made as differences of cumulative sums: float32 rounding of ~1e-7
         torch.testing.assert_close(fused.exp(), expected.exp(), rtol=0, atol=1e-6)
         assert fused.exp().min() >= 0.99 * FLOOR  # the floor comes after the pin
     else:
@@ -307,34 +307,6 @@ def test_the_prior_without_gradients_is_its_mixture_of_histograms(error: bool, d
         trained = mix.clone().requires_grad_()
         prior.logits(trained, planes, leads).sum().backward()
         assert trained.grad is not None and trained.grad.abs().sum() > 0
-
-
-@pytest.mark.parametrize("error", [True, False])
-def test_a_floored_prior_says_rain_where_extrapolation_does_and_is_the_prior_elsewhere(
-        error: bool) -> None:
-    """The floored prior says P(R > t) >= 0.5 wherever extrapolation's bin is above t, at
-    every bin edge t, and is the free prior's mixture in every bin where that already holds
-    or that lies at or above the pixel's own bin."""
-    kwargs = dict(bin_edges=compact_bins(dry=True), max_lead_minutes=60, error=error)
-    floored, free = ExtrapolationPrior(**kwargs, floored=True), ExtrapolationPrior(**kwargs)
-    gen = torch.Generator().manual_seed(7)
-    leads = torch.tensor([5.0, 30.0, 60.0])
-    shape = (len(leads), 2 * free.margin + 20, 2 * free.margin + 20)
-    rate = torch.rand(shape, generator=gen) ** 3 * 40 * (torch.rand(shape, generator=gen) > 0.5)
-    errors = torch.randn(shape, generator=gen) * 0.3
-    planes = torch.stack([torch.log1p(rate) / 4.0, torch.ones_like(rate), errors], dim=1)
-    mix = torch.zeros(len(leads), free.mix_planes, 20, 20)
-    with torch.inference_mode():
-        got = torch.softmax(floored.logits(mix, planes, leads), 1).cumsum(1)
-        before = torch.softmax(free.logits(mix, planes, leads), 1).cumsum(1)
-    m = free.margin
-    own_bin = rain_to_bin(rate[:, m:m + 20, m:m + 20], free.edges)
-    for j in range(1, len(free.edges) - 1):  # P(R > edges[j]) = 1 - cumulative[j - 1]
-        assert (1 - got[:, j - 1])[own_bin >= j].ge(0.5).all()
-    below = torch.arange(len(free.edges) - 1)[None, :, None, None] < own_bin[:, None]
-    kept = ~below | (before < 0.499)
-    assert (~kept).any() and kept.float().mean() > 0.5
-    torch.testing.assert_close(got[kept], before[kept], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("error", [True, False])
@@ -471,7 +443,7 @@ def test_an_untrained_pinned_prior_network_decides_as_extrapolation(
                  max_lead_minutes=30, lead_step_minutes=5, lead_channels=2, prior=True,
                  prior_pinned=True, dry_bin=True, half_resolution=half_resolution)
     assert net.head.prior.mix_planes == 0
-    with pytest.raises(ValueError, match="prior_pinned and prior_floored need prior"):
+    with pytest.raises(ValueError, match="prior_pinned needs prior"):
         MetNet(input_channels=2, prior_pinned=True)
     gen = torch.Generator().manual_seed(1)
     rate = torch.rand(1, 3, 48, 48, generator=gen) ** 3 * 20

@@ -105,9 +105,6 @@ class MetNet(nn.Module):
         prior_pinned: the prior's median pinned to the pixel's own extrapolated bin,
             instead of a neighbourhood recentred there (``pinned`` of
             :class:`~metnet.models.prior.ExtrapolationPrior`).
-        prior_floored: the prior's median kept from falling below the pixel's own
-            extrapolated bin (``floored`` of
-            :class:`~metnet.models.prior.ExtrapolationPrior`).
         position: ``"axial"`` (a learned embedding of each latent row and column: inputs
             of ``input_size`` only) or ``"none"`` (inputs of any size).
         attention_window: attention reach along rows and columns in latent pixels. None:
@@ -149,7 +146,6 @@ class MetNet(nn.Module):
         prior_radius: tuple[float, float] = (1.0, 0.1),
         prior_error: bool = False,
         prior_pinned: bool = False,
-        prior_floored: bool = False,
         position: str = "axial",
         attention_window: int | None = None,
         half_resolution: bool = False,
@@ -176,8 +172,8 @@ class MetNet(nn.Module):
             raise ValueError(
                 "prior_error needs prior: true and the data's motion_error (the per-lead "
                 f"channel extrapolation_error), got prior={prior}, lead_channels={lead_channels}")
-        if (prior_pinned or prior_floored) and not prior:
-            raise ValueError("prior_pinned and prior_floored need prior: true")
+        if prior_pinned and not prior:
+            raise ValueError("prior_pinned needs prior: true")
         if max_lead_minutes % lead_step_minutes:
             raise ValueError("max_lead_minutes must be a multiple of lead_step_minutes")
         self.input_channels = input_channels
@@ -224,8 +220,7 @@ class MetNet(nn.Module):
         self.lead_encoder = (LeadInputEncoder(lead_channels, lstm_hidden, factor, pack=pack)
                              if lead_channels else None)
         extrapolation = (ExtrapolationPrior(self.bin_edges, max_lead_minutes, prior_radius,
-                                            prior_error, prior_pinned, prior_floored)
-                         if prior else None)
+                                            prior_error, prior_pinned) if prior else None)
         self.head = Head(lstm_hidden, len(self.bin_edges) - 1, self.latent_margin, factor,
                          cond_dim,
                          lead_channels=lead_channels, prior=extrapolation,

@@ -44,11 +44,7 @@ that bin is capped just under 1/2 and that at and above it raised just over 1/2,
 ``P(R > t) >= 0.5`` exactly where extrapolation says rain above ``t`` (for thresholds that
 are bin edges), and every quantile that already lies on the right side of the pixel's own
 value stays where the neighbourhood puts it. Its slot of the histograms holds the pixel's
-own bin (a point mass), which pins and is not mixed. A **floored** prior
-(``floored=True``) keeps all three ensembles and pins only the lower half: the cumulative
-probability below the pixel's own bin is capped just under 1/2, so ``P(R > t) >= 0.5``
-wherever extrapolation says rain above ``t``, and rates above the pixel's are left where
-the mixture puts them.
+own bin (a point mass), which pins and is not mixed.
 """
 
 from __future__ import annotations
@@ -103,13 +99,11 @@ class ExtrapolationPrior(nn.Module):
         pinned: pin the median of the mixture of the plain neighbourhood (and the error
             ensemble) to the pixel's own bin, instead of mixing in the centred
             neighbourhood.
-        floored: cap the cumulative probability of the mixture below the pixel's own bin
-            just under 1/2 (the lower half of the pin), keeping the centred neighbourhood.
     """
 
     def __init__(self, bin_edges: Sequence[float], max_lead_minutes: float,
                  radius: tuple[float, float] = RADIUS, error: bool = False,
-                 pinned: bool = False, floored: bool = False) -> None:
+                 pinned: bool = False) -> None:
         super().__init__()
         self.register_buffer("edges", torch.tensor([float(e) for e in bin_edges]),
                              persistent=False)
@@ -120,10 +114,7 @@ class ExtrapolationPrior(nn.Module):
         self.radius = tuple(float(v) for v in radius)
         self.margin = max(neighbourhood_radius(max_lead_minutes, self.radius), 1 if error else 0)
         self.error = error
-        if pinned and floored:
-            raise ValueError("a prior is pinned or floored, not both")
         self.pinned = pinned
-        self.floored = floored
 
     @property
     def components(self) -> int:
@@ -150,8 +141,8 @@ class ExtrapolationPrior(nn.Module):
         mixture = parts[:, first] * weights[:, first]  # a sum of products: no (N, C, K) copy
         for c in range(first + 1, self.components):
             mixture = mixture.addcmul_(parts[:, c], weights[:, c])
-        if self.pinned or self.floored:  # slot 0's median bin is the pixel's own
-            mixture = pin_median(mixture, parts[:, 0], both_sides=self.pinned)
+        if self.pinned:
+            mixture = pin_median(mixture, parts[:, 0])
         return torch.log(mixture.add_(FLOOR))
 
     def logits(self, mix: Tensor, planes: Tensor, lead_minutes: Tensor) -> Tensor:
@@ -168,8 +159,7 @@ class ExtrapolationPrior(nn.Module):
         prior_kernel().mixture(planes.float().numpy(), ERROR_CHANNEL if self.error else -1,
                                np.asarray(radii), self.margin, self.input_edges.float().numpy(),
                                self.dry, weights.numpy(), FLOOR,
-                               PIN_MARGIN if self.pinned or self.floored else -1.0,
-                               self.pinned, out.numpy())
+                               PIN_MARGIN if self.pinned else -1.0, out.numpy())
         return out.log_().permute(0, 3, 1, 2)
 
     def _radii(self, lead_minutes: Tensor) -> list[int]:
@@ -288,16 +278,15 @@ class ExtrapolationPrior(nn.Module):
             out.index_put_((where[0], bins, *where[1:]), share, accumulate=True)
 
 
-def pin_median(probs: Tensor, reference: Tensor, both_sides: bool = True) -> Tensor:
+def pin_median(probs: Tensor, own: Tensor) -> Tensor:
     """Bin probabilities (N, K, H, W) moved the least (quantile by quantile) to have their
-    median in the median bin of ``reference`` (N, K, H, W) (a point mass, or the centred
-    neighbourhood): the cumulative probability below that bin capped at ``1/2 -
-    PIN_MARGIN`` and, ``both_sides``, at and above it raised to ``1/2 + PIN_MARGIN``
-    (else the median is only kept from falling below it). Differentiable in ``probs``."""
+    median in the bin where ``own`` (N, K, H, W), a point mass, is: the cumulative
+    probability below that bin capped at ``1/2 - PIN_MARGIN``, at and above it raised to
+    ``1/2 + PIN_MARGIN``. Differentiable in ``probs``."""
     cumulative = probs.cumsum(1)
-    from_own = reference.cumsum(1) > 0.5
-    above = cumulative.clamp(min=0.5 + PIN_MARGIN) if both_sides else cumulative
-    cumulative = torch.where(from_own, above, cumulative.clamp(max=0.5 - PIN_MARGIN))
+    from_own = own.cumsum(1) > 0.5
+    cumulative = torch.where(from_own, cumulative.clamp(min=0.5 + PIN_MARGIN),
+                             cumulative.clamp(max=0.5 - PIN_MARGIN))
     return torch.diff(cumulative, dim=1, prepend=torch.zeros_like(cumulative[:, :1]))
 
 

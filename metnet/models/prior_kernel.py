@@ -230,20 +230,16 @@ def _add_error_members(value: np.ndarray, error: np.ndarray, known: np.ndarray, 
 
 
 @numba.njit(cache=True)
-def _pin_median(pixel: np.ndarray, own: int, margin: float, both_sides: bool,
+def _pin_median(pixel: np.ndarray, own: int, margin: float,
                 floor: np.float32) -> None:  # pragma: no cover
     """Pin the median of the bin probabilities ``pixel`` (K,) to bin ``own`` and add
     ``floor``: :func:`metnet.models.prior.pin_median`, the cumulative probability below
-    ``own`` capped at ``1/2 - margin`` and, ``both_sides``, at and above it raised to
-    ``1/2 + margin``."""
+    ``own`` capped at ``1/2 - margin``, at and above it raised to ``1/2 + margin``."""
     low, high = np.float32(0.5 - margin), np.float32(0.5 + margin)
     cumulative, previous = np.float32(0), np.float32(0)
     for b in range(len(pixel)):
         cumulative += pixel[b]
-        if b < own:
-            pinned = min(cumulative, low)
-        else:
-            pinned = max(cumulative, high) if both_sides else cumulative
+        pinned = min(cumulative, low) if b < own else max(cumulative, high)
         pixel[b] = pinned - previous + floor
         previous = pinned
 
@@ -271,15 +267,14 @@ def _plane_bins(planes: np.ndarray, edges: np.ndarray, dry: bool) -> np.ndarray:
 @numba.njit(parallel=True, cache=True)
 def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: int,
             edges: np.ndarray, dry: bool, weights: np.ndarray, floor: float, pin: float,
-            pin_both_sides: bool, out: np.ndarray) -> None:  # pragma: no cover
+            out: np.ndarray) -> None:  # pragma: no cover
     """Write into ``out`` (N, Ht, Wt, K) float32, the bins last, ``sum_c weights[:, c] *
     histogram_c + floor``, the histograms those of :func:`histograms` (C =
     ``weights.shape[1]``, weights (N, C, Ht, Wt) float32), each pixel's made in turn from a
     sliding window's counts and never kept. (Its log is left to torch, whose vectorised log
-    is several times faster than a scalar one.) With ``pin >= 0`` the sum's median is
-    pinned to the pixel's own bin by the margin ``pin`` (:func:`_pin_median`; only kept
-    from falling below it unless ``pin_both_sides``) before the floor is added; a pinned
-    prior's ``weights[:, 0]`` are 0.
+    is several times faster than a scalar one.) With ``pin >= 0`` the prior is pinned
+    (``weights[:, 0]`` 0): the sum's median is pinned to the pixel's own bin by the
+    margin ``pin`` (:func:`_pin_median`) before the floor is added.
 
     Args:
         planes: (N, Cl, Ht + 2 margin, Wt + 2 margin) float32 per-lead inputs, read in place
@@ -326,6 +321,6 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: i
                     _add_error_members(value, error, known, y + margin, x + margin, centre,
                                        edges, dry, w[2], pixel)
                 if pinned:
-                    _pin_median(pixel, centre, pin, pin_both_sides, floor32)
+                    _pin_median(pixel, centre, pin, floor32)
             if y + 1 < ht:
                 _move_down(bins, column, y, first, side)
