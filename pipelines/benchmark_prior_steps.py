@@ -74,21 +74,17 @@ def variant(field: np.ndarray, error: np.ndarray, name: str, value: str) -> torc
         share = weight * torch.tensor([min(1.0, 5 / lead) ** power for lead in LEADS])
         share = share[:, None, None, None]
         return share * ensemble + (1 - share) / 2 * (centred + plain)
-    if name == "cap":
+    if name in ("pin", "cap"):
         centred, plain, ensemble = histograms(field, radius, error).unbind(1)
         share = 0.5 * torch.tensor([min(1.0, 5 / lead) for lead in LEADS])[:, None, None, None]
         mixture = share * ensemble + (1 - share) * torch.lerp(plain, centred, float(value))
-        own = histograms(field, (0.0, 0.0))[:, 1]
-        cumulative = mixture.cumsum(1)
+        own = histograms(field, (0.0, 0.0))[:, 1]  # radius 0: the pixel's own bin
+        if name == "pin":
+            return pin_median(mixture, own)
+        cumulative = mixture.cumsum(1)  # cap: the lower half of pin_median
         below = own.cumsum(1) < 0.5
         cumulative = torch.where(below, cumulative.clamp(max=0.5 - PIN_MARGIN), cumulative)
         return torch.diff(cumulative, dim=1, prepend=torch.zeros_like(cumulative[:, :1]))
-    if name == "pin":
-        centred, plain, ensemble = histograms(field, radius, error).unbind(1)
-        share = 0.5 * torch.tensor([min(1.0, 5 / lead) for lead in LEADS])[:, None, None, None]
-        neighbourhoods = torch.lerp(plain, centred, float(value))
-        own = histograms(field, (0.0, 0.0))[:, 1]  # radius 0: the pixel's own bin
-        return pin_median(share * ensemble + (1 - share) * neighbourhoods, own)
     centred, plain = histograms(field, radius).unbind(1)
     weight = float(value) if name == "weight" else 0.5
     probs = torch.lerp(plain, centred, weight)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from pysteps import motion, nowcasts
 from pysteps.utils import transformation
-from torch import nn
+from torch import Tensor, nn
 
 from metnet.data import motion as motion_module
 from metnet.data.augment import FLIP_COLS, FLIP_ROWS, TRANSPOSE, transform
@@ -275,6 +275,19 @@ def test_prior_kernels_equal_the_torch_form_to_the_bit(dry: bool, pinned: bool) 
     assert torch.equal(kernels, expected)
 
 
+def _random_planes(prior: ExtrapolationPrior, leads: Tensor, size: tuple[int, int], seed: int,
+                   wet: float, unknown: float, error_scale: float) -> tuple[Tensor, Tensor]:
+    """Random rain rates (N, H, W) mm/h over a ``size`` target plus the prior's margin, a
+    fraction ``wet`` of the pixels wet and ``unknown`` unknown, and the per-lead planes
+    (N, 3, H, W) made of them with Gaussian errors of ``error_scale``."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (len(leads), 2 * prior.margin + size[0], 2 * prior.margin + size[1])
+    rate = torch.rand(shape, generator=gen) ** 3 * 40 * (torch.rand(shape, generator=gen) < wet)
+    known = (torch.rand(shape, generator=gen) >= unknown).float()
+    errors = torch.randn(shape, generator=gen) * error_scale
+    return rate, torch.stack([torch.log1p(rate) / 4.0, known, errors], dim=1)
+
+
 @pytest.mark.parametrize("pinned", [False, True])
 @pytest.mark.parametrize("dry", [True, False])
 @pytest.mark.parametrize("error", [True, False])
@@ -286,14 +299,11 @@ def test_the_prior_without_gradients_is_its_mixture_of_histograms(error: bool, d
     itself."""
     prior = ExtrapolationPrior(compact_bins(dry=dry), max_lead_minutes=60, error=error,
                                pinned=pinned)
-    gen = torch.Generator().manual_seed(5)
     leads = torch.tensor([5.0, 30.0, 60.0])
-    shape = (len(leads), 2 * prior.margin + 19, 2 * prior.margin + 26)
-    rate = torch.rand(shape, generator=gen) ** 3 * 40 * (torch.rand(shape, generator=gen) > 0.6)
-    known = (torch.rand(shape, generator=gen) > 0.05).float()
-    errors = torch.randn(shape, generator=gen) * 0.5
-    planes = torch.stack([torch.log1p(rate) / 4.0, known, errors], dim=1)
-    mix = torch.randn(len(leads), prior.mix_planes, 19, 26, generator=gen)
+    _, planes = _random_planes(prior, leads, (19, 26), seed=5, wet=0.4, unknown=0.05,
+                               error_scale=0.5)
+    mix = torch.randn(len(leads), prior.mix_planes, 19, 26,
+                      generator=torch.Generator().manual_seed(5))
     expected = prior(mix, prior.histograms(planes, leads), leads)
     with torch.inference_mode():
         fused = prior.logits(mix, planes, leads)
@@ -318,12 +328,9 @@ def test_a_pinned_prior_decides_as_extrapolation_and_keeps_the_neighbourhood_els
     the plain neighbourhood's, or the neighbourhood and the error ensemble's)."""
     prior = ExtrapolationPrior(compact_bins(dry=True), max_lead_minutes=60, error=error,
                                pinned=True)
-    gen = torch.Generator().manual_seed(6)
     leads = torch.tensor([5.0, 30.0, 60.0])
-    shape = (len(leads), 2 * prior.margin + 20, 2 * prior.margin + 20)
-    rate = torch.rand(shape, generator=gen) ** 3 * 40 * (torch.rand(shape, generator=gen) > 0.5)
-    errors = torch.randn(shape, generator=gen) * 0.3
-    planes = torch.stack([torch.log1p(rate) / 4.0, torch.ones_like(rate), errors], dim=1)
+    rate, planes = _random_planes(prior, leads, (20, 20), seed=6, wet=0.5, unknown=0.0,
+                                  error_scale=0.3)
     with torch.inference_mode():
         logits = prior.logits(torch.zeros(len(leads), prior.mix_planes, 20, 20), planes, leads)
     dist = RainRateDistribution(logits, prior.edges, dim=1)
