@@ -17,6 +17,20 @@ def space_to_depth(x: Tensor, factor: int) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def packed_conv(weight: Tensor, bias: Tensor | None, x: Tensor, pack: int) -> Tensor:
+    """The convolution (``weight`` (O, C pack^2, k, k), odd k, stride 1, padding k // 2) of
+    ``space_to_depth(x, pack)``, without the packed copy: one convolution of x (N, C, H, W)
+    by the kernel rearranged to (pack k) x (pack k) at stride ``pack``, each packed tap
+    becoming the pack x pack input pixels it held. (N, O, H / pack, W / pack), the same up
+    to rounding; on a CPU the packing cost more than the convolution."""
+    out_channels, packed, k, _ = weight.shape
+    if pack == 1:
+        return F.conv2d(x, weight, bias, padding=k // 2)
+    kernel = (weight.view(out_channels, packed // pack**2, pack, pack, k, k)
+              .permute(0, 1, 4, 2, 5, 3).reshape(out_channels, -1, k * pack, k * pack))
+    return F.conv2d(x, kernel, bias, stride=pack, padding=(k // 2) * pack)
+
+
 def _conv(c_in: int, c_out: int) -> nn.Sequential:
     """3x3 conv + ReLU, He-initialised so the signal keeps its scale through the stack."""
     conv = nn.Conv2d(c_in, c_out, 3, padding=1)

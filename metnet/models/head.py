@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metnet.models.conditioning import FiLM, modulate
-from metnet.models.downsampler import space_to_depth
+from metnet.models.downsampler import packed_conv
 from metnet.models.prior import ExtrapolationPrior
 
 
@@ -155,15 +155,15 @@ class Head(nn.Module):
             nn.init.zeros_(self.logits.bias)
 
     def _fuse(self, features: Tensor, planes: Tensor) -> Tensor:
-        """The fuse convolution of features (N, c, H, W) joined with per-lead planes
-        (N, Cl, H, W), as the sum of its two parts: the same result (up to rounding in low
-        precision) without the joined copy, and oneDNN is slow on odd channel counts (one
-        third of the time on a CPU)."""
+        """The fuse convolution of features (N, c, H / p, W / p) joined with per-lead planes
+        (N, Cl, H, W) packed p x p (p = :attr:`pack`), as the sum of its two parts: the
+        same result (up to rounding) without the joined copy (oneDNN is slow on odd channel
+        counts: a third of the time on a CPU), the planes' part convolving them unpacked
+        (:func:`~metnet.models.downsampler.packed_conv`)."""
         conv, c = self.fuse[0], features.shape[1]
         out = F.conv2d(features, conv.weight[:, :c], conv.bias, conv.stride, conv.padding,
                        conv.dilation)
-        return self.fuse[1](out.add_(F.conv2d(planes, conv.weight[:, c:], None, conv.stride,
-                                              conv.padding, conv.dilation)))
+        return self.fuse[1](out.add_(packed_conv(conv.weight[:, c:], None, planes, self.pack)))
 
     @property
     def margin(self) -> int:
@@ -171,8 +171,7 @@ class Head(nn.Module):
         return self.prior.margin if self.prior is not None else 0
 
     def forward(self, z: Tensor, cond: Tensor | None = None, lead_inputs: Tensor | None = None,
-                lead_minutes: Tensor | None = None, histograms: Tensor | None = None,
-                packed_inputs: Tensor | None = None) -> Tensor:
+                lead_minutes: Tensor | None = None, histograms: Tensor | None = None) -> Tensor:
         """Logits (N, K, ht * factor, wt * factor), (ht, wt) the latent less its margins;
         without gradients, the bins last in memory (a permuted (N, Ht, Wt, K) tensor).
 
@@ -184,21 +183,15 @@ class Head(nn.Module):
             lead_minutes: (N,) lead times, with a prior.
             histograms: (N, C, K, Ht, Wt) the prior's histograms when already computed
                 (:meth:`~metnet.models.prior.ExtrapolationPrior.histograms`), or None.
-            packed_inputs: (N, Cl p^2, Ht / p, Wt / p) the per-lead inputs over the target
-                packed p x p (:func:`~metnet.models.downsampler.space_to_depth`, p =
-                :attr:`pack`) when already packed, or None (packed here).
         """
         (top, left), (h, w) = self.context_margin, z.shape[1:3]
         z = self.norm(z[:, top : h - top, left : w - left])
         z = modulate(z, self.film(cond)[0] if self.film is not None else None)
         features = self.upsample(z.permute(0, 3, 1, 2))
         if self.fuse is not None:
-            if packed_inputs is None:
-                m = self.margin
-                inner = lead_inputs[..., m:lead_inputs.shape[-2] - m,
-                                    m:lead_inputs.shape[-1] - m]
-                packed_inputs = space_to_depth(inner, self.pack)
-            features = self._fuse(features, packed_inputs.to(features.dtype))
+            m = self.margin
+            inner = lead_inputs[..., m:lead_inputs.shape[-2] - m, m:lead_inputs.shape[-1] - m]
+            features = self._fuse(features, inner.to(features.dtype))
         weight, bias, p = self.logits.weight.flatten(1), self.logits.bias, self.pack
         if self.prior is None:
             return _unblocked(_block_logits(weight, bias, features, p))

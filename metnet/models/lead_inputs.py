@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metnet.models.downsampler import space_to_depth
+from metnet.models.downsampler import packed_conv
 
 
 def lead_channel_names(velocity: bool = False, error: bool = False) -> list[str]:
@@ -52,8 +52,9 @@ class LeadInputEncoder(nn.Module):
     survive), then a 1x1 projection to the latent width. The projection starts at zero, so
     a freshly built network with lead inputs computes what one without them does.
 
-    With ``pack`` > 1 the planes are first packed ``pack`` x ``pack`` into channels
-    (space-to-depth), so the 3x3 conv runs at 1 / ``pack`` of the input resolution.
+    With ``pack`` > 1 the 3x3 conv reads the planes packed ``pack`` x ``pack`` into
+    channels (space-to-depth, made by :func:`~metnet.models.downsampler.packed_conv`), so
+    it runs at 1 / ``pack`` of the input resolution.
 
     Args:
         channels: per-lead input channels Cl.
@@ -79,16 +80,11 @@ class LeadInputEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, Cl, H, W) -> channels-last (N, H / factor, W / factor, C)."""
-        return self.encode_packed(space_to_depth(x, self.pack))
-
-    def encode_packed(self, packed: Tensor) -> Tensor:
-        """:meth:`forward` of planes already packed ``pack`` x ``pack`` into channels
-        (:func:`~metnet.models.downsampler.space_to_depth`), (N, Cl pack^2, H / pack,
-        W / pack) -> (N, H / factor, W / factor, C): a network packs them once for this
-        encoder and its head."""
+        conv = self.stem[0]
+        stem = self.stem[1](packed_conv(conv.weight, conv.bias, x, self.pack))
         # space-to-depth, then the 1x1 projection, as one strided convolution with the same
         # weights: no copy that rearranges the planes (half the time)
         weight = self.project.weight
         kernel = weight.view(weight.shape[0], -1, self.stride, self.stride)
-        out = F.conv2d(self.stem(packed), kernel, self.project.bias, stride=self.stride)
+        out = F.conv2d(stem, kernel, self.project.bias, stride=self.stride)
         return out.permute(0, 2, 3, 1)

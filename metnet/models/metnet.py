@@ -13,7 +13,7 @@ from metnet.models.attention import AxialPositionalEmbedding
 from metnet.models.blocks import ATTENTION_KINDS, AttentionBlock
 from metnet.models.conditioning import LeadTimeEmbedding, one_hot_lead_planes
 from metnet.models.convlstm import ConvLSTM
-from metnet.models.downsampler import Downsampler, space_to_depth
+from metnet.models.downsampler import Downsampler
 from metnet.models.head import Head
 from metnet.models.lead_inputs import LeadInputEncoder, lead_layout
 from metnet.models.prior import ExtrapolationPrior
@@ -293,17 +293,13 @@ class MetNet(nn.Module):
         z = latent.permute(0, 2, 3, 1)  # (B, h, w, C)
         z = z[:, None].expand(b, num, *z.shape[1:]).flatten(0, 1)  # (B L, h, w, C)
         per_lead = self._lead_inputs(lead_inputs, b, num, tuple(z.shape[1:3]))
-        packed = None
-        if per_lead is not None:  # packed once, for the lead encoder and the head
-            packed = space_to_depth(per_lead.to(z.dtype), self.lead_encoder.pack)
-            z = z + self.lead_encoder.encode_packed(packed)
+        if per_lead is not None:
+            z = z + self.lead_encoder(per_lead.to(z.dtype))
         cond = self.lead_embedding(leads.flatten())
         z = self._run_blocks(self.conditioned_blocks, z, cond)
         around_target = self._target_crop(per_lead, self.head.margin)
         flat = histograms.flatten(0, 1) if histograms is not None else None
-        logits = self.head(z, cond, around_target, leads.flatten(), flat,
-                           self._target_crop(packed, pack=self.lead_encoder.pack)
-                           if packed is not None else None)
+        logits = self.head(z, cond, around_target, leads.flatten(), flat)
         return logits.unflatten(0, (b, num))
 
     def _lead_inputs(self, lead_inputs: Tensor | None, b: int, num: int,
@@ -322,15 +318,12 @@ class MetNet(nn.Module):
             raise ValueError(f"expected lead_inputs {expected}, got {tuple(lead_inputs.shape)}")
         return lead_inputs.flatten(0, 1)
 
-    def _target_crop(self, planes: Tensor | None, margin: int = 0,
-                     pack: int = 1) -> Tensor | None:
+    def _target_crop(self, planes: Tensor | None, margin: int = 0) -> Tensor | None:
         """The target region and ``margin`` pixels around it, (N, Cl, Ht + 2 margin,
-        Wt + 2 margin), of planes (N, Cl, H, W): all but the context margins; of planes
-        packed ``pack`` x ``pack`` (:func:`~metnet.models.downsampler.space_to_depth`), the
-        packed target region (margin 0)."""
+        Wt + 2 margin), of planes (N, Cl, H, W): all but the context margins."""
         if planes is None:
             return None
-        top, left = ((m * self.downsampler.factor - margin) // pack for m in self.latent_margin)
+        top, left = (m * self.downsampler.factor - margin for m in self.latent_margin)
         return planes[..., top:planes.shape[-2] - top, left:planes.shape[-1] - left]
 
     def _forward_onehot(self, x: Tensor, leads: Tensor) -> Tensor:
