@@ -375,7 +375,7 @@ def test_the_heads_block_logits_are_its_subpixel_convolution(
     x = torch.randn(3, 16, 12, 10).contiguous(memory_format=layout).requires_grad_()
     got = _unblocked(_block_logits(conv.weight.flatten(1), conv.bias, x, pack))
     expected = torch.nn.functional.pixel_shuffle(conv(x), pack)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert got.permute(0, 2, 3, 1).is_contiguous()
     planes = _subpixel_planes(conv.weight.flatten(1), conv.bias, x, pack)
     torch.testing.assert_close(planes, expected, rtol=1e-5, atol=1e-5)
