@@ -28,8 +28,12 @@ def _upsample_stage(c_in: int, c_out: int) -> nn.Sequential:
 
 def _pixel_product(weight: Tensor, bias: Tensor, x: Tensor) -> Tensor:
     """``weight`` (O, c) times each pixel's channels of x (N, c, h, w), plus ``bias``: (N h w,
-    O), each pixel's outputs contiguous; channels-last features are read in place."""
-    return torch.mm(x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]), weight.t()).add_(bias)
+    O), each pixel's outputs contiguous. A 1x1 convolution in channels-last layout (the
+    features' own, read in place): oneDNN's, on a CPU, is several times faster than a
+    matrix product of the same shape, whose inner dimension is only c (BENCHMARKS.md)."""
+    out = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight[:, :, None, None],
+                   bias)
+    return out.permute(0, 2, 3, 1).reshape(-1, len(weight))
 
 
 def _block_logits(weight: Tensor, bias: Tensor, x: Tensor, pack: int) -> Tensor:
@@ -37,9 +41,7 @@ def _block_logits(weight: Tensor, bias: Tensor, x: Tensor, pack: int) -> Tensor:
     w) whose output channels are, in pixel-shuffle order (channel o p^2 + i p + j), the
     outputs of each p x p block of output pixels (p = ``pack``): as (N, h, w, p, p, O), each
     pixel's O outputs contiguous (the weight rows reordered, so trained weights keep their
-    meaning). A matrix product: a fraction of the time of oneDNN's convolution for the
-    full-resolution logits on a CPU, reading channels-last features in place; the bias is
-    added after it (``addmm`` first copies it, broadcast, into its output)."""
+    meaning)."""
     n, c, h, w = x.shape
     outputs = len(weight) // pack**2
     weight = weight.view(outputs, pack, pack, c).permute(1, 2, 0, 3).reshape(-1, c)
@@ -92,7 +94,7 @@ class Head(nn.Module):
     With ``subpixel``, nothing runs at output resolution: the upsampling stops at half of
     it, the per-lead planes join there packed 2 x 2 into channels (space-to-depth), and the
     1x1 conv gives the logits of each 2 x 2 block of output pixels, unpacked as a pixel
-    shuffle would (a sub-pixel convolution; made as a matrix product that lays each pixel's
+    shuffle would (a sub-pixel convolution, made channels-last, which lays each pixel's
     logits out contiguously). Every output pixel keeps its own weights, at a fraction of the
     full-resolution head's cost (``BENCHMARKS.md``).
 
