@@ -166,6 +166,31 @@ def test_a_network_without_positions_forecasts_a_domain_as_its_patches(
                                        atol=1e-3, rtol=1e-4)
 
 
+class _IdentityBlock(torch.nn.Module):
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return z
+
+
+@pytest.mark.parametrize("half_resolution", [False, True])
+def test_without_conditioned_blocks_the_lead_encoder_reads_only_what_the_head_needs(
+        half_resolution: bool) -> None:
+    """With no conditioned block the lead encoder runs on the target region only (and the
+    latent pixel around it): the logits are those of the encoder run on the whole context,
+    which a conditioned block that changes nothing makes the network run."""
+    net = whole_domain_net(half_resolution)
+    net.conditioned_blocks = torch.nn.ModuleList()
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 2, 2, 160, 192, generator=gen)
+    planes = torch.randn(1, 3, 4, 160, 192, generator=gen)
+    planes[:, :, 1] = 1.0
+    with torch.no_grad():
+        cropped = net(x, [10, 20, 30], planes)
+        net.conditioned_blocks.append(_IdentityBlock())
+        whole = net(x, [10, 20, 30], planes)
+    torch.testing.assert_close(cropped, whole, atol=1e-4, rtol=1e-4)
+    assert cropped.shape == (1, 3, 25, 64, 96)
+
+
 def test_a_half_resolution_network_convolves_nothing_at_full_resolution() -> None:
     """With ``half_resolution`` every convolution outputs at most half the input's rows and
     columns (the per-lead planes read 2 x 2 at a time, a sub-pixel head), yet the four output

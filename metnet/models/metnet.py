@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -294,7 +295,7 @@ class MetNet(nn.Module):
         z = z[:, None].expand(b, num, *z.shape[1:]).flatten(0, 1)  # (B L, h, w, C)
         per_lead = self._lead_inputs(lead_inputs, b, num, tuple(z.shape[1:3]))
         if per_lead is not None:
-            z = z + self.lead_encoder(per_lead.to(z.dtype))
+            z = z + self._lead_term(per_lead.to(z.dtype))
         cond = self.lead_embedding(leads.flatten())
         z = self._run_blocks(self.conditioned_blocks, z, cond)
         around_target = self._target_crop(per_lead, self.head.margin)
@@ -317,6 +318,20 @@ class MetNet(nn.Module):
         if tuple(lead_inputs.shape) != expected:
             raise ValueError(f"expected lead_inputs {expected}, got {tuple(lead_inputs.shape)}")
         return lead_inputs.flatten(0, 1)
+
+    def _lead_term(self, planes: Tensor) -> Tensor:
+        """The lead encoder's term (N, h, w, C) of per-lead planes (N, Cl, H, W), to add to
+        the latent. With no conditioned block the head reads only the target region of the
+        latent: the encoder then runs on that region and the one latent pixel around it that
+        its 3x3 convolution reads, and the term is 0 on the rest of the context margin (40 %
+        less of its work on a 256 px domain)."""
+        top, left = self.latent_margin
+        if len(self.conditioned_blocks) or min(top, left) < 1:
+            return self.lead_encoder(planes)
+        f = self.downsampler.factor
+        h, w = planes.shape[-2] // f, planes.shape[-1] // f
+        region = planes[..., (top - 1) * f:(h - top + 1) * f, (left - 1) * f:(w - left + 1) * f]
+        return F.pad(self.lead_encoder(region)[:, 1:-1, 1:-1], (0, 0, left, left, top, top))
 
     def _target_crop(self, planes: Tensor | None, margin: int = 0) -> Tensor | None:
         """The target region and ``margin`` pixels around it, (N, Cl, Ht + 2 margin,
