@@ -153,25 +153,43 @@ class RainRateDistribution:
     def __init__(self, logits: Tensor, edges: Sequence[float] | Tensor, dim: int = -3) -> None:
         dtype = torch.promote_types(logits.dtype, torch.float32)
         self.dim = dim
-        self._logits = logits.movedim(dim, -1).to(dtype)  # (*batch, K)
-        self.edges = as_edges(edges, like=self._logits)  # (K+1,)
-        if self.edges.numel() != self._logits.shape[-1] + 1:
-            raise ValueError(
-                f"{self._logits.shape[-1]} bins need {self._logits.shape[-1] + 1} edges, "
-                f"got {self.edges.numel()}"
-            )
-        self.widths = self.edges[1:] - self.edges[:-1]  # (K,); 0 for a dry bin
+        self._logits: Tensor | None = logits.movedim(dim, -1).to(dtype)  # (*batch, K)
         self._probs = torch.softmax(self._logits, dim=-1)  # (*batch, K)
+        self._set_edges(edges)
+
+    @classmethod
+    def from_probs(cls, probs: Tensor, edges: Sequence[float] | Tensor,
+                   dim: int = -3) -> RainRateDistribution:
+        """The distribution of bin probabilities (the K bins along ``dim``, summing to 1),
+        kept as they are: a forecast makes them chunk by chunk, with no logits kept."""
+        dist = cls.__new__(cls)
+        dist.dim = dim
+        dist._logits = None
+        dist._probs = probs.movedim(dim, -1).to(torch.promote_types(probs.dtype, torch.float32))
+        dist._set_edges(edges)
+        return dist
+
+    def _set_edges(self, edges: Sequence[float] | Tensor) -> None:
+        self.edges = as_edges(edges, like=self._probs)  # (K+1,)
+        bins = self._probs.shape[-1]
+        if self.edges.numel() != bins + 1:
+            raise ValueError(f"{bins} bins need {bins + 1} edges, got {self.edges.numel()}")
+        self.widths = self.edges[1:] - self.edges[:-1]  # (K,); 0 for a dry bin
 
     @property
     def batch_shape(self) -> torch.Size:
         """Shape of the statistics: the logits' shape without the class dimension."""
-        return self._logits.shape[:-1]
+        return self._probs.shape[:-1]
 
     @property
     def logits(self) -> Tensor:
-        """The logits, in their given layout (classes along ``dim``), in the computing dtype."""
-        return self._logits.movedim(-1, self.dim)
+        """The logits, in their given layout (classes along ``dim``), in the computing dtype;
+        of a distribution made :meth:`from_probs`, the logs of its probabilities (floored
+        at the smallest normal float), whose softmax they are."""
+        logits = self._logits
+        if logits is None:
+            logits = torch.log(self._probs.clamp_min(torch.finfo(self._probs.dtype).tiny))
+        return logits.movedim(-1, self.dim)
 
     @property
     def probs(self) -> Tensor:

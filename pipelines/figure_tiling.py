@@ -29,7 +29,7 @@ from metnet.nowcasts.model import (
     frames_needed,
     make_tiling,
     motion_layout,
-    whole_domain_logits,
+    whole_domain_probabilities,
 )
 from metnet.plotting import plt
 
@@ -64,7 +64,7 @@ def main() -> None:
     step = store_step(ds)
     per_lead = lead_planes(rate[-MOTION_FRAMES:], [args.lead / step], *motion_layout(net))
     context = rate[-int(net.config["context_frames"]):]
-    one = whole_domain_logits(net, context, [args.lead], per_lead=per_lead)[0].softmax(0)
+    one = whole_domain_probabilities(net, context, [args.lead], per_lead=per_lead)[0]
     tiling = make_tiling(net, rate.shape[1:])
     tiled = blended_probabilities(net, context, [args.lead], tiling, 32, per_lead=per_lead)[0]
     outside = np.isnan(rate[-1])

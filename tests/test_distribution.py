@@ -159,3 +159,18 @@ def test_masked_cross_entropy_no_valid_pixel() -> None:
     assert loss.item() == 0.0
     loss.backward()
     assert torch.all(logits.grad == 0)
+
+
+def test_a_distribution_of_probabilities_is_that_of_their_logits(
+        dist: RainRateDistribution) -> None:
+    """A forecast keeps only probabilities: the distribution made from them gives every
+    statistic of the one made from logits, and logits whose softmax they are."""
+    same = RainRateDistribution.from_probs(dist.probs, EDGES, dim=2)
+    assert same.batch_shape == dist.batch_shape
+    torch.testing.assert_close(torch.softmax(same.logits, dim=2), dist.probs)
+    obs = torch.full(dist.batch_shape, 1.7)
+    for stat in (lambda d: d.mean(), lambda d: d.quantile(0.3), lambda d: d.exceedance(1.0),
+                 lambda d: d.crps(obs)):
+        torch.testing.assert_close(stat(same), stat(dist))
+    with pytest.raises(ValueError, match="bins need"):
+        RainRateDistribution.from_probs(dist.probs, EDGES[:-1], dim=2)

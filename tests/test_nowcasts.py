@@ -10,6 +10,7 @@ from pysteps import motion
 from pysteps import nowcasts as pysteps_nowcasts
 
 from metnet import nowcasts
+from metnet.calibration import Calibration
 from metnet.distribution import RainRateDistribution
 from metnet.forecast import read_context
 from metnet.io.store import open_store
@@ -205,3 +206,10 @@ def test_a_network_of_any_size_forecasts_the_domain_in_one_pass(context, monkeyp
     monkeypatch.setattr(model_method, "DECODE_PIXELS", 1)
     apart = nowcasts.get_method("model")(context, LEADS, **options(net))
     torch.testing.assert_close(apart.probs, together.probs, atol=1e-5, rtol=1e-4)
+    # a checkpoint's temperatures temper each chunk's logits as the whole forecast's
+    calibration = Calibration(LEADS, [1.0], [0.5, 1.0, 2.0], [[0.5]] * len(LEADS))
+    tempered = nowcasts.get_method("model")(context, LEADS, calibration=calibration,
+                                            **options(net))
+    expected = torch.softmax(calibration.scale_logits(together.logits, LEADS, dim=1), dim=1)
+    torch.testing.assert_close(tempered.probs, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(tempered.probs, together.probs, atol=1e-3)

@@ -255,12 +255,16 @@ def blended_probabilities(
     return blended[..., :height, :width].cpu()
 
 
-def whole_domain_logits(
+def whole_domain_probabilities(
     net: nn.Module, rate: np.ndarray, lead_times: Sequence[int], progress: bool = False,
     per_lead: np.ndarray | None = None, inputs: ModelInput | None = None,
+    calibration: Calibration | None = None,
 ) -> torch.Tensor:
-    """Bin logits (L, K, H, W) over the domain from one pass of an :attr:`any_size`
-    network: one encoding of the padded domain, then the leads decoded in chunks.
+    """Bin probabilities (L, K, H, W) over the domain from one pass of an :attr:`any_size`
+    network: one encoding of the padded domain, then the leads decoded in chunks, each
+    chunk's logits (tempered by ``calibration``) turned into probabilities as they come, so
+    that the whole forecast's logits are never kept (on a 1024 px domain they would be
+    another 1.2 GB).
 
     Args:
         net: a MetNet (eval mode) with ``any_size``.
@@ -269,12 +273,11 @@ def whole_domain_logits(
         progress: show a progress bar over the chunks of leads.
         per_lead: (L, Cl, H, W) per-lead inputs over the domain, for a net that takes them.
         inputs: the network's input (default: :func:`radar_input` of ``rate``).
+        calibration: a checkpoint's calibration, or None.
 
     Returns:
-        The network's float32 logits on the CPU (a softmax over K gives the bin
-        probabilities), laid out with the bins last in memory, as
-        :class:`~metnet.distribution.RainRateDistribution` reads them (when the leads fit
-        one chunk, a cropped view of the decoder's output, made in inference mode).
+        float32 probabilities on the CPU, laid out with the bins last in memory, as
+        :class:`~metnet.distribution.RainRateDistribution` reads them.
     """
     tiling = one_pass_tiling(net, rate.shape[1:])
     device = next(net.parameters()).device
@@ -282,11 +285,8 @@ def whole_domain_logits(
     planes = pad_planes(per_lead, tiling).to(device) if per_lead is not None else None
     height, width = rate.shape[1:]
     chunk = max(1, DECODE_PIXELS // math.prod(tiling.covered))
+    out = torch.empty((len(lead_times), height, width, len(net.bin_edges) - 1))
     firsts = range(0, len(lead_times), chunk)
-    out = None  # one chunk's cropped logits need no copy: the softmax reads them in place
-    if len(firsts) > 1:
-        out = torch.empty((len(lead_times), height, width, len(net.bin_edges) - 1))
-        out = out.permute(0, 3, 1, 2)
     with torch.inference_mode():
         latent = net.encode(x)
         for first in tqdm(firsts, desc="leads", unit="chunk", leave=False, disable=not progress):
@@ -296,13 +296,16 @@ def whole_domain_logits(
             # the head makes the prior's histograms itself: on a CPU it never keeps them
             logits = net.decode(latent, torch.tensor(leads, device=device),
                                 None if extra is None else extra[None])
-            # no log-softmax: the distribution's softmax normalises them; the head lays the
-            # bins last, so a cropped copy moves whole pixels
-            cropped = logits[0, ..., :height, :width].float().cpu()
-            if out is None:
-                return cropped
-            out[part] = cropped
-    return out
+            logits = logits[0, ..., :height, :width].float()
+            if calibration is not None:
+                logits = calibration.scale_logits(logits, leads, dim=1)
+            # the head lays the bins last: the softmax along them reads whole pixels
+            bins_last = logits.permute(0, 2, 3, 1)
+            if device.type == "cpu":
+                torch.softmax(bins_last, dim=-1, out=out[part])
+            else:
+                out[part] = torch.softmax(bins_last, dim=-1).cpu()
+    return out.permute(0, 3, 1, 2)
 
 
 def prior_histograms(net: nn.Module, planes: torch.Tensor | None, lead_times: Sequence[int],
@@ -368,11 +371,13 @@ def forecast(rate: np.ndarray, lead_times: Sequence[int], *, step_minutes: float
                                *motion_layout(net))
     context = rate[-int(net.config["context_frames"]):]
     if getattr(net, "any_size", False):
-        logits = whole_domain_logits(net, context, lead_times, progress, per_lead, inputs)
+        probs = whole_domain_probabilities(net, context, lead_times, progress, per_lead, inputs,
+                                           calibration)
     else:
         tiling = make_tiling(net, rate.shape[1:], stride)
-        logits = probabilities_to_logits(blended_probabilities(
-            net, context, lead_times, tiling, batch_tiles, progress, per_lead, inputs))
-    if calibration is not None:
-        logits = calibration.scale_logits(logits, lead_times, dim=1)
-    return RainRateDistribution(logits, net.bin_edges, dim=1)
+        probs = blended_probabilities(net, context, lead_times, tiling, batch_tiles, progress,
+                                      per_lead, inputs)
+        if calibration is not None:
+            logits = calibration.scale_logits(probabilities_to_logits(probs), lead_times, dim=1)
+            probs = torch.softmax(logits, dim=1)
+    return RainRateDistribution.from_probs(probs, net.bin_edges, dim=1)
