@@ -23,8 +23,9 @@ Beyond the domain, the observation channels are padded as "not observed" (0) and
 (lat/lon, time) continue their edge values. A network with per-lead inputs (``lead_channels``,
 trained with motion inputs) gets them computed here on the whole domain
 (:func:`metnet.data.motion.lead_planes`), before tiling.
-A checkpoint's post-hoc calibration (:mod:`metnet.calibration`) tempers the blended
-distribution: the logs of its bin probabilities are divided by the lead's temperature.
+A checkpoint's post-hoc calibration (:mod:`metnet.calibration`) tempers the distribution:
+the one pass's logits (the blend's: the logs of its bin probabilities) are divided by the
+lead's temperature.
 """
 
 from __future__ import annotations
