@@ -203,9 +203,11 @@ def _save(fig: plt.Figure, path: str | Path, dpi: int = 100) -> Path:
 SCORE_LABELS = {"csi": "CSI", "pod": "POD", "far": "FAR", "fss": "FSS", "mae": "MAE (mm/h)",
                 "crps": "CRPS (mm/h)", "brier": "Brier score",
                 "brier_reliability": "Brier reliability term"}
-#: Line colour of each verification method (others: matplotlib's cycle).
+#: Line colour of each verification method (others: matplotlib's cycle, whose first colour
+#: is the model's).
 METHOD_COLOURS = {"model": "tab:blue", "model_calibrated": "tab:cyan", "steps": "tab:purple",
-                  "persistence": "tab:grey", "extrapolation": "tab:orange"}
+                  "persistence": "tab:grey", "extrapolation": "tab:orange",
+                  "neighbourhood": "tab:green"}
 
 
 def plot_skill(scores: pd.DataFrame, path: str | Path, title: str = "", ncols: int = 4) -> Path:

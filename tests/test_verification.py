@@ -457,3 +457,13 @@ def test_a_rate_exactly_on_a_threshold_is_no_event_in_test_evaluate_and_calibrat
     events = stats.hist_events[0].sum(-1)  # (L, N) observed events
     expected = np.array([[(obs[j] > t).sum() for t in thresholds] for j in range(2)])
     np.testing.assert_array_equal(events.numpy(), expected)
+
+
+def test_every_method_of_an_evaluation_has_a_colour_of_its_own():
+    """In skill.png each method's line keeps one colour, none shared with another method."""
+    from metnet.plotting import METHOD_COLOURS
+    from metnet.verification import METHODS
+
+    colours = [METHOD_COLOURS.get(method) for method in METHODS]
+    assert None not in colours
+    assert len(set(colours)) == len(METHODS)
