@@ -31,6 +31,8 @@ def _pixel_product(weight: Tensor, bias: Tensor, x: Tensor) -> Tensor:
     O), each pixel's outputs contiguous. A 1x1 convolution in channels-last layout (the
     features' own, read in place): oneDNN's, on a CPU, is several times faster than a
     matrix product of the same shape, whose inner dimension is only c (BENCHMARKS.md)."""
+    if not len(weight):  # no outputs (a pinned prior without the error ensemble mixes none)
+        return x.new_empty(x.shape[0] * x.shape[2] * x.shape[3], 0)
     out = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight[:, :, None, None],
                    bias)
     return out.permute(0, 2, 3, 1).reshape(-1, len(weight))
