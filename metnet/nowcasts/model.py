@@ -330,11 +330,6 @@ def prior_region(prior: nn.Module, planes: torch.Tensor, tiling: Tiling) -> torc
     return planes[..., top - r:top + height + r, left - r:left + width + r]
 
 
-def probabilities_to_logits(probs: torch.Tensor) -> torch.Tensor:
-    """Logits of bin probabilities: their logs, floored at the smallest positive float32."""
-    return torch.log(probs.clamp_min(torch.finfo(torch.float32).tiny))
-
-
 def forecast(rate: np.ndarray, lead_times: Sequence[int], *, step_minutes: float,
              net: nn.Module, inputs: ModelInput | None = None,
              calibration: Calibration | None = None, batch_tiles: int = 8,
@@ -378,7 +373,8 @@ def forecast(rate: np.ndarray, lead_times: Sequence[int], *, step_minutes: float
         tiling = make_tiling(net, rate.shape[1:], stride)
         probs = blended_probabilities(net, context, lead_times, tiling, batch_tiles, progress,
                                       per_lead, inputs)
-        if calibration is not None:
-            logits = calibration.scale_logits(probabilities_to_logits(probs), lead_times, dim=1)
-            probs = torch.softmax(logits, dim=1)
+        if calibration is not None:  # the blend's logits: the logs of its probabilities
+            blend = RainRateDistribution.from_probs(probs, net.bin_edges, dim=1)
+            logits = calibration.scale_logits(blend.logits, lead_times, dim=1)
+            return RainRateDistribution(logits, net.bin_edges, dim=1)
     return RainRateDistribution.from_probs(probs, net.bin_edges, dim=1)
