@@ -11,6 +11,7 @@ from pysteps import nowcasts as pysteps_nowcasts
 
 from metnet import nowcasts
 from metnet.calibration import Calibration
+from metnet.data.motion import lead_planes
 from metnet.distribution import RainRateDistribution
 from metnet.forecast import read_context
 from metnet.io.store import open_store
@@ -189,10 +190,9 @@ def test_the_neighbourhood_is_the_exact_empirical_distribution_of_the_square(con
             assert median[j, y, x] == np.sort(members)[int(np.ceil(len(members) / 2)) - 1]
 
 
-def test_a_network_of_any_size_forecasts_the_domain_in_one_pass(context, monkeypatch):
-    """A network without positional embedding is run once over the whole (70 x 62 px)
-    domain: a proper distribution at every pixel, the same whether its leads are decoded
-    together or one at a time."""
+def one_pass_net() -> MetNet:
+    """A small network of any input size, with motion inputs and the prior, its head's
+    corrections random (not the untrained zeros)."""
     torch.manual_seed(0)
     net = MetNet(input_channels=2, context_frames=4, input_size=128, target_size=32,
                  pack_factor=2, downsampler_channels=(8, 16), lstm_hidden=16, num_blocks=2,
@@ -200,6 +200,14 @@ def test_a_network_of_any_size_forecasts_the_domain_in_one_pass(context, monkeyp
                  lead_step_minutes=5, lead_channels=4, prior=True, dry_bin=True,
                  position="none", attention_window=8).eval()
     torch.nn.init.normal_(net.head.logits.weight, std=0.1)
+    return net
+
+
+def test_a_network_of_any_size_forecasts_the_domain_in_one_pass(context, monkeypatch):
+    """A network without positional embedding is run once over the whole (70 x 62 px)
+    domain: a proper distribution at every pixel, the same whether its leads are decoded
+    together or one at a time."""
+    net = one_pass_net()
     together = nowcasts.get_method("model")(context, LEADS, **options(net))
     assert together.batch_shape == (len(LEADS), *context.shape[1:])
     torch.testing.assert_close(together.probs.sum(1), torch.ones(together.batch_shape))
@@ -213,3 +221,26 @@ def test_a_network_of_any_size_forecasts_the_domain_in_one_pass(context, monkeyp
     expected = torch.softmax(calibration.scale_logits(together.logits, LEADS, dim=1), dim=1)
     torch.testing.assert_close(tempered.probs, expected, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(tempered.probs, together.probs, atol=1e-3)
+    # the encoder ran in a worker thread beside the motion: the same as one after the other
+    tiling = model_method.one_pass_tiling(net, context.shape[1:])
+    planes = model_method.pad_planes(
+        lead_planes(context[-3:], [m / 5 for m in LEADS], *model_method.motion_layout(net)),
+        tiling)
+    with torch.inference_mode():
+        latent = net.encode(model_method.padded_input(context, tiling)[None])
+        logits = net.decode(latent, torch.tensor(LEADS), planes[None])[0]
+    height, width = context.shape[1:]
+    torch.testing.assert_close(together.probs,
+                               torch.softmax(logits[..., :height, :width], dim=1))
+
+
+def test_errors_of_the_encoder_and_of_the_work_beside_it_reach_the_caller():
+    net = one_pass_net()
+
+    def failing_work() -> None:
+        raise ValueError("the motion failed")
+
+    with pytest.raises(ValueError, match="the motion failed"):
+        model_method.encode_while(net, torch.zeros(1, 4, 2, 128, 128), failing_work)
+    with pytest.raises(ValueError, match=r"expected input \(B, 4, 2, 128, 128\)"):
+        model_method.encode_while(net, torch.zeros(1, 4, 3, 128, 128), lambda: None)

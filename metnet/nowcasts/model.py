@@ -22,7 +22,8 @@ channels included), or, without it, the radar channels [rain, rain_mask] of ``ra
 Beyond the domain, the observation channels are padded as "not observed" (0) and the others
 (lat/lon, time) continue their edge values. A network with per-lead inputs (``lead_channels``,
 trained with motion inputs) gets them computed here on the whole domain
-(:func:`metnet.data.motion.lead_planes`), before tiling.
+(:func:`metnet.data.motion.lead_planes`): before tiling, or, in one pass, while the encoder
+runs in another thread (:func:`encode_while`).
 A checkpoint's post-hoc calibration (:mod:`metnet.calibration`) tempers the distribution:
 the one pass's logits (the blend's: the logs of its bin probabilities) are divided by the
 lead's temperature.
@@ -31,9 +32,10 @@ lead's temperature.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -50,6 +52,8 @@ from metnet.transforms import rate_to_input_
 
 if TYPE_CHECKING:
     from metnet.calibration import Calibration
+
+Result = TypeVar("Result")
 
 WEIGHT_FLOOR = 1e-2
 #: Leads x pixels decoded per network call in a one-pass forecast: the head's
@@ -258,8 +262,8 @@ def blended_probabilities(
 
 def whole_domain_probabilities(
     net: nn.Module, rate: np.ndarray, lead_times: Sequence[int], progress: bool = False,
-    per_lead: np.ndarray | None = None, inputs: ModelInput | None = None,
-    calibration: Calibration | None = None,
+    per_lead: np.ndarray | Callable[[], np.ndarray] | None = None,
+    inputs: ModelInput | None = None, calibration: Calibration | None = None,
 ) -> torch.Tensor:
     """Bin probabilities (L, K, H, W) over the domain from one pass of an :attr:`any_size`
     network: one encoding of the padded domain, then the leads decoded in chunks, each
@@ -272,7 +276,9 @@ def whole_domain_probabilities(
         rate: (T, H, W) context rain rate in mm/h, NaN where not observed.
         lead_times: L lead times in minutes.
         progress: show a progress bar over the chunks of leads.
-        per_lead: (L, Cl, H, W) per-lead inputs over the domain, for a net that takes them.
+        per_lead: (L, Cl, H, W) per-lead inputs over the domain, for a net that takes them,
+            or the function that computes them, called while the encoder runs
+            (:func:`encode_while`).
         inputs: the network's input (default: :func:`radar_input` of ``rate``).
         calibration: a checkpoint's calibration, or None.
 
@@ -283,13 +289,13 @@ def whole_domain_probabilities(
     tiling = one_pass_tiling(net, rate.shape[1:])
     device = next(net.parameters()).device
     x = padded_input(rate, tiling, inputs).to(device)[None]
+    latent, per_lead = encode_while(net, x, per_lead if callable(per_lead) else lambda: per_lead)
     planes = pad_planes(per_lead, tiling).to(device) if per_lead is not None else None
     height, width = rate.shape[1:]
     chunk = max(1, DECODE_PIXELS // math.prod(tiling.covered))
     out = torch.empty((len(lead_times), height, width, len(net.bin_edges) - 1))
     firsts = range(0, len(lead_times), chunk)
     with torch.inference_mode():
-        latent = net.encode(x)
         for first in tqdm(firsts, desc="leads", unit="chunk", leave=False, disable=not progress):
             part = slice(first, first + chunk)
             leads = list(lead_times[part])
@@ -307,6 +313,30 @@ def whole_domain_probabilities(
             else:
                 out[part] = torch.softmax(bins_last, dim=-1).cpu()
     return out.permute(0, 3, 1, 2)
+
+
+def encode_while(net: nn.Module, x: torch.Tensor,
+                 work: Callable[[], Result]) -> tuple[torch.Tensor, Result]:
+    """``(net.encode(x), work())``, the encoder in a worker thread while ``work`` runs in this
+    one. The forecast's motion and advection (``work``) keep about one CPU core busy and the
+    encoder does not need them, so the two share the cores (on 2 cores this part of a
+    forecast takes a quarter less time than one after the other; giving the encoder one
+    thread fewer was slower still than running them in turn: BENCHMARKS.md).
+
+    Args:
+        net: a MetNet (eval mode) with ``any_size``.
+        x: (1, T, C, Hp, Wp) padded input on the net's device.
+        work: what else the forecast needs before decoding.
+    """
+
+    def encode() -> torch.Tensor:
+        with torch.inference_mode():  # a thread's own mode
+            return net.encode(x)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        latent = pool.submit(encode)
+        done = work()
+        return latent.result(), done
 
 
 def prior_histograms(net: nn.Module, planes: torch.Tensor | None, lead_times: Sequence[int],
@@ -361,10 +391,12 @@ def forecast(rate: np.ndarray, lead_times: Sequence[int], *, step_minutes: float
     frames = frames_needed(net)
     if rate.shape[0] < frames:
         raise ValueError(f"the network needs {frames} past frames, got {rate.shape[0]}")
-    per_lead = None
-    if net.config.get("lead_channels"):
-        per_lead = lead_planes(rate[-MOTION_FRAMES:], [m / step_minutes for m in lead_times],
-                               *motion_layout(net))
+    def per_lead() -> np.ndarray | None:
+        if not net.config.get("lead_channels"):
+            return None
+        return lead_planes(rate[-MOTION_FRAMES:], [m / step_minutes for m in lead_times],
+                           *motion_layout(net))
+
     context = rate[-int(net.config["context_frames"]):]
     if getattr(net, "any_size", False):
         probs = whole_domain_probabilities(net, context, lead_times, progress, per_lead, inputs,
@@ -372,7 +404,7 @@ def forecast(rate: np.ndarray, lead_times: Sequence[int], *, step_minutes: float
     else:
         tiling = make_tiling(net, rate.shape[1:], stride)
         probs = blended_probabilities(net, context, lead_times, tiling, batch_tiles, progress,
-                                      per_lead, inputs)
+                                      per_lead(), inputs)
         if calibration is not None:  # the blend's logits: the logs of its probabilities
             blend = RainRateDistribution.from_probs(probs, net.bin_edges, dim=1)
             logits = calibration.scale_logits(blend.logits, lead_times, dim=1)
