@@ -284,7 +284,9 @@ def whole_domain_probabilities(
 
     Returns:
         float32 probabilities on the CPU, laid out with the bins last in memory, as
-        :class:`~metnet.distribution.RainRateDistribution` reads them.
+        :class:`~metnet.distribution.RainRateDistribution` reads them: a view of the domain
+        in a buffer of whole latent pixels, the decoder's (no copy of a 382 x 350 px
+        domain's probabilities to crop them).
     """
     tiling = one_pass_tiling(net, rate.shape[1:])
     device = next(net.parameters()).device
@@ -293,7 +295,8 @@ def whole_domain_probabilities(
     planes = pad_planes(per_lead, tiling).to(device) if per_lead is not None else None
     height, width = rate.shape[1:]
     chunk = max(1, DECODE_PIXELS // math.prod(tiling.covered))
-    out = torch.empty((len(lead_times), height, width, len(net.bin_edges) - 1))
+    # the whole latent's pixels: a softmax of the decoder's contiguous output needs no copy
+    out = torch.empty((len(lead_times), *tiling.covered, len(net.bin_edges) - 1))
     firsts = range(0, len(lead_times), chunk)
     with torch.inference_mode():
         for first in tqdm(firsts, desc="leads", unit="chunk", leave=False, disable=not progress):
@@ -303,7 +306,7 @@ def whole_domain_probabilities(
             # the head makes the prior's histograms itself: on a CPU it never keeps them
             logits = net.decode(latent, torch.tensor(leads, device=device),
                                 None if extra is None else extra[None])
-            logits = logits[0, ..., :height, :width].float()
+            logits = logits[0].float()
             if calibration is not None:
                 logits = calibration.scale_logits(logits, leads, dim=1)
             # the head lays the bins last: the softmax along them reads whole pixels
@@ -312,7 +315,7 @@ def whole_domain_probabilities(
                 torch.softmax(bins_last, dim=-1, out=out[part])
             else:
                 out[part] = torch.softmax(bins_last, dim=-1).cpu()
-    return out.permute(0, 3, 1, 2)
+    return out[:, :height, :width].permute(0, 3, 1, 2)
 
 
 def encode_while(net: nn.Module, x: torch.Tensor,
