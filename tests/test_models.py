@@ -166,6 +166,40 @@ def test_a_network_without_positions_forecasts_a_domain_as_its_patches(
                                        atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("half_resolution", [False, True])
+def test_decoded_probabilities_are_the_softmax_of_the_logits(half_resolution: bool,
+                                                             monkeypatch) -> None:
+    """A forecast asks the decoder for probabilities, which the head makes from the prior's
+    mixture without its log: the softmax of the logits, also where corrections are so
+    large that the mixture times their exponential overflows (+200 on one bin) or vanishes
+    (-200 on every bin), where the head takes the logits' way."""
+    from metnet.models import head
+
+    net = whole_domain_net(half_resolution)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 2, 2, 160, 160, generator=gen)
+    lead_inputs = torch.randn(1, 3, 4, 160, 160, generator=gen)
+    lead_inputs[:, :, 1] = 1.0
+    leads = torch.tensor([10, 20, 30])
+    fast = []
+    corrected = head._corrected_mixture
+    monkeypatch.setattr(head, "_corrected_mixture",
+                        lambda *args: fast.append(corrected(*args)) or fast[-1])
+    bias, bins = net.head.logits.bias, torch.arange(25).repeat(net.head.pack**2)
+    original = bias.detach().clone()
+    with torch.inference_mode():
+        latent = net.encode(x)
+        for shift in (torch.zeros(()), 200.0 * (bins == 3), torch.full((), -200.0)):
+            bias[:len(bins)] = original[:len(bins)] + shift
+            logits = net.decode(latent, leads, lead_inputs)
+            probs = net.decode(latent, leads, lead_inputs, probabilities=True)
+            assert probs.isfinite().all()
+            torch.testing.assert_close(probs, torch.softmax(logits, dim=2), rtol=1e-4,
+                                       atol=1e-6)
+            assert probs[0].permute(0, 2, 3, 1).is_contiguous()  # bins last, as the logits
+    assert [result is not None for result in fast] == [True, False, False]
+
+
 class _IdentityBlock(torch.nn.Module):
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         return z

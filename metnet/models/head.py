@@ -69,6 +69,12 @@ def _unblocked(blocks: Tensor) -> Tensor:
     return blocks.permute(0, 1, 3, 2, 4, 5).reshape(n, h * p, w * p, o).permute(0, 3, 1, 2)
 
 
+def _softmax_of_bins(logits: Tensor) -> Tensor:
+    """The softmax of logits (N, K, H, W) over the bins, in their layout (bins last in
+    memory stay last)."""
+    return torch.softmax(logits.permute(0, 2, 3, 1), dim=-1).permute(0, 3, 1, 2)
+
+
 def _add_blocks(full: Tensor, blocks: Tensor) -> Tensor:
     """``full + _unblocked(blocks)``, full (N, K, H, W) in any layout, blocks (N, H / p,
     W / p, p, p, K): one pass, in place on ``full`` when no gradient is recorded (its K
@@ -80,6 +86,29 @@ def _add_blocks(full: Tensor, blocks: Tensor) -> Tensor:
     part = blocks.permute(0, 1, 3, 2, 4, 5)
     summed = whole + part if torch.is_grad_enabled() else whole.add_(part)
     return summed.reshape(n, h, w, k).permute(0, 3, 1, 2)
+
+
+#: The least sum of a pixel's ``mixture * exp(corrections)`` that :func:`_corrected_mixture`
+#: normalises: above it, every term that matters is a normal float32.
+LEAST_SUM = 1e-30
+
+
+def _corrected_mixture(mixture: Tensor, blocks: Tensor) -> Tensor | None:
+    """``softmax(log(mixture) + _unblocked(blocks))`` over the bins without a log: the
+    mixture (N, K, H, W), the bins last in memory, times ``exp(blocks)`` (blocks (N, H / p,
+    W / p, p, p, K)), normalised, in place on the mixture: fewer elementwise passes over the
+    distribution than the log, the addition and the softmax, and no per-pixel maximum (a
+    softmax's guard against overflow). None, the mixture then spoilt, where a pixel's sum
+    is not finite or below :data:`LEAST_SUM` (corrections beyond about +-80, which the
+    softmax of the logits survives)."""
+    n, k, h, w = mixture.shape
+    p = blocks.shape[3]
+    whole = mixture.permute(0, 2, 3, 1).view(n, h // p, p, w // p, p, k)
+    whole.mul_(blocks.exp().permute(0, 1, 3, 2, 4, 5))
+    total = whole.sum(-1, keepdim=True)
+    if not bool(((total >= LEAST_SUM) & total.isfinite()).all()):
+        return None
+    return whole.div_(total).view(n, h, w, k).permute(0, 3, 1, 2)
 
 
 class Head(nn.Module):
@@ -176,9 +205,11 @@ class Head(nn.Module):
         return self.prior.margin if self.prior is not None else 0
 
     def forward(self, z: Tensor, cond: Tensor | None = None, lead_inputs: Tensor | None = None,
-                lead_minutes: Tensor | None = None, histograms: Tensor | None = None) -> Tensor:
-        """Logits (N, K, ht * factor, wt * factor), (ht, wt) the latent less its margins;
-        without gradients, the bins last in memory (a permuted (N, Ht, Wt, K) tensor).
+                lead_minutes: Tensor | None = None, histograms: Tensor | None = None,
+                probabilities: bool = False) -> Tensor:
+        """Logits (N, K, ht * factor, wt * factor), (ht, wt) the latent less its margins, or
+        with ``probabilities`` their softmax over the bins; without gradients, the bins last
+        in memory (a permuted (N, Ht, Wt, K) tensor).
 
         Args:
             z: (N, h, w, C) latent.
@@ -188,6 +219,8 @@ class Head(nn.Module):
             lead_minutes: (N,) lead times, with a prior.
             histograms: (N, C, K, Ht, Wt) the prior's histograms when already computed
                 (:meth:`~metnet.models.prior.ExtrapolationPrior.histograms`), or None.
+            probabilities: give the probabilities (inference): where the prior runs its CPU
+                kernel, its mixture corrected without a log (:func:`_corrected_mixture`).
         """
         (top, left), (h, w) = self.context_margin, z.shape[1:3]
         z = self.norm(z[:, top : h - top, left : w - left])
@@ -199,11 +232,20 @@ class Head(nn.Module):
             features = self._fuse(features, inner.to(features.dtype))
         weight, bias, p = self.logits.weight.flatten(1), self.logits.bias, self.pack
         if self.prior is None:
-            return _unblocked(_block_logits(weight, bias, features, p))
+            logits = _unblocked(_block_logits(weight, bias, features, p))
+            return _softmax_of_bins(logits) if probabilities else logits
         k = self.num_bins * p**2  # the bins' outputs, then the prior's mixture logits
         mix = _subpixel_planes(weight[k:], bias[k:], features, p)
+        corrections = _block_logits(weight[:k], bias[:k], features, p)
+        kernel = histograms is None and self.prior.runs_kernel(mix, lead_inputs)
+        if probabilities and kernel:
+            probs = _corrected_mixture(self.prior.mixture(mix, lead_inputs, lead_minutes),
+                                       corrections)
+            if probs is not None:
+                return probs
         if histograms is None:
             prior = self.prior.logits(mix, lead_inputs, lead_minutes)
         else:
             prior = self.prior(mix, histograms, lead_minutes)
-        return _add_blocks(prior, _block_logits(weight[:k], bias[:k], features, p))
+        logits = _add_blocks(prior, corrections)
+        return _softmax_of_bins(logits) if probabilities else logits

@@ -281,8 +281,11 @@ class MetNet(nn.Module):
         return self._encode(x).permute(0, 3, 1, 2)
 
     def decode(self, latent: Tensor, lead_times: Tensor | Sequence[float],
-               lead_inputs: Tensor | None = None, histograms: Tensor | None = None) -> Tensor:
-        """Logits (B, L, K, Ht, Wt) from a latent (B, C_hidden, h, w) of :meth:`encode`.
+               lead_inputs: Tensor | None = None, histograms: Tensor | None = None,
+               probabilities: bool = False) -> Tensor:
+        """Logits (B, L, K, Ht, Wt) from a latent (B, C_hidden, h, w) of :meth:`encode`, or
+        with ``probabilities`` their softmax over the bins (K), made without the logits where
+        the head can (:class:`~metnet.models.head.Head`).
 
         The latent is expanded to (B * L, h, w, C), the per-lead inputs (B, L, Cl, H, W), if
         the network takes them, are added to it, and every lead runs in one batched pass
@@ -300,8 +303,8 @@ class MetNet(nn.Module):
         z = self._run_blocks(self.conditioned_blocks, z, cond)
         around_target = self._target_crop(per_lead, self.head.margin)
         flat = histograms.flatten(0, 1) if histograms is not None else None
-        logits = self.head(z, cond, around_target, leads.flatten(), flat)
-        return logits.unflatten(0, (b, num))
+        out = self.head(z, cond, around_target, leads.flatten(), flat, probabilities)
+        return out.unflatten(0, (b, num))
 
     def _lead_inputs(self, lead_inputs: Tensor | None, b: int, num: int,
                      size: tuple[int, int]) -> Tensor | None:

@@ -151,8 +151,17 @@ class ExtrapolationPrior(nn.Module):
         it one pixel at a time, never keeping the (N, C, K, Ht, Wt) histograms, with the
         bins last in memory (a permuted (N, Ht, Wt, K) tensor): the same up to float32
         rounding."""
-        if planes.device.type != "cpu" or (torch.is_grad_enabled() and mix.requires_grad):
+        if not self.runs_kernel(mix, planes):
             return self(mix, self.histograms(planes, lead_minutes), lead_minutes)
+        return self.mixture(mix, planes, lead_minutes).log_()
+
+    def runs_kernel(self, mix: Tensor, planes: Tensor) -> bool:
+        """Whether :meth:`logits` of these inputs runs the CPU kernel (:meth:`mixture`)."""
+        return planes.device.type == "cpu" and not (torch.is_grad_enabled() and mix.requires_grad)
+
+    def mixture(self, mix: Tensor, planes: Tensor, lead_minutes: Tensor) -> Tensor:
+        """What :meth:`logits` takes the log of, from the CPU kernel: ``mixture + FLOOR`` (N,
+        K, Ht, Wt) float32, the bins last in memory; no gradient."""
         weights = self._weights(mix.detach(), lead_minutes).contiguous()
         out = weights.new_empty(len(weights), *weights.shape[-2:], len(self.edges) - 1)
         radii = self._radii(lead_minutes)
@@ -160,7 +169,7 @@ class ExtrapolationPrior(nn.Module):
                                np.asarray(radii), self.margin, self.input_edges.float().numpy(),
                                self.dry, weights.numpy(), FLOOR,
                                PIN_MARGIN if self.pinned else -1.0, out.numpy())
-        return out.log_().permute(0, 3, 1, 2)
+        return out.permute(0, 3, 1, 2)
 
     def _radii(self, lead_minutes: Tensor) -> list[int]:
         """The neighbourhood half-width (pixels) of each lead of ``lead_minutes`` (N,)."""

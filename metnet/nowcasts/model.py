@@ -295,26 +295,30 @@ def whole_domain_probabilities(
     planes = pad_planes(per_lead, tiling).to(device) if per_lead is not None else None
     height, width = rate.shape[1:]
     chunk = max(1, DECODE_PIXELS // math.prod(tiling.covered))
-    # the whole latent's pixels: a softmax of the decoder's contiguous output needs no copy
-    out = torch.empty((len(lead_times), *tiling.covered, len(net.bin_edges) - 1))
     firsts = range(0, len(lead_times), chunk)
+    # the whole latent's pixels, the decoder's: no copy to crop the domain; one chunk's
+    # probabilities are the buffer itself
+    out = (None if len(firsts) == 1 else
+           torch.empty((len(lead_times), *tiling.covered, len(net.bin_edges) - 1)))
     with torch.inference_mode():
         for first in tqdm(firsts, desc="leads", unit="chunk", leave=False, disable=not progress):
             part = slice(first, first + chunk)
             leads = list(lead_times[part])
-            extra = planes[part] if planes is not None else None
+            extra = planes[part][None] if planes is not None else None
             # the head makes the prior's histograms itself: on a CPU it never keeps them
-            logits = net.decode(latent, torch.tensor(leads, device=device),
-                                None if extra is None else extra[None])
-            logits = logits[0].float()
-            if calibration is not None:
-                logits = calibration.scale_logits(logits, leads, dim=1)
-            # the head lays the bins last: the softmax along them reads whole pixels
-            bins_last = logits.permute(0, 2, 3, 1)
-            if device.type == "cpu":
-                torch.softmax(bins_last, dim=-1, out=out[part])
+            decoded = net.decode(latent, torch.tensor(leads, device=device), extra,
+                                 probabilities=calibration is None)[0].float()
+            # the head lays the bins last, as the distribution reads them
+            if calibration is None:
+                probs = decoded.permute(0, 2, 3, 1)
             else:
-                out[part] = torch.softmax(bins_last, dim=-1).cpu()
+                tempered = calibration.scale_logits(decoded, leads, dim=1)
+                probs = torch.softmax(tempered.permute(0, 2, 3, 1), dim=-1)
+            probs = probs.contiguous().cpu()
+            if out is None:
+                out = probs
+            else:
+                out[part] = probs
     return out[:, :height, :width].permute(0, 3, 1, 2)
 
 
