@@ -44,7 +44,6 @@ import yaml
 from pysteps import nowcasts as pysteps_nowcasts
 
 from metnet.data.motion import lead_planes
-from metnet.distribution import RainRateDistribution
 from metnet.forecast import read_context
 from metnet.io.store import open_store
 from metnet.io.synthetic import synthesize
@@ -206,15 +205,16 @@ def paired_row(name: str, rate: np.ndarray, net: MetNet, rounds: int) -> str:
             f"| {min(ratios):.2f}-{max(ratios):.2f} |")
 
 
-PARTS = ("LK motion", "advection", "encoder", "prior", "decoder and head, prior included",
-         "distribution")
+PARTS = ("LK motion", "advection", "encoder", "prior",
+         "decoder and head to probabilities, prior included")
 
 
 def parts(net: MetNet, rate: np.ndarray, repeats: int) -> list[float]:
     """Seconds (median) of each of :data:`PARTS` of a one-pass forecast of context rates
-    (T, H, W) mm/h, all leads decoded at once (the prior alone: its logits from the
-    whole-domain planes, as the head makes them; the distribution: the softmax of the
-    decoder's bins-last logits cropped to the domain, as the forecast makes it)."""
+    (T, H, W) mm/h, one after the other (a forecast runs the encoder beside the motion and
+    advection), all leads decoded at once to probabilities, as a forecast without
+    calibration asks for them (the prior alone: its mixture from the whole-domain planes,
+    as the head makes it)."""
     steps = [lead / 5 for lead in LEADS]
     velocity = motion_field(rate)
     per_lead = lead_planes(rate[-MOTION_FRAMES:], steps, velocity=True, error=True)
@@ -227,12 +227,9 @@ def parts(net: MetNet, rate: np.ndarray, repeats: int) -> list[float]:
     mix = torch.zeros(len(LEADS), prior.mix_planes, *tiling.covered)
     with torch.inference_mode():
         latent = net.encode(x)
-        logits = net.decode(latent, leads, planes[None])
         calls = [lambda: motion_field(rate), lambda: advect(rate[-1], velocity, steps),
-                 lambda: net.encode(x), lambda: prior.logits(mix, region, leads),
-                 lambda: net.decode(latent, leads, planes[None]),
-                 lambda: RainRateDistribution(logits[0, ..., :rate.shape[1], :rate.shape[2]],
-                                              net.bin_edges, dim=1)]
+                 lambda: net.encode(x), lambda: prior.mixture(mix, region, leads),
+                 lambda: net.decode(latent, leads, planes[None], probabilities=True)]
         return [measure(call, repeats)[0] for call in calls]
 
 

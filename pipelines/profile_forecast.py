@@ -15,6 +15,7 @@ add WORKTREE REV``; the first line printed says which ``metnet`` ran).
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -59,7 +60,9 @@ def main() -> None:
 
 def decoder(net: torch.nn.Module, rate: np.ndarray) -> Callable[[], None]:
     """The decoder of a one-pass forecast of context rates (T, H, W) mm/h, all leads at
-    once, its latent and padded per-lead planes made beforehand."""
+    once, its latent and padded per-lead planes made beforehand: to probabilities, as a
+    forecast without calibration asks for them, where the revision's decoder makes them
+    (before 75c472e it gave only logits)."""
     from benchmark_forecast import DATA, LEADS
 
     from metnet.data.motion import lead_planes
@@ -74,10 +77,12 @@ def decoder(net: torch.nn.Module, rate: np.ndarray) -> Callable[[], None]:
     with torch.inference_mode():
         latent = net.encode(padded_input(context, tiling)[None])
     leads = torch.tensor(LEADS)
+    asked = ({"probabilities": True}
+             if "probabilities" in inspect.signature(net.decode).parameters else {})
 
     def call() -> None:
         with torch.inference_mode():
-            net.decode(latent, leads, planes)
+            net.decode(latent, leads, planes, **asked)
 
     return call
 
