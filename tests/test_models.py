@@ -172,7 +172,9 @@ def test_decoded_probabilities_are_the_softmax_of_the_logits(half_resolution: bo
     """A forecast asks the decoder for probabilities, which the head makes from the prior's
     mixture without its log: the softmax of the logits, also where corrections are so
     large that the mixture times their exponential overflows (+200 on one bin) or vanishes
-    (-200 on every bin), where the head takes the logits' way."""
+    (-200 on every bin), where the head takes the logits' way. Given a forecast's buffer,
+    the prior's kernel writes them into it (a buffer of the wrong shape is refused: the
+    kernel checks no bounds)."""
     from metnet.models import head
 
     net = whole_domain_net(half_resolution)
@@ -187,6 +189,8 @@ def test_decoded_probabilities_are_the_softmax_of_the_logits(half_resolution: bo
                         lambda *args: fast.append(corrected(*args)) or fast[-1])
     bias, bins = net.head.logits.bias, torch.arange(25).repeat(net.head.pack**2)
     original = bias.detach().clone()
+    buffer = torch.empty(1, 3, 64, 64, 25)  # a forecast's (B, L, Ht, Wt, K), bins last
+    in_buffer = []
     with torch.inference_mode():
         latent = net.encode(x)
         for shift in (torch.zeros(()), 200.0 * (bins == 3), torch.full((), -200.0)):
@@ -197,7 +201,14 @@ def test_decoded_probabilities_are_the_softmax_of_the_logits(half_resolution: bo
             torch.testing.assert_close(probs, torch.softmax(logits, dim=2), rtol=1e-4,
                                        atol=1e-6)
             assert probs[0].permute(0, 2, 3, 1).is_contiguous()  # bins last, as the logits
-    assert [result is not None for result in fast] == [True, False, False]
+            into = net.decode(latent, leads, lead_inputs, probabilities=True, out=buffer)
+            torch.testing.assert_close(into, probs)
+            in_buffer.append(into.data_ptr() == buffer.data_ptr())
+    assert [result is not None for result in fast] == [True, True, False, False, False, False]
+    assert in_buffer == [True, False, False]  # the logits' way makes a buffer of its own
+    with torch.inference_mode(), pytest.raises(
+            ValueError, match=r"buffer \(3, 64, 64, 25\), got torch.float32 \(3, 64, 63, 25\)"):
+        net.decode(latent, leads, lead_inputs, probabilities=True, out=buffer[..., 1:, :])
 
 
 class _IdentityBlock(torch.nn.Module):

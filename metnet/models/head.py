@@ -206,7 +206,7 @@ class Head(nn.Module):
 
     def forward(self, z: Tensor, cond: Tensor | None = None, lead_inputs: Tensor | None = None,
                 lead_minutes: Tensor | None = None, histograms: Tensor | None = None,
-                probabilities: bool = False) -> Tensor:
+                probabilities: bool = False, out: Tensor | None = None) -> Tensor:
         """Logits (N, K, ht * factor, wt * factor), (ht, wt) the latent less its margins, or
         with ``probabilities`` their softmax over the bins; without gradients, the bins last
         in memory (a permuted (N, Ht, Wt, K) tensor).
@@ -221,6 +221,9 @@ class Head(nn.Module):
                 (:meth:`~metnet.models.prior.ExtrapolationPrior.histograms`), or None.
             probabilities: give the probabilities (inference): where the prior runs its CPU
                 kernel, its mixture corrected without a log (:func:`_corrected_mixture`).
+            out: with ``probabilities``, a contiguous (N, Ht, Wt, K) float32 buffer that the
+                prior's kernel writes them into where it can (the result then is a view of
+                it); None: a new one.
         """
         (top, left), (h, w) = self.context_margin, z.shape[1:3]
         z = self.norm(z[:, top : h - top, left : w - left])
@@ -239,7 +242,7 @@ class Head(nn.Module):
         corrections = _block_logits(weight[:k], bias[:k], features, p)
         kernel = histograms is None and self.prior.runs_kernel(mix, lead_inputs)
         if probabilities and kernel:
-            probs = _corrected_mixture(self.prior.mixture(mix, lead_inputs, lead_minutes),
+            probs = _corrected_mixture(self.prior.mixture(mix, lead_inputs, lead_minutes, out),
                                        corrections)
             if probs is not None:
                 return probs

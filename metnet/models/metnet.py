@@ -282,10 +282,11 @@ class MetNet(nn.Module):
 
     def decode(self, latent: Tensor, lead_times: Tensor | Sequence[float],
                lead_inputs: Tensor | None = None, histograms: Tensor | None = None,
-               probabilities: bool = False) -> Tensor:
+               probabilities: bool = False, out: Tensor | None = None) -> Tensor:
         """Logits (B, L, K, Ht, Wt) from a latent (B, C_hidden, h, w) of :meth:`encode`, or
         with ``probabilities`` their softmax over the bins (K), made without the logits where
-        the head can (:class:`~metnet.models.head.Head`).
+        the head can (:class:`~metnet.models.head.Head`), in the contiguous (B, L, Ht, Wt, K)
+        float32 buffer ``out`` where it can.
 
         The latent is expanded to (B * L, h, w, C), the per-lead inputs (B, L, Cl, H, W), if
         the network takes them, are added to it, and every lead runs in one batched pass
@@ -303,8 +304,9 @@ class MetNet(nn.Module):
         z = self._run_blocks(self.conditioned_blocks, z, cond)
         around_target = self._target_crop(per_lead, self.head.margin)
         flat = histograms.flatten(0, 1) if histograms is not None else None
-        out = self.head(z, cond, around_target, leads.flatten(), flat, probabilities)
-        return out.unflatten(0, (b, num))
+        buffer = out.flatten(0, 1) if out is not None else None
+        decoded = self.head(z, cond, around_target, leads.flatten(), flat, probabilities, buffer)
+        return decoded.unflatten(0, (b, num))
 
     def _lead_inputs(self, lead_inputs: Tensor | None, b: int, num: int,
                      size: tuple[int, int]) -> Tensor | None:

@@ -159,11 +159,19 @@ class ExtrapolationPrior(nn.Module):
         """Whether :meth:`logits` of these inputs runs the CPU kernel (:meth:`mixture`)."""
         return planes.device.type == "cpu" and not (torch.is_grad_enabled() and mix.requires_grad)
 
-    def mixture(self, mix: Tensor, planes: Tensor, lead_minutes: Tensor) -> Tensor:
+    def mixture(self, mix: Tensor, planes: Tensor, lead_minutes: Tensor,
+                out: Tensor | None = None) -> Tensor:
         """What :meth:`logits` takes the log of, from the CPU kernel: ``mixture + FLOOR`` (N,
-        K, Ht, Wt) float32, the bins last in memory; no gradient."""
+        K, Ht, Wt) float32, the bins last in memory; no gradient. ``out``: a contiguous
+        (N, Ht, Wt, K) float32 buffer to write it into (default: a new one)."""
         weights = self._weights(mix.detach(), lead_minutes).contiguous()
-        out = weights.new_empty(len(weights), *weights.shape[-2:], len(self.edges) - 1)
+        shape = (len(weights), *weights.shape[-2:], len(self.edges) - 1)
+        if out is None:
+            out = weights.new_empty(shape)
+        elif (tuple(out.shape) != shape or out.dtype != torch.float32
+              or not out.is_contiguous()):  # the kernel checks no bounds
+            raise ValueError(f"the prior's mixture needs a contiguous float32 buffer {shape}, "
+                             f"got {out.dtype} {tuple(out.shape)}")
         radii = self._radii(lead_minutes)
         prior_kernel().mixture(planes.float().numpy(), ERROR_CHANNEL if self.error else -1,
                                np.asarray(radii), self.margin, self.input_edges.float().numpy(),

@@ -305,19 +305,21 @@ def whole_domain_probabilities(
             part = slice(first, first + chunk)
             leads = list(lead_times[part])
             extra = planes[part][None] if planes is not None else None
-            # the head makes the prior's histograms itself: on a CPU it never keeps them
+            # the head makes the prior's histograms itself: on a CPU it never keeps them;
+            # it writes the probabilities into the forecast's buffer where it can
+            buffer = out[part] if out is not None and device.type == "cpu" else None
             decoded = net.decode(latent, torch.tensor(leads, device=device), extra,
-                                 probabilities=calibration is None)[0].float()
-            # the head lays the bins last, as the distribution reads them
-            if calibration is None:
-                probs = decoded.permute(0, 2, 3, 1)
-            else:
-                tempered = calibration.scale_logits(decoded, leads, dim=1)
-                probs = torch.softmax(tempered.permute(0, 2, 3, 1), dim=-1)
+                                 probabilities=calibration is None,
+                                 out=None if buffer is None else buffer[None])[0].float()
+            probs = decoded.permute(0, 2, 3, 1)  # the head lays the bins last
+            if calibration is not None:
+                tempered = calibration.scale_logits(decoded, leads, dim=1).permute(0, 2, 3, 1)
+                probs = (torch.softmax(tempered, dim=-1) if buffer is None
+                         else torch.softmax(tempered, dim=-1, out=buffer))
             probs = probs.contiguous().cpu()
             if out is None:
                 out = probs
-            else:
+            elif probs.data_ptr() != out[part].data_ptr():
                 out[part] = probs
     return out[:, :height, :width].permute(0, 3, 1, 2)
 
