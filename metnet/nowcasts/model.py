@@ -291,8 +291,10 @@ def whole_domain_probabilities(
     tiling = one_pass_tiling(net, rate.shape[1:])
     device = next(net.parameters()).device
     x = padded_input(rate, tiling, inputs).to(device)[None]
-    latent, per_lead = encode_while(net, x, per_lead if callable(per_lead) else lambda: per_lead)
-    planes = pad_planes(per_lead, tiling).to(device) if per_lead is not None else None
+    work = per_lead if callable(per_lead) else (lambda given=per_lead: given)
+    latent, unpadded = encode_while(net, x, work)
+    planes = pad_planes(unpadded, tiling).to(device) if unpadded is not None else None
+    del unpadded  # planes computed here (252 MB on 1024 px) are freed once padded
     height, width = rate.shape[1:]
     chunk = max(1, DECODE_PIXELS // math.prod(tiling.covered))
     firsts = range(0, len(lead_times), chunk)
