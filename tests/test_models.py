@@ -142,6 +142,16 @@ def whole_domain_net(half_resolution: bool = False) -> MetNet:
     return net.eval()
 
 
+def whole_domain_inputs(height: int, width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random inputs (1, 2, 2, H, W) of :func:`whole_domain_net` and its per-lead inputs
+    (1, 3, 4, H, W) for 3 leads, every pixel known (channel 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 2, 2, height, width, generator=gen)
+    lead_inputs = torch.randn(1, 3, 4, height, width, generator=gen)
+    lead_inputs[:, :, 1] = 1.0
+    return x, lead_inputs
+
+
 @pytest.mark.parametrize("half_resolution", [False, True])
 def test_a_network_without_positions_forecasts_a_domain_as_its_patches(
         half_resolution: bool) -> None:
@@ -149,10 +159,7 @@ def test_a_network_without_positions_forecasts_a_domain_as_its_patches(
     32 px target (8 px in from its edges: the head's seams) that equals what the network
     predicts from that target's own 128 px patch."""
     net = whole_domain_net(half_resolution)
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(1, 2, 2, 224, 224, generator=gen)
-    lead_inputs = torch.randn(1, 3, 4, 224, 224, generator=gen)
-    lead_inputs[:, :, 1] = 1.0
+    x, lead_inputs = whole_domain_inputs(224, 224, seed=3)
     leads = torch.tensor([10, 20, 30])
     with torch.no_grad():
         whole = net(x, leads, lead_inputs)
@@ -178,10 +185,7 @@ def test_decoded_probabilities_are_the_softmax_of_the_logits(half_resolution: bo
     from metnet.models import head
 
     net = whole_domain_net(half_resolution)
-    gen = torch.Generator().manual_seed(4)
-    x = torch.randn(1, 2, 2, 160, 160, generator=gen)
-    lead_inputs = torch.randn(1, 3, 4, 160, 160, generator=gen)
-    lead_inputs[:, :, 1] = 1.0
+    x, lead_inputs = whole_domain_inputs(160, 160, seed=4)
     leads = torch.tensor([10, 20, 30])
     fast = []
     corrected = head._corrected_mixture
@@ -224,10 +228,7 @@ def test_without_conditioned_blocks_the_lead_encoder_reads_only_what_the_head_ne
     which a conditioned block that changes nothing makes the network run."""
     net = whole_domain_net(half_resolution)
     net.conditioned_blocks = torch.nn.ModuleList()
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randn(1, 2, 2, 160, 192, generator=gen)
-    planes = torch.randn(1, 3, 4, 160, 192, generator=gen)
-    planes[:, :, 1] = 1.0
+    x, planes = whole_domain_inputs(160, 192, seed=5)
     with torch.no_grad():
         cropped = net(x, [10, 20, 30], planes)
         net.conditioned_blocks.append(_IdentityBlock())

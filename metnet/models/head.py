@@ -75,16 +75,24 @@ def _softmax_of_bins(logits: Tensor) -> Tensor:
     return torch.softmax(logits.permute(0, 2, 3, 1), dim=-1).permute(0, 3, 1, 2)
 
 
+def _aligned_blocks(full: Tensor, blocks: Tensor) -> tuple[Tensor, Tensor]:
+    """Views (N, H / p, p, W / p, p, K) of full (N, K, H, W), the bins last in memory, and
+    of blocks (N, H / p, W / p, p, p, K) whose elements are those of ``full`` and
+    ``_unblocked(blocks)`` at the same place: an elementwise operation of the two runs
+    along contiguous rows of p K values on both sides."""
+    n, k, h, w = full.shape
+    p = blocks.shape[3]
+    return (full.permute(0, 2, 3, 1).view(n, h // p, p, w // p, p, k),
+            blocks.permute(0, 1, 3, 2, 4, 5))
+
+
 def _add_blocks(full: Tensor, blocks: Tensor) -> Tensor:
     """``full + _unblocked(blocks)``, full (N, K, H, W) in any layout, blocks (N, H / p,
     W / p, p, p, K): one pass, in place on ``full`` when no gradient is recorded (its K
-    values per pixel contiguous, as the prior's kernel lays them out, the sum runs along
-    contiguous rows of p K values on both sides)."""
-    n, k, h, w = full.shape
-    p = blocks.shape[3]
-    whole = full.permute(0, 2, 3, 1).view(n, h // p, p, w // p, p, k)
-    part = blocks.permute(0, 1, 3, 2, 4, 5)
+    values per pixel contiguous, as the prior's kernel lays them out)."""
+    whole, part = _aligned_blocks(full, blocks)
     summed = whole + part if torch.is_grad_enabled() else whole.add_(part)
+    n, k, h, w = full.shape
     return summed.reshape(n, h, w, k).permute(0, 3, 1, 2)
 
 
@@ -101,13 +109,12 @@ def _corrected_mixture(mixture: Tensor, blocks: Tensor) -> Tensor | None:
     softmax's guard against overflow). None, the mixture then spoilt, where a pixel's sum
     is not finite or below :data:`LEAST_SUM` (corrections beyond about +-80, which the
     softmax of the logits survives)."""
-    n, k, h, w = mixture.shape
-    p = blocks.shape[3]
-    whole = mixture.permute(0, 2, 3, 1).view(n, h // p, p, w // p, p, k)
-    whole.mul_(blocks.exp().permute(0, 1, 3, 2, 4, 5))
+    whole, part = _aligned_blocks(mixture, blocks.exp())
+    whole.mul_(part)
     total = whole.sum(-1, keepdim=True)
     if not bool(((total >= LEAST_SUM) & total.isfinite()).all()):
         return None
+    n, k, h, w = mixture.shape
     return whole.div_(total).view(n, h, w, k).permute(0, 3, 1, 2)
 
 
@@ -240,8 +247,7 @@ class Head(nn.Module):
         k = self.num_bins * p**2  # the bins' outputs, then the prior's mixture logits
         mix = _subpixel_planes(weight[k:], bias[k:], features, p)
         corrections = _block_logits(weight[:k], bias[:k], features, p)
-        kernel = histograms is None and self.prior.runs_kernel(mix, lead_inputs)
-        if probabilities and kernel:
+        if probabilities and histograms is None and self.prior.runs_kernel(mix, lead_inputs):
             probs = _corrected_mixture(self.prior.mixture(mix, lead_inputs, lead_minutes, out),
                                        corrections)
             if probs is not None:
