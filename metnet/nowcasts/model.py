@@ -331,7 +331,7 @@ def encode_while(net: nn.Module, x: torch.Tensor,
     """``(net.encode(x), work())``, the encoder in a worker thread while ``work`` runs in this
     one. The forecast's motion and advection (``work``) keep about one CPU core busy and the
     encoder does not need them, so the two share the cores (on 2 cores whole forecasts took
-    5-14 % less time than with the two in turn; BENCHMARKS.md). The worker keeps torch's
+    5-15 % less time than with the two in turn; BENCHMARKS.md). The worker keeps torch's
     threads: one thread fewer was slower than no worker at all.
 
     Args:
