@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -112,8 +113,8 @@ class Checkpoint:
         except FileNotFoundError:
             raise CheckpointError(f"{path}: no such checkpoint") from None
         except Exception as err:  # torch raises many types for a damaged or unsafe file
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from err
+            raise CheckpointError(f"{path}: not a readable checkpoint "
+                                  f"({_unreadable_reason(err)})") from err
         return cls(contents, path)
 
     @property
@@ -254,6 +255,22 @@ class Checkpoint:
         if differences:
             raise CheckpointError("the checkpoint's network does not match the "
                                   "configuration: " + ", ".join(differences))
+
+
+def _unreadable_reason(err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words. Torch's own message
+    advises loading with code execution allowed; this never does."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().split("\n\n")[0].strip()
+        if name := re.search(r"GLOBAL (\S+)", detail):
+            return (f"it holds objects that would run code ({name[1]}) to load, and metnet "
+                    "never runs code from a checkpoint")
+        return f"not a torch checkpoint, or a damaged one: {detail}"
+    if "zip archive" in text:
+        return "damaged or truncated: its zip archive is incomplete"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"not a torch checkpoint: {type(err).__name__}" + (f": {first}" if first else "")
 
 
 def store_problems(config: Mapping[str, Any], settings: Mapping[str, Any],

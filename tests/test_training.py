@@ -311,14 +311,19 @@ def test_bad_checkpoint_files_are_one_line_in_fit_and_test(command, synthetic_st
             return (print, ("code in a checkpoint ran",))
 
     torch.save({"state_dict": {}, "payload": Payload()}, tmp_path / "code.ckpt")
-    for path, reason in ((garbage, "not a readable checkpoint"),
-                         (tmp_path / "code.ckpt", "not a readable checkpoint")):
+    torch.save({"state_dict": {}}, tmp_path / "whole.ckpt")
+    whole = (tmp_path / "whole.ckpt").read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(whole[:len(whole) // 2])
+    for path, reason in ((garbage, "not a torch checkpoint, or a damaged one"),
+                         (tmp_path / "code.ckpt", "it holds objects that would run code (print)"),
+                         (tmp_path / "truncated.ckpt", "damaged or truncated")):
         result = run_metnet(command, *tiny_overrides(synthetic_store), "--ckpt_path", path,
                             cwd=tmp_path)
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
-        assert lines[-1].startswith(f"metnet {command}: error: {path}: {reason}")
-        assert "weights_only=False" not in result.stderr and "Traceback" not in result.stderr
+        assert lines[-1].startswith(f"metnet {command}: error: {path}: not a readable "
+                                    f"checkpoint ({reason}")
+        assert "weights_only" not in result.stderr and "Traceback" not in result.stderr
         assert "code in a checkpoint ran" not in result.stdout
 
 
