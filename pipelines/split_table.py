@@ -1,6 +1,7 @@
 """Which events of a data configuration's stores train, validate and test: per store, its
-events (runs of frames without a gap longer than an hour) and, per split, the complete
-windows (init times) they give, as the datamodule cuts them.
+events (runs of frames without a gap longer than an hour), its window (context and leads,
+at the store's own step where it differs: such a store only trains) and, per split, the
+complete windows (init times) they give, as the datamodule cuts them.
 
     python pipelines/split_table.py configs/data/radar.yaml
 """
@@ -17,8 +18,11 @@ from metnet.data.windows import (
     complete_windows,
     grid_frames,
     lead_steps,
+    sampling_step,
     split_bounds,
     split_windows,
+    store_lead_times,
+    training_only,
 )
 from metnet.io.store import open_store
 
@@ -37,22 +41,29 @@ def minute(t: np.datetime64) -> str:
 
 def table(config: dict) -> list[str]:
     step = config.get("step_minutes", 5)
-    leads = lead_steps(config.get("lead_times") or list(range(step, 61, step)), step)
+    lead_times = config.get("lead_times") or list(range(step, 61, step))
+    lead_steps(lead_times, step)  # refuses leads off the step grid
     context = config.get("context_frames", 6)
     stride = config.get("context_step_minutes", step) // step
-    span = (context - 1) * stride * step + int(leads.max()) * step
-    rows = [f"window: {context} context frames every {stride * step} min + leads to "
-            f"{int(leads.max()) * step} min = {span} min of frames",
-            "", "| store | event | frames | train inits | val inits | test inits |",
-            "| --- | --- | ---: | --- | --- | --- |"]
+    rows = ["| store | event | frames | window | train inits | val inits | test inits |",
+            "| --- | --- | ---: | --- | --- | --- | --- |"]
     for path in config["stores"]:
         ds = open_store(path)
         all_times = ds["time"].values.astype("datetime64[ns]")
-        times = all_times[grid_frames(all_times, int(ds.attrs["step_minutes"]), step, path)]
-        windows = complete_windows(times, step, context, leads, stride)
-        bounds = split_bounds(times, config.get("split_fractions", (0.7, 0.15, 0.15)),
-                              config.get("split_times"))
-        splits = split_windows(windows, times, bounds)
+        store_step = int(ds.attrs["step_minutes"])
+        own = sampling_step(store_step, step)
+        leads = store_lead_times(lead_times, own)
+        times = all_times[grid_frames(all_times, store_step, own, path)]
+        windows = complete_windows(times, own, context, leads // own, stride)
+        if own == step:
+            bounds = split_bounds(times, config.get("split_fractions", (0.7, 0.15, 0.15)),
+                                  config.get("split_times"))
+            splits = split_windows(windows, times, bounds)
+        else:
+            splits = training_only(windows)
+        span = (context - 1) * stride * own + int(leads.max())
+        window = (f"{context} frames every {stride * own} min, leads {int(leads[0])}-"
+                  f"{int(leads[-1])} min every {own} min ({span} min)")
         for first, last, n in events(times):
             cells = []
             for split in ("train", "val", "test"):
@@ -61,7 +72,7 @@ def table(config: dict) -> list[str]:
                 cells.append(f"{len(inside)}: {minute(inside[0])[11:]}-{minute(inside[-1])[11:]}"
                              if len(inside) else "0")
             rows.append(f"| {Path(path).stem} | {minute(first)} to {minute(last)[11:]} | {n} | "
-                        + " | ".join(cells) + " |")
+                        f"{window} | " + " | ".join(cells) + " |")
     return rows
 
 

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from metnet.data.datamodule import NowcastDataModule
 from metnet.data.dataset import collate
+from metnet.data.motion import VELOCITY_SCALE
 from metnet.data.windows import DataConfigError
 from metnet.io.store import StoreError, make_dataset, open_store, write_store
 from metnet.io.synthetic import SYNTHETIC_CRS, synthesize
@@ -334,17 +335,18 @@ def test_bad_configuration_is_named_in_one_line(synthetic_store, overrides, mess
     assert "\n" not in str(error.value)
 
 
-def test_missing_mismatched_and_undividable_stores_are_refused(synthetic_store, tmp_path):
+def test_missing_and_mismatched_stores_are_refused(synthetic_store, tmp_path):
     with pytest.raises(DataConfigError, match="nowhere.zarr: no such store"):
         _dm(tmp_path / "nowhere.zarr")
     fine = write_store(synthesize(frames=30, height=96, width=96, pixel_size=500.0),
                        tmp_path / "fine.zarr")
     with pytest.raises(DataConfigError, match="different pixel sizes.*1000 m.*500 m"):
         _dm(synthetic_store, fine)
-    six = write_store(synthesize(frames=30, height=64, width=64, step_minutes=6),
-                      tmp_path / "bom_like.zarr")
-    with pytest.raises(DataConfigError, match="6-minute step does not divide step_minutes=5"):
-        _dm(six)
+    half_hourly = write_store(synthesize(frames=30, height=64, width=64, step_minutes=30),
+                              tmp_path / "half_hourly.zarr")
+    with pytest.raises(DataConfigError, match="30-minute step is more than twice the longest "
+                       "lead time \\(10 min\\).*add a lead time of 30 min"):
+        _dm(half_hourly, lead_times=[5, 10])
     (tmp_path / "broken.zarr").mkdir()
     with pytest.raises(StoreError, match="broken.zarr"):
         _dm(tmp_path / "broken.zarr")
@@ -439,3 +441,36 @@ def test_storage_options_stay_out_of_checkpoints_and_hparams(synthetic_store, tm
     assert "batch_size" in hparams.read_text()
     leaked = [str(f) for f in (tmp_path / "probe.ckpt", hparams) if b"secret" in f.read_bytes()]
     assert not leaked
+
+
+def test_a_store_at_another_step_trains_at_its_own_leads_padded_to_the_slots(synthetic_store,
+                                                                            tmp_path, capsys):
+    """A 6-minute store beside a 5-minute one: its windows only train, at 6, 12, 18 min (the
+    configured 5-20 min rounded), the fourth lead slot repeats 18 min with no observed
+    target, and its extrapolation inputs fill the first three slots."""
+    six = write_store(synthesize(frames=40, height=96, width=96, step_minutes=6, seed=5),
+                      tmp_path / "six.zarr")
+    dm = _dm(synthetic_store, six, motion_inputs=True, motion_velocity=True,
+             cache_dir=str(tmp_path / "cache"))
+    assert "six: sampled every 6 min" in capsys.readouterr().err
+    alone = _dm(synthetic_store, motion_inputs=True, motion_velocity=True,
+                cache_dir=str(tmp_path / "cache"))
+    for split in ("val", "test"):  # the 6-minute store scores nothing
+        assert len(dm.datasets[split]) == len(alone.datasets[split])
+    train = dm.datasets["train"]
+    assert train.windows[1].init_time.size == 40 - (2 * 1 + 3)  # every complete window
+    sample = train[int(train.offsets[1])]
+    assert sample["store"] == "six" and sample["lead_times"].tolist() == [6, 12, 18, 18]
+    observed = sample["target_mask"].flatten(1).any(1).tolist()
+    assert observed[:3] == [True, True, True] and observed[3] is False
+    assert torch.isnan(sample["target"][3]).all()
+    planes = sample["lead_inputs"]
+    assert torch.equal(planes[3], planes[2]) and not torch.equal(planes[2], planes[1])
+    _, velocity = train.domains[1].motion.fields(int(train.windows[1].context[0, -1]))
+    patch = (slice(None), slice(sample["row"], sample["row"] + 64),
+             slice(sample["col"], sample["col"] + 64))
+    np.testing.assert_allclose(planes[0, -2:].numpy() * VELOCITY_SCALE,
+                               np.asarray(velocity)[patch] * 5 / 6, atol=0.02)  # px per 5 min
+    batch = next(iter(DataLoader(train, batch_size=len(train), collate_fn=collate,
+                                 sampler=[(0, i) for i in range(len(train))])))
+    assert set(map(tuple, batch["lead_times"].tolist())) == {(5, 10, 15, 20), (6, 12, 18, 18)}

@@ -51,17 +51,23 @@ def test_default_samples_from_two_real_domains(fmi, knmi):
     assert train[knmi_first]["store"] == "knmi" and train[0]["store"] == "fmi"
 
 
-def test_six_minute_bom_needs_a_six_minute_step_and_matching_pixels(ingested_store, knmi):
+def test_six_minute_bom_trains_beside_five_minute_knmi_and_needs_matching_pixels(
+        ingested_store, knmi):
     bom = ingested_store("bom", "radar/bom")
-    with pytest.raises(DataConfigError, match="6-minute step does not divide step_minutes=5"):
-        NowcastDataModule([str(bom)]).setup("fit")
+    bom_1km = ingested_store("bom", "radar/bom", coarsen=2)
+    dm = NowcastDataModule([str(knmi), str(bom_1km)], context_size=128, target_size=32,
+                           split_fractions=(0.5, 0.25, 0.25))
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    assert len(train.windows[1]) == 61 - (6 * 6 + 60) // 6  # all of BOM's windows train
+    assert train[len(train) - 1]["lead_times"].tolist() == list(range(6, 61, 6)) + [60, 60]
+    assert {dm.datasets["val"][i]["store"] for i in range(len(dm.datasets["val"]))} == {"knmi"}
     dm = NowcastDataModule([str(bom)], step_minutes=6, lead_times=list(range(6, 61, 6)),
                            context_size=128, target_size=32, split_fractions=(0.4, 0.3, 0.3))
     dm.setup("fit")
     assert dm.datasets["val"][0]["lead_times"].tolist() == list(range(6, 61, 6))
     with pytest.raises(DataConfigError, match="different pixel sizes"):
         NowcastDataModule([str(knmi), str(bom)], step_minutes=30, lead_times=[30]).setup()
-    bom_1km = ingested_store("bom", "radar/bom", coarsen=2)
     dm = NowcastDataModule([str(knmi), str(bom_1km)], step_minutes=30, lead_times=[30],
                            context_frames=2)
     dm.setup()

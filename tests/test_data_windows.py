@@ -12,8 +12,10 @@ from metnet.data.windows import (
     grid_frames,
     lead_steps,
     parse_split_ranges,
+    sampling_step,
     split_bounds,
     split_windows,
+    store_lead_times,
     windows_in_ranges,
 )
 
@@ -57,6 +59,24 @@ def test_grid_phase_is_the_one_most_frames_sit_on():
 def test_step_that_does_not_divide_is_refused_in_one_line():
     with pytest.raises(DataConfigError, match="6-minute step does not divide step_minutes=5"):
         grid_frames(_times(10, step=6), 6, 5, "bom")
+
+
+@pytest.mark.parametrize(("store_step", "step", "sampled"),
+                         [(5, 5, 5), (2, 10, 10), (6, 5, 6), (15, 5, 15), (2, 5, 6), (4, 10, 12)])
+def test_a_store_is_sampled_at_the_step_or_the_shortest_multiple_of_its_own(store_step, step,
+                                                                          sampled):
+    assert sampling_step(store_step, step) == sampled
+    assert sampled % store_step == 0 and sampled >= step
+
+
+def test_store_lead_times_round_to_the_store_step_and_never_outnumber_the_configured():
+    five = list(range(5, 61, 5))
+    assert store_lead_times(five, 5).tolist() == five
+    assert store_lead_times(five, 6).tolist() == list(range(6, 61, 6))
+    assert store_lead_times(five, 15).tolist() == [15, 30, 45, 60]
+    assert store_lead_times([30, 60], 6).tolist() == [30, 60]
+    assert store_lead_times([5, 10, 20], 30).tolist() == [30]  # 5 and 10 min round to 0
+    assert store_lead_times([5, 10], 30).tolist() == []
 
 
 @pytest.mark.parametrize("leads", [[5, 7], [0, 5], []])

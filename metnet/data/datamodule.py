@@ -8,7 +8,12 @@ What it does (details in the modules it composes):
 
 * each store's frames are put on the ``step_minutes`` grid
   (:func:`metnet.data.windows.grid_frames`: a 2-minute store gives every 5th
-  frame for a 10-minute step; a 6-minute store and a 5-minute step are refused);
+  frame for a 10-minute step). A store whose step does not divide ``step_minutes``
+  (6 or 15 minutes in a 5-minute configuration) is sampled at the shortest multiple of its
+  own step instead (:func:`metnet.data.windows.sampling_step`), with the lead times
+  rounded to it (6, 12, ..., 60 min; :func:`metnet.data.windows.store_lead_times`), its
+  samples padded to the configured lead slots with unobserved targets, and its windows
+  only train: one model learns from every archive, and is scored at its own leads;
 * complete windows (every context and lead frame present) are found per store;
   windows never span two stores (:mod:`metnet.data.windows`);
 * windows are split by time per store (``split_fractions`` of each store's
@@ -31,7 +36,7 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -53,8 +58,11 @@ from metnet.data.windows import (
     grid_frames,
     lead_steps,
     parse_split_ranges,
+    sampling_step,
     split_bounds,
     split_windows,
+    store_lead_times,
+    training_only,
     windows_in_ranges,
 )
 from metnet.io.sample_index import PatchLattice, sample_fractions
@@ -71,6 +79,17 @@ STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
     "predict": ("test",),
     None: ("train",),
 }
+
+
+class StorePlan(NamedTuple):
+    """How a store is sampled, found without reading its frames: its frames on its step
+    grid, its pixel size (and unit), the step (minutes, :func:`sampling_step`) and the lead
+    times (minutes, :func:`store_lead_times`) of its windows."""
+
+    keep: np.ndarray
+    pixel_size: tuple[float, str]
+    step: int
+    lead_times: tuple[int, ...]
 
 
 class NowcastDataModule(L.LightningDataModule):
@@ -202,7 +221,7 @@ class NowcastDataModule(L.LightningDataModule):
         if motion_inputs and context_frames < MOTION_FRAMES:
             raise DataConfigError(f"motion_inputs needs context_frames >= {MOTION_FRAMES} "
                                   f"(the motion is estimated from them), got {context_frames}")
-        self.leads = lead_steps(lead_times, step_minutes)
+        lead_steps(lead_times, step_minutes)  # refuses leads off the step grid
         context_step = context_step_minutes or step_minutes
         if context_step % step_minutes != 0:
             raise DataConfigError(f"context_step_minutes={context_step} is not a multiple of "
@@ -319,23 +338,31 @@ class NowcastDataModule(L.LightningDataModule):
 
     def _build(self) -> dict[str, NowcastDataset]:
         hp = self.hparams
-        plan = [self._plan(path) for path in self.stores]
-        _check_pixel_sizes(self.stores, [size for _, size in plan])
-        self.pixel_size = plan[0][1]
+        plans = [self._plan(path) for path in self.stores]
+        _check_pixel_sizes(self.stores, [plan.pixel_size for plan in plans])
+        self.pixel_size = plans[0].pixel_size
         satellites = self.open_satellites()
-        domains = [self._domain(path, keep, satellites)
-                   for path, (keep, _) in zip(self.stores, plan, strict=True)]
+        domains = [self._domain(path, plan, satellites)
+                   for path, plan in zip(self.stores, plans, strict=True)]
         per_split: dict[str, list[Windows]] = {split: [] for split in SPLITS}
-        for domain in domains:
+        for domain, step in zip(domains, (plan.step for plan in plans), strict=True):
             times = domain.frames.times
-            windows = complete_windows(times, hp.step_minutes, self.spec.context_frames,
-                                       self.leads, self.context_stride)
+            leads = np.asarray(domain.lead_times) // step
+            windows = complete_windows(times, step, self.spec.context_frames, leads,
+                                       self.context_stride)
             if hp.motion_inputs and len(windows):
                 domain.motion = MotionCache(domain.frames, windows.context, self.context_stride,
-                                            self.leads, hp.motion_velocity, self.cache_dir,
+                                            leads, hp.motion_velocity, self.cache_dir,
                                             memory=hp.cache == "memory",
-                                            error=hp.motion_error)
-            if self.split_ranges is not None:
+                                            error=hp.motion_error,
+                                            time_scale=hp.step_minutes / step)
+            if step != hp.step_minutes:
+                parts = training_only(windows)
+                _note(f"{domain.frames.name}: sampled every {step} min (its step does not "
+                      f"divide step_minutes={hp.step_minutes}), leads "
+                      f"{', '.join(map(str, domain.lead_times))} min; its "
+                      f"{len(windows)} windows only train")
+            elif self.split_ranges is not None:
                 parts = {split: windows_in_ranges(windows, times, self.split_ranges.get(split, []))
                          for split in SPLITS}
             else:
@@ -354,8 +381,8 @@ class NowcastDataModule(L.LightningDataModule):
             for split in SPLITS
         }
 
-    def _plan(self, path: str) -> tuple[np.ndarray, tuple[float, str]]:
-        """Check a store without reading its frames: its frames on the step grid, pixel size."""
+    def _plan(self, path: str) -> StorePlan:
+        """Check a store without reading its frames, and say how it is sampled."""
         if not is_remote(path) and not Path(path).exists():
             raise DataConfigError(f"{path}: no such store")
         ds = open_store(path, self.storage_options)
@@ -363,24 +390,33 @@ class NowcastDataModule(L.LightningDataModule):
         if self.spec.context_size > min(height, width):
             raise DataConfigError(f"{path}: context_size={self.spec.context_size} is larger "
                                   f"than its {height} x {width} grid")
-        keep = grid_frames(ds["time"].values.astype("datetime64[ns]"),
-                           int(ds.attrs["step_minutes"]), self.hparams.step_minutes, path)
-        return keep, pixel_size(ds["x"].values, str(ds["x"].attrs.get("units", "m")))
+        store_step = int(ds.attrs["step_minutes"])
+        step = sampling_step(store_step, self.hparams.step_minutes)
+        leads = tuple(int(t) for t in store_lead_times(self.spec.lead_times, step))
+        if not leads:
+            raise DataConfigError(f"{path}: its {store_step}-minute step is more than twice the "
+                                  f"longest lead time ({max(self.spec.lead_times)} min), so it "
+                                  f"has no lead to sample; add a lead time of {step} min")
+        keep = grid_frames(ds["time"].values.astype("datetime64[ns]"), store_step, step, path)
+        size = pixel_size(ds["x"].values, str(ds["x"].attrs.get("units", "m")))
+        return StorePlan(keep, size, step, leads)
 
     def open_satellites(self) -> list[StoreFrames]:
         """The frames of every satellite store, in ``satellite_stores`` order."""
         return [self.sources.open_frames(path, storage_options=self.storage_options)
                 for path in self.satellite_stores]
 
-    def _domain(self, path: str, keep: np.ndarray, satellites: list[StoreFrames]) -> Domain:
+    def _domain(self, path: str, plan: StorePlan, satellites: list[StoreFrames]) -> Domain:
         hp = self.hparams
+        keep = plan.keep
         frames = self.sources.open_frames(path, keep, self.storage_options)
         lattice = PatchLattice(*frames.shape, self.spec.context_size, self.spec.target_size,
                                self.patch_stride)
         wet, cover = sample_fractions(path, lattice, hp.rain_threshold, hp.max_rate, keep,
                                       self.storage_options, self.cache_dir, note=_note)
         patches = PatchWeights(lattice, wet, cover)
-        return Domain(self.sources.context_sources(frames, satellites), patches)
+        return Domain(self.sources.context_sources(frames, satellites), patches,
+                      plan.lead_times)
 
 
 def _note(line: str) -> None:

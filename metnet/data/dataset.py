@@ -80,11 +80,27 @@ class Pick:
 @dataclass
 class Domain:
     """One radar store with what its samples need: the sources of its context channels,
-    patch weights, per-lead inputs."""
+    patch weights, its lead times in minutes (None: the spec's) and per-lead inputs.
+
+    A store with fewer lead times than the spec (one sampled at another step,
+    :func:`metnet.data.windows.store_lead_times`) fills the first lead slots of a sample;
+    the others repeat its last lead with an unobserved (NaN) target, so no loss or score
+    sees them.
+    """
 
     sources: ContextSources
     patches: PatchWeights
+    lead_times: tuple[int, ...] | None = None
     motion: MotionCache | None = None
+
+    def leads(self, spec: SampleSpec) -> tuple[int, ...]:
+        """The lead times (minutes) of this store's samples, padded to the spec's slots."""
+        own = self.lead_times or spec.lead_times
+        return own + own[-1:] * (len(spec.lead_times) - len(own))
+
+    def num_leads(self, spec: SampleSpec) -> int:
+        """How many of the spec's lead slots this store's samples fill."""
+        return len(self.lead_times or spec.lead_times)
 
     @property
     def frames(self) -> StoreFrames:
@@ -161,7 +177,8 @@ class NowcastDataset(Dataset):
             **extra,
             "target": target,
             "target_mask": torch.from_numpy(~np.isnan(target.numpy())),
-            "lead_times": torch.tensor([spec.lead_times] * len(picks), dtype=torch.int64),
+            "lead_times": torch.tensor([self.domains[p.store].leads(spec) for p in picks],
+                                       dtype=torch.int64),
             "init_time": torch.tensor([int(self.windows[p.store].init_time[p.window]
                                            .astype(np.int64)) for p in picks]),
             "store": [self.domains[p.store].frames.name for p in picks],
@@ -190,8 +207,11 @@ class NowcastDataset(Dataset):
         vectors = vector_channels(spec.lead_channels)
         for out_pick, pick in zip(out.numpy(), picks, strict=True):
             init_frame = self.windows[pick.store].context[pick.window, -1]
-            self.domains[pick.store].motion.read(init_frame, slice(pick.row, pick.row + size),
-                                                 slice(pick.col, pick.col + size), out_pick)
+            domain = self.domains[pick.store]
+            filled = domain.num_leads(spec)
+            domain.motion.read(init_frame, slice(pick.row, pick.row + size),
+                               slice(pick.col, pick.col + size), out_pick[:filled])
+            out_pick[filled:] = out_pick[filled - 1]
             transform_inplace(out_pick, pick.symmetry, vectors)
         return out
 
@@ -200,8 +220,9 @@ class NowcastDataset(Dataset):
         offset = (self.spec.context_size - self.spec.target_size) // 2
         top, left, size = pick.row + offset, pick.col + offset, self.spec.target_size
         frames = self.windows[pick.store].target[pick.window]
-        out[:] = self.domains[pick.store].frames.read(frames, slice(top, top + size),
-                                                      slice(left, left + size))
+        out[:len(frames)] = self.domains[pick.store].frames.read(frames, slice(top, top + size),
+                                                                 slice(left, left + size))
+        out[len(frames):] = np.nan
 
 
 def collate(batch: dict) -> dict:

@@ -101,11 +101,14 @@ class MotionCache:
         context_stride: steps of the grid between context frames.
         lead_steps: (L,) lead times in steps of the grid.
         velocity: also keep the motion field.
-        error: also keep the last step's :func:`extrapolation_error`.
         cache_dir: where the sidecar store goes (default and sub-folders:
             :func:`metnet.io.store.cache_folder`).
         memory: hold the cache in memory (float16) instead of reading it per sample.
         progress: progress bar while building.
+        error: also keep the last step's :func:`extrapolation_error`.
+        time_scale: the configuration's step over this store's (5/6 for a 6-minute store
+            in a 5-minute configuration): the velocity channel is read in pixels per
+            configured context step, whatever the store's step.
     """
 
     def __init__(
@@ -119,8 +122,10 @@ class MotionCache:
         memory: bool = True,
         progress: bool = True,
         error: bool = False,
+        time_scale: float = 1.0,
     ) -> None:
         self.frames, self.velocity, self.error = frames, velocity, error
+        self.time_scale = float(time_scale)
         self.stride, self.lead_steps = int(context_stride), np.asarray(lead_steps, np.int64)
         contexts = np.asarray(contexts, np.int64).reshape(-1, np.shape(contexts)[-1])
         if contexts.shape[1] < MOTION_FRAMES:
@@ -159,7 +164,7 @@ class MotionCache:
         source = self._memory if self._memory is not None else self._arrays
         extrapolated = np.asarray(source["extrapolated"][k, :, rows, cols], np.float32)
         velocity = (np.asarray(source["velocity"][k, :, rows, cols], np.float32)
-                    if self.velocity else None)
+                    * np.float32(self.time_scale) if self.velocity else None)
         error = np.asarray(source["error"][k, rows, cols], np.float32) if self.error else None
         lead_input_channels(extrapolated, velocity, out, error)
 

@@ -63,6 +63,32 @@ def lead_steps(lead_times: Sequence[int], step_minutes: int) -> np.ndarray:
     return leads // step_minutes
 
 
+def sampling_step(store_step: int, step: int) -> int:
+    """The step (minutes) a store's windows take in a configuration of ``step`` minutes.
+
+    ``step`` itself when the store's step divides it (a 2-minute store in a 10-minute
+    configuration keeps every 5th frame); otherwise the shortest multiple of the store's
+    step that is at least ``step`` (a 6-minute store in a 5-minute configuration: 6; a
+    15-minute store: 15), and the store's windows then only train (see
+    :func:`store_lead_times`).
+    """
+    if step % store_step == 0:
+        return step
+    return -(-step // store_step) * store_step
+
+
+def store_lead_times(lead_times: Sequence[int], step: int) -> np.ndarray:
+    """The lead times (minutes) of a store sampled every ``step`` minutes: each configured
+    lead rounded to the nearest multiple of ``step`` (halves up), repeats and 0 dropped.
+
+    The configured leads themselves when ``step`` divides them all; for a 6-minute store and
+    leads 5, 10, ..., 60: 6, 12, ..., 60 (10 leads); for a 15-minute store: 15, 30, 45, 60.
+    Never more leads than configured, so a store's samples fit the configured lead slots.
+    """
+    rounded = np.floor(np.asarray(lead_times, np.float64) / step + 0.5).astype(np.int64) * step
+    return np.unique(rounded[rounded > 0])
+
+
 def grid_frames(times: np.ndarray, store_step: int, step: int, name: str) -> np.ndarray:
     """Indices of the store frames that lie on the ``step``-minute grid.
 
@@ -216,3 +242,10 @@ def windows_in_ranges(
     for lo, hi in ranges:
         inside |= (first >= lo) & (last < hi)
     return windows.select(inside)
+
+
+def training_only(windows: Windows) -> dict[str, Windows]:
+    """Every window to the train split, none to val or test: a store sampled at another step
+    than the configuration's, whose scores would be at other lead times."""
+    none = windows.select(np.zeros(len(windows), dtype=bool))
+    return {"train": windows, "val": none, "test": none}
