@@ -24,12 +24,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) pipelines/demo.py --out outputs/demo
 
-# The real radar stores of configs/radar.yaml, from ../shared/data (2 km, 5 min).
+# The real radar stores of configs/radar.yaml, from ../shared/data (2 km, 5 min), and the
+# two of other steps that can train beside them (BOM 6 min, OPERA 15 min; README, Splits).
 SHARED ?= ../shared/data
 stores: $(STAMP)
 	$(VENV)/bin/metnet ingest $(SHARED)/radar/fmi --source fmi --out outputs/stores/fmi.zarr --coarsen 2
 	$(VENV)/bin/metnet ingest $(SHARED)/radar/KNMI --source knmi --out outputs/stores/knmi.zarr --coarsen 2
 	$(VENV)/bin/metnet ingest $(SHARED)/radar/mch --source mch --out outputs/stores/mch.zarr --coarsen 2
+	$(VENV)/bin/metnet ingest $(SHARED)/radar/bom --source bom --out outputs/stores/bom.zarr --coarsen 4
+	$(VENV)/bin/metnet ingest $(SHARED)/radar/OPERA --source opera --out outputs/stores/opera.zarr
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -457,6 +457,8 @@ def test_a_store_at_another_step_trains_at_its_own_leads_padded_to_the_slots(syn
                 cache_dir=str(tmp_path / "cache"))
     for split in ("val", "test"):  # the 6-minute store scores nothing
         assert len(dm.datasets[split]) == len(alone.datasets[split])
+    with pytest.raises(DataConfigError, match="six only train, as their step differs"):
+        _dm(six)
     train = dm.datasets["train"]
     assert train.windows[1].init_time.size == 40 - (2 * 1 + 3)  # every complete window
     sample = train[int(train.offsets[1])]

@@ -243,6 +243,8 @@ class NowcastDataModule(L.LightningDataModule):
                                augment)
         self.patch_stride = patch_stride or max(target_size // 4, 1)
         self.datasets: dict[str, NowcastDataset] | None = None
+        #: The stores sampled at another step than ``step_minutes`` (they only train).
+        self.other_step_stores: list[str] = []
         #: The stores' pixel size and its unit (metres where metric), once set up.
         self.pixel_size: tuple[float, str] | None = None
 
@@ -279,7 +281,10 @@ class NowcastDataModule(L.LightningDataModule):
                     f"no complete window in the {split} split of {', '.join(self.stores)} "
                     f"(needs {self.spec.context_frames} context frames + "
                     f"{max(self.spec.lead_times)} min of leads inside the split; "
-                    "change split_fractions, split_times or splits)"
+                    "change split_fractions, split_times or splits"
+                    + (f"; {', '.join(self.other_step_stores)} only train, as their step "
+                       "differs from step_minutes" if split != "train" and
+                       self.other_step_stores else "") + ")"
                 )
 
     def dataloader(self, split: Split, num_replicas: int | None = None,
@@ -358,6 +363,7 @@ class NowcastDataModule(L.LightningDataModule):
                                             time_scale=hp.step_minutes / step)
             if step != hp.step_minutes:
                 parts = training_only(windows)
+                self.other_step_stores.append(domain.frames.name)
                 _note(f"{domain.frames.name}: sampled every {step} min (its step does not "
                       f"divide step_minutes={hp.step_minutes}), leads "
                       f"{', '.join(map(str, domain.lead_times))} min; its "
@@ -408,11 +414,10 @@ class NowcastDataModule(L.LightningDataModule):
 
     def _domain(self, path: str, plan: StorePlan, satellites: list[StoreFrames]) -> Domain:
         hp = self.hparams
-        keep = plan.keep
-        frames = self.sources.open_frames(path, keep, self.storage_options)
+        frames = self.sources.open_frames(path, plan.keep, self.storage_options)
         lattice = PatchLattice(*frames.shape, self.spec.context_size, self.spec.target_size,
                                self.patch_stride)
-        wet, cover = sample_fractions(path, lattice, hp.rain_threshold, hp.max_rate, keep,
+        wet, cover = sample_fractions(path, lattice, hp.rain_threshold, hp.max_rate, plan.keep,
                                       self.storage_options, self.cache_dir, note=_note)
         patches = PatchWeights(lattice, wet, cover)
         return Domain(self.sources.context_sources(frames, satellites), patches,
