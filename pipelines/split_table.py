@@ -4,6 +4,7 @@ at the store's own step where it differs: such a store only trains) and, per spl
 complete windows (init times) they give, as the datamodule cuts them.
 
     python pipelines/split_table.py configs/data/radar.yaml
+    python pipelines/split_table.py configs/data/radar.yaml --stores outputs/stores/*.zarr
 """
 
 from __future__ import annotations
@@ -79,8 +80,11 @@ def table(config: dict) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_config", type=Path, help="a configs/data/*.yaml file")
+    parser.add_argument("--stores", nargs="+", help="these stores instead of the config's "
+                        "(as --data.stores on metnet fit)")
     args = parser.parse_args()
-    print("\n".join(table(yaml.safe_load(args.data_config.read_text()))))
+    config = yaml.safe_load(args.data_config.read_text())
+    print("\n".join(table({**config, **({"stores": args.stores} if args.stores else {})})))
 
 
 if __name__ == "__main__":
