@@ -19,10 +19,9 @@ from metnet.data.windows import (
     complete_windows,
     grid_frames,
     lead_steps,
-    sampling_step,
     split_bounds,
     split_windows,
-    store_lead_times,
+    store_sampling,
     training_only,
 )
 from metnet.io.store import open_store
@@ -52,8 +51,7 @@ def table(config: dict) -> list[str]:
         ds = open_store(path)
         all_times = ds["time"].values.astype("datetime64[ns]")
         store_step = int(ds.attrs["step_minutes"])
-        own = sampling_step(store_step, step)
-        leads = store_lead_times(lead_times, own)
+        own, leads = store_sampling(store_step, step, lead_times, path)
         times = all_times[grid_frames(all_times, store_step, own, path)]
         windows = complete_windows(times, own, context, leads // own, stride)
         if own == step:

@@ -58,10 +58,9 @@ from metnet.data.windows import (
     grid_frames,
     lead_steps,
     parse_split_ranges,
-    sampling_step,
     split_bounds,
     split_windows,
-    store_lead_times,
+    store_sampling,
     training_only,
     windows_in_ranges,
 )
@@ -83,8 +82,8 @@ STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
 
 class StorePlan(NamedTuple):
     """How a store is sampled, found without reading its frames: its frames on its step
-    grid, its pixel size (and unit), the step (minutes, :func:`sampling_step`) and the lead
-    times (minutes, :func:`store_lead_times`) of its windows."""
+    grid, its pixel size (and unit), the step and the lead times (minutes) of its windows
+    (:func:`~metnet.data.windows.store_sampling`)."""
 
     keep: np.ndarray
     pixel_size: tuple[float, str]
@@ -397,15 +396,11 @@ class NowcastDataModule(L.LightningDataModule):
             raise DataConfigError(f"{path}: context_size={self.spec.context_size} is larger "
                                   f"than its {height} x {width} grid")
         store_step = int(ds.attrs["step_minutes"])
-        step = sampling_step(store_step, self.hparams.step_minutes)
-        leads = tuple(int(t) for t in store_lead_times(self.spec.lead_times, step))
-        if not leads:
-            raise DataConfigError(f"{path}: its {store_step}-minute step is more than twice the "
-                                  f"longest lead time ({max(self.spec.lead_times)} min), so it "
-                                  f"has no lead to sample; add a lead time of {step} min")
+        step, leads = store_sampling(store_step, self.hparams.step_minutes,
+                                     self.spec.lead_times, path)
         keep = grid_frames(ds["time"].values.astype("datetime64[ns]"), store_step, step, path)
         size = pixel_size(ds["x"].values, str(ds["x"].attrs.get("units", "m")))
-        return StorePlan(keep, size, step, leads)
+        return StorePlan(keep, size, step, tuple(int(t) for t in leads))
 
     def open_satellites(self) -> list[StoreFrames]:
         """The frames of every satellite store, in ``satellite_stores`` order."""

@@ -80,7 +80,7 @@ class Pick:
 @dataclass
 class Domain:
     """One radar store with what its samples need: the sources of its context channels,
-    patch weights, its lead times in minutes (None: the spec's) and per-lead inputs.
+    patch weights, its lead times in minutes and per-lead inputs.
 
     A store with fewer lead times than the spec (one sampled at another step,
     :func:`metnet.data.windows.store_lead_times`) fills the first lead slots of a sample;
@@ -90,17 +90,12 @@ class Domain:
 
     sources: ContextSources
     patches: PatchWeights
-    lead_times: tuple[int, ...] | None = None
+    lead_times: tuple[int, ...]
     motion: MotionCache | None = None
 
-    def leads(self, spec: SampleSpec) -> tuple[int, ...]:
-        """The lead times (minutes) of this store's samples, padded to the spec's slots."""
-        own = self.lead_times or spec.lead_times
-        return own + own[-1:] * (len(spec.lead_times) - len(own))
-
-    def num_leads(self, spec: SampleSpec) -> int:
-        """How many of the spec's lead slots this store's samples fill."""
-        return len(self.lead_times or spec.lead_times)
+    def padded_leads(self, slots: int) -> tuple[int, ...]:
+        """The lead times (minutes) of this store's samples, padded to ``slots``."""
+        return self.lead_times + self.lead_times[-1:] * (slots - len(self.lead_times))
 
     @property
     def frames(self) -> StoreFrames:
@@ -177,8 +172,8 @@ class NowcastDataset(Dataset):
             **extra,
             "target": target,
             "target_mask": torch.from_numpy(~np.isnan(target.numpy())),
-            "lead_times": torch.tensor([self.domains[p.store].leads(spec) for p in picks],
-                                       dtype=torch.int64),
+            "lead_times": torch.tensor([self.domains[p.store].padded_leads(len(spec.lead_times))
+                                        for p in picks], dtype=torch.int64),
             "init_time": torch.tensor([int(self.windows[p.store].init_time[p.window]
                                            .astype(np.int64)) for p in picks]),
             "store": [self.domains[p.store].frames.name for p in picks],
@@ -208,7 +203,7 @@ class NowcastDataset(Dataset):
         for out_pick, pick in zip(out.numpy(), picks, strict=True):
             init_frame = self.windows[pick.store].context[pick.window, -1]
             domain = self.domains[pick.store]
-            filled = domain.num_leads(spec)
+            filled = len(domain.lead_times)
             domain.motion.read(init_frame, slice(pick.row, pick.row + size),
                                slice(pick.col, pick.col + size), out_pick[:filled])
             out_pick[filled:] = out_pick[filled - 1]

@@ -89,6 +89,24 @@ def store_lead_times(lead_times: Sequence[int], step: int) -> np.ndarray:
     return np.unique(rounded[rounded > 0])
 
 
+def store_sampling(store_step: int, step: int, lead_times: Sequence[int],
+                   name: str) -> tuple[int, np.ndarray]:
+    """The step (minutes, :func:`sampling_step`) and lead times (minutes,
+    :func:`store_lead_times`) of the windows of a store stepping every ``store_step``
+    minutes in a configuration of ``step`` minutes and ``lead_times``.
+
+    Raises:
+        DataConfigError: the store's step leaves no lead to sample (``name`` in the message).
+    """
+    own = sampling_step(store_step, step)
+    leads = store_lead_times(lead_times, own)
+    if not len(leads):
+        raise DataConfigError(f"{name}: its {store_step}-minute step is more than twice the "
+                              f"longest lead time ({max(lead_times)} min), so it has no lead "
+                              f"to sample; add a lead time of {own} min")
+    return own, leads
+
+
 def grid_frames(times: np.ndarray, store_step: int, step: int, name: str) -> np.ndarray:
     """Indices of the store frames that lie on the ``step``-minute grid.
 
