@@ -14,6 +14,8 @@ For the test init times of a store, prints per lead time the CRPS (mm/h) of:
   error ensemble of the last step's extrapolation error mixed in;
 * ``pinned``: the plain neighbourhood and the error ensemble mixed, with the mixture's
   median pinned to the pixel's own extrapolated bin (``prior_pinned: true``);
+* ``pinned at 1``: the same mixture pinned only to the side of 1 mm/h that extrapolation
+  is on (``prior_pinned: true``, ``prior_decisions: [1.0]``);
 
 and CSI at 1 mm/h of the priors (decided at P = 0.5) next to extrapolation's.
 
@@ -38,9 +40,11 @@ from metnet.nowcasts.extrapolation import motion_field
 from metnet.transforms import rate_to_input
 
 LEADS = (5, 10, 15, 30, 45, 60)
-COLUMNS = ("neighbourhood", "binned", "binned+dry", "prior", "prior+error", "pinned")
-#: The priors, by (error ensemble, pinned median).
-PRIORS = {"prior": (False, False), "prior+error": (True, False), "pinned": (True, True)}
+COLUMNS = ("neighbourhood", "binned", "binned+dry", "prior", "prior+error", "pinned",
+           "pinned at 1")
+#: The priors, by (error ensemble, pinned median, decision thresholds).
+PRIORS = {"prior": (False, False, None), "prior+error": (True, False, None),
+          "pinned": (True, True, None), "pinned at 1": (True, True, [1.0])}
 
 
 def prior_histograms(field: np.ndarray, leads: Sequence[int], prior: ExtrapolationPrior,
@@ -66,9 +70,9 @@ def prior_distributions(field: np.ndarray, error: np.ndarray
         histograms = prior_histograms(field, LEADS, prior)  # (L, 2, K, H, W)
         out[name] = RainRateDistribution(histograms[:, 1].clamp_min(1e-12).log(),
                                          prior.edges.double(), dim=1)
-    for name, (with_error, pinned) in PRIORS.items():
+    for name, (with_error, pinned, decisions) in PRIORS.items():
         prior = ExtrapolationPrior(compact_bins(dry=True), max(LEADS), error=with_error,
-                                   pinned=pinned)
+                                   pinned=pinned, decisions=decisions)
         histograms = prior_histograms(field, LEADS, prior, error if with_error else None)
         mix = torch.zeros(len(LEADS), prior.mix_planes, *field.shape[1:])
         out[name] = RainRateDistribution(prior(mix, histograms, torch.tensor(LEADS)),

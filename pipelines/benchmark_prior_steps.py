@@ -24,6 +24,10 @@ extrapolation's and the observed one (``--steps``); and the CRPS and CSI at 1 mm
   below the pixel's own bin capped just under 1/2, so that P >= 0.5 wherever extrapolation
   says rain above a bin edge, and higher rates than the pixel's left where the mixture
   puts them.
+* ``at=T[,T2...]``: the mixture of ``pin=0`` with its median pinned only to the side of
+  each decision threshold T (mm/h, bin edges) that extrapolation is on, not to the
+  pixel's own bin: P(R > T) >= 0.5 exactly where extrapolation says rain above T
+  (``prior_decisions``).
 
     python pipelines/benchmark_prior_steps.py outputs/stores/mch.zarr 2016-07-11T22:50 \\
         2016-07-11T23:00 --steps
@@ -43,7 +47,13 @@ from metnet.data.motion import extrapolation_error
 from metnet.distribution import RainRateDistribution, compact_bins
 from metnet.forecast import complete_init_times, read_context, read_observations
 from metnet.io.store import open_store
-from metnet.models.prior import PIN_MARGIN, RADIUS, ExtrapolationPrior, pin_median
+from metnet.models.prior import (
+    PIN_MARGIN,
+    RADIUS,
+    ExtrapolationPrior,
+    decision_intervals,
+    pin_median,
+)
 from metnet.nowcasts import steps
 from metnet.nowcasts.extrapolation import forecast, motion_field
 from metnet.verification import ensemble_crps
@@ -74,13 +84,17 @@ def variant(field: np.ndarray, error: np.ndarray, name: str, value: str) -> torc
         share = weight * torch.tensor([min(1.0, 5 / lead) ** power for lead in LEADS])
         share = share[:, None, None, None]
         return share * ensemble + (1 - share) / 2 * (centred + plain)
-    if name in ("pin", "cap"):
+    if name in ("pin", "cap", "at"):
         centred, plain, ensemble = histograms(field, radius, error).unbind(1)
         share = 0.5 * torch.tensor([min(1.0, 5 / lead) for lead in LEADS])[:, None, None, None]
-        mixture = share * ensemble + (1 - share) * torch.lerp(plain, centred, float(value))
+        weight = 0.0 if name == "at" else float(value)
+        mixture = share * ensemble + (1 - share) * torch.lerp(plain, centred, weight)
         own = histograms(field, (0.0, 0.0))[:, 1]  # radius 0: the pixel's own bin
         if name == "pin":
             return pin_median(mixture, own)
+        if name == "at":
+            thresholds = [float(v) for v in value.split(",")]
+            return pin_median(mixture, own, decision_intervals(EDGES, thresholds))
         cumulative = mixture.cumsum(1)  # cap: the lower half of pin_median
         below = own.cumsum(1) < 0.5
         cumulative = torch.where(below, cumulative.clamp(max=0.5 - PIN_MARGIN), cumulative)

@@ -288,17 +288,18 @@ def _random_planes(prior: ExtrapolationPrior, leads: Tensor, size: tuple[int, in
     return rate, torch.stack([torch.log1p(rate) / 4.0, known, errors], dim=1)
 
 
-@pytest.mark.parametrize("pinned", [False, True])
+@pytest.mark.parametrize(("pinned", "decisions"),
+                         [(False, None), (True, None), (True, [1.0, 5.0])])
 @pytest.mark.parametrize("dry", [True, False])
 @pytest.mark.parametrize("error", [True, False])
-def test_the_prior_without_gradients_is_its_mixture_of_histograms(error: bool, dry: bool,
-                                                                  pinned: bool) -> None:
+def test_the_prior_without_gradients_is_its_mixture_of_histograms(
+        error: bool, dry: bool, pinned: bool, decisions: list[float] | None) -> None:
     """Inference on a CPU makes the prior's logits one pixel at a time, the bins last in
     memory: the mixture of the histograms up to float32 rounding (unknown pixels, errors of
-    both signs, with and without a dry bin, pinned or not); with gradients, the mixture
-    itself."""
+    both signs, with and without a dry bin, pinned or not, at every edge or at decision
+    thresholds); with gradients, the mixture itself."""
     prior = ExtrapolationPrior(compact_bins(dry=dry), max_lead_minutes=60, error=error,
-                               pinned=pinned)
+                               pinned=pinned, decisions=decisions)
     leads = torch.tensor([5.0, 30.0, 60.0])
     _, planes = _random_planes(prior, leads, (19, 26), seed=5, wet=0.4, unknown=0.05,
                                error_scale=0.5)
@@ -347,6 +348,50 @@ def test_a_pinned_prior_decides_as_extrapolation_and_keeps_the_neighbourhood_els
     kept = torch.where(below, mixture < 0.499, mixture > 0.501)
     assert kept.float().mean() > 0.5  # most bins lie on the right side already
     torch.testing.assert_close(pinned[kept], mixture[kept], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("decisions", [[1.0], [0.1, 1.0, 5.0]])
+def test_a_prior_pinned_at_decision_thresholds_changes_only_those_decisions(
+        decisions: list[float]) -> None:
+    """Pinned at decision thresholds, the prior says P(R > t) >= 0.5 exactly where
+    extrapolation says rain above t, for each decision threshold t; a pixel whose mixture
+    already decides so keeps the mixture's distribution, and between the thresholds the
+    neighbourhood's quantiles stay where they are (the median is not pulled onto the
+    pixel's own value)."""
+    edges = compact_bins(dry=True)
+    prior = ExtrapolationPrior(edges, max_lead_minutes=60, error=True, pinned=True,
+                               decisions=decisions)
+    leads = torch.tensor([5.0, 30.0, 60.0])
+    rate, planes = _random_planes(prior, leads, (20, 20), seed=7, wet=0.5, unknown=0.0,
+                                  error_scale=0.3)
+    zero = torch.zeros(len(leads), prior.mix_planes, 20, 20)
+    with torch.inference_mode():
+        logits = prior.logits(zero, planes, leads)
+    m = prior.margin
+    own = rate[:, m:m + 20, m:m + 20]
+    histograms = prior.histograms(planes, leads)
+    mixture = (histograms * prior._weights(zero, leads)[:, :, None]).sum(1)
+    plain = RainRateDistribution((mixture + FLOOR).log(), prior.edges, dim=1)
+    agrees = torch.ones_like(own, dtype=torch.bool)
+    for t in decisions:
+        yes = RainRateDistribution(logits, prior.edges, dim=1).exceedance(t) >= 0.5
+        assert torch.equal(yes, own >= t)
+        # where the mixture decides as extrapolation, clear of the pin's margin
+        agrees &= torch.where(own >= t, plain.exceedance(t) >= 0.502,
+                              plain.exceedance(t) <= 0.498)
+    assert 0 < agrees.float().mean() < 1  # some pixels pinned, most kept
+    torch.testing.assert_close(torch.softmax(logits, 1).movedim(1, -1)[agrees],
+                               mixture.movedim(1, -1)[agrees], atol=1e-5, rtol=0)
+    moved = RainRateDistribution(logits, prior.edges, dim=1).exceedance(0.3) >= 0.5
+    own_median = own >= 0.3
+    assert not torch.equal(moved, own_median)  # not the median pinned at every edge
+
+
+def test_decision_thresholds_must_be_bin_edges() -> None:
+    with pytest.raises(ValueError, match=r"not at \[1.2\]"):
+        ExtrapolationPrior(compact_bins(dry=True), 60, pinned=True, decisions=[1.0, 1.2])
+    with pytest.raises(ValueError, match="pinned"):
+        ExtrapolationPrior(compact_bins(dry=True), 60, decisions=[1.0])
 
 
 @pytest.mark.parametrize("pack", [1, 2])

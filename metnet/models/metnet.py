@@ -106,6 +106,9 @@ class MetNet(nn.Module):
         prior_pinned: the prior's median pinned to the pixel's own extrapolated bin,
             instead of a neighbourhood recentred there (``pinned`` of
             :class:`~metnet.models.prior.ExtrapolationPrior`).
+        prior_decisions: with ``prior_pinned``, the rain rates (mm/h, bin edges) at which
+            the prior keeps extrapolation's decision, its median pinned only to the side of
+            each that extrapolation is on; None: every bin edge.
         position: ``"axial"`` (a learned embedding of each latent row and column: inputs
             of ``input_size`` only) or ``"none"`` (inputs of any size).
         attention_window: attention reach along rows and columns in latent pixels. None:
@@ -147,6 +150,7 @@ class MetNet(nn.Module):
         prior_radius: tuple[float, float] = (1.0, 0.1),
         prior_error: bool = False,
         prior_pinned: bool = False,
+        prior_decisions: list[float] | None = None,
         position: str = "axial",
         attention_window: int | None = None,
         half_resolution: bool = False,
@@ -175,6 +179,8 @@ class MetNet(nn.Module):
                 f"channel extrapolation_error), got prior={prior}, lead_channels={lead_channels}")
         if prior_pinned and not prior:
             raise ValueError("prior_pinned needs prior: true")
+        if prior_decisions is not None and not prior_pinned:
+            raise ValueError("prior_decisions needs prior_pinned: true")
         if max_lead_minutes % lead_step_minutes:
             raise ValueError("max_lead_minutes must be a multiple of lead_step_minutes")
         self.input_channels = input_channels
@@ -221,7 +227,8 @@ class MetNet(nn.Module):
         self.lead_encoder = (LeadInputEncoder(lead_channels, lstm_hidden, factor, pack=pack)
                              if lead_channels else None)
         extrapolation = (ExtrapolationPrior(self.bin_edges, max_lead_minutes, prior_radius,
-                                            prior_error, prior_pinned) if prior else None)
+                                            prior_error, prior_pinned, prior_decisions)
+                         if prior else None)
         self.head = Head(lstm_hidden, len(self.bin_edges) - 1, self.latent_margin, factor,
                          cond_dim,
                          lead_channels=lead_channels, prior=extrapolation,

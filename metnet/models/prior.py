@@ -44,11 +44,19 @@ that bin is capped just under 1/2 and that at and above it raised just over 1/2,
 ``P(R > t) >= 0.5`` exactly where extrapolation says rain above ``t`` (for thresholds that
 are bin edges), and every quantile that already lies on the right side of the pixel's own
 value stays where the neighbourhood puts it. Its slot of the histograms holds the pixel's
-own bin (a point mass), which pins and is not mixed.
+own bin (a point mass), which pins and is not mixed. With ``decisions`` (rain rates in mm/h,
+bin edges) it keeps extrapolation's decision only at those thresholds: the median is pinned
+into the interval between the decision thresholds around the pixel's own value, not to its
+bin, so ``P(R > t) >= 0.5`` exactly where extrapolation says rain above ``t`` for each
+decision threshold ``t``, and the neighbourhood's spread is left alone at every other rate.
+Pinning every edge moves a distribution's median onto extrapolation's even where
+extrapolation is wrong an hour ahead; pinning at a warning threshold moves only the
+probability of that decision (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -99,12 +107,17 @@ class ExtrapolationPrior(nn.Module):
         pinned: pin the median of the mixture of the plain neighbourhood (and the error
             ensemble) to the pixel's own bin, instead of mixing in the centred
             neighbourhood.
+        decisions: with ``pinned``, the rain rates (mm/h, inner bin edges) at which the
+            prior keeps extrapolation's decision; None: every bin edge (the median pinned
+            to the pixel's own bin).
     """
 
     def __init__(self, bin_edges: Sequence[float], max_lead_minutes: float,
                  radius: tuple[float, float] = RADIUS, error: bool = False,
-                 pinned: bool = False) -> None:
+                 pinned: bool = False, decisions: Sequence[float] | None = None) -> None:
         super().__init__()
+        if decisions is not None and not pinned:
+            raise ValueError("decision thresholds need a pinned prior")
         self.register_buffer("edges", torch.tensor([float(e) for e in bin_edges]),
                              persistent=False)
         # the error ensemble's members are binned in the input transform, where they are
@@ -115,6 +128,9 @@ class ExtrapolationPrior(nn.Module):
         self.margin = max(neighbourhood_radius(max_lead_minutes, self.radius), 1 if error else 0)
         self.error = error
         self.pinned = pinned
+        #: (K, 2) the bins between the decision thresholds around each bin (pinned only)
+        self.register_buffer("intervals", decision_intervals(bin_edges, decisions),
+                             persistent=False)
 
     @property
     def components(self) -> int:
@@ -142,7 +158,7 @@ class ExtrapolationPrior(nn.Module):
         for c in range(first + 1, self.components):
             mixture = mixture.addcmul_(parts[:, c], weights[:, c])
         if self.pinned:
-            mixture = pin_median(mixture, parts[:, 0])
+            mixture = pin_median(mixture, parts[:, 0], self.intervals)
         return torch.log(mixture.add_(FLOOR))
 
     def logits(self, mix: Tensor, planes: Tensor, lead_minutes: Tensor) -> Tensor:
@@ -176,7 +192,8 @@ class ExtrapolationPrior(nn.Module):
         prior_kernel().mixture(planes.float().numpy(), ERROR_CHANNEL if self.error else -1,
                                np.asarray(radii), self.margin, self.input_edges.float().numpy(),
                                self.dry, weights.numpy(), FLOOR,
-                               PIN_MARGIN if self.pinned else -1.0, out.numpy())
+                               PIN_MARGIN if self.pinned else -1.0, self.intervals.numpy(),
+                               out.numpy())
         return out.permute(0, 3, 1, 2)
 
     def _radii(self, lead_minutes: Tensor) -> list[int]:
@@ -295,16 +312,47 @@ class ExtrapolationPrior(nn.Module):
             out.index_put_((where[0], bins, *where[1:]), share, accumulate=True)
 
 
-def pin_median(probs: Tensor, own: Tensor) -> Tensor:
+def pin_median(probs: Tensor, own: Tensor, intervals: Tensor | None = None) -> Tensor:
     """Bin probabilities (N, K, H, W) moved the least (quantile by quantile) to have their
     median in the bin where ``own`` (N, K, H, W), a point mass, is: the cumulative
     probability below that bin capped at ``1/2 - PIN_MARGIN``, at and above it raised to
-    ``1/2 + PIN_MARGIN``. Differentiable in ``probs``."""
+    ``1/2 + PIN_MARGIN``. With ``intervals`` (K, 2) (:func:`decision_intervals`) the median
+    is pinned only into the bins ``[intervals[b, 0], intervals[b, 1])`` around the own bin
+    ``b``: between the decision thresholds on either side of the pixel's own value.
+    Differentiable in ``probs``."""
+    k = probs.shape[1]
+    if intervals is None:
+        intervals = decision_intervals(range(k + 1), None)
+    bounds = intervals.to(probs.device)[own.argmax(1)].movedim(-1, 1)  # (N, 2, H, W)
+    bins = torch.arange(k, device=probs.device)[None, :, None, None]
     cumulative = probs.cumsum(1)
-    from_own = own.cumsum(1) > 0.5
-    cumulative = torch.where(from_own, cumulative.clamp(min=0.5 + PIN_MARGIN),
-                             cumulative.clamp(max=0.5 - PIN_MARGIN))
+    cumulative = torch.where(bins < bounds[:, :1], cumulative.clamp(max=0.5 - PIN_MARGIN),
+                             cumulative)
+    cumulative = torch.where(bins >= bounds[:, 1:] - 1,
+                             cumulative.clamp(min=0.5 + PIN_MARGIN), cumulative)
     return torch.diff(cumulative, dim=1, prepend=torch.zeros_like(cumulative[:, :1]))
+
+
+def decision_intervals(edges: Sequence[float], thresholds: Sequence[float] | None) -> Tensor:
+    """For each of the K bins of ``edges`` (K + 1, mm/h), ``(first, last)`` (K, 2): the bins
+    ``first <= b < last`` between the decision thresholds (mm/h, each an inner bin edge) on
+    either side of it; ``None``: every edge decides (each bin its own interval, the median
+    pinned to it)."""
+    edges = [float(e) for e in edges]
+    k = len(edges) - 1
+    if thresholds is None:
+        cuts = list(range(1, k))
+    else:
+        missing = [t for t in thresholds if float(t) not in edges[1:-1]]
+        if missing:
+            raise ValueError(f"the prior can keep extrapolation's decision only at inner bin "
+                             f"edges {edges[1:-1]} mm/h, not at {missing}")
+        cuts = sorted({len(edges) - 1 - edges[::-1].index(float(t)) for t in thresholds})
+    bounds = [0, *cuts, k]
+    out = torch.empty(k, 2, dtype=torch.long)
+    for first, last in itertools.pairwise(bounds):
+        out[first:last] = torch.tensor([first, last])
+    return out
 
 
 def prior_kernel():

@@ -230,16 +230,21 @@ def _add_error_members(value: np.ndarray, error: np.ndarray, known: np.ndarray, 
 
 
 @numba.njit(cache=True)
-def _pin_median(pixel: np.ndarray, own: int, margin: float,
+def _pin_median(pixel: np.ndarray, first: int, last: int, margin: float,
                 floor: np.float32) -> None:  # pragma: no cover
-    """Pin the median of the bin probabilities ``pixel`` (K,) to bin ``own`` and add
-    ``floor``: :func:`metnet.models.prior.pin_median`, the cumulative probability below
-    ``own`` capped at ``1/2 - margin``, at and above it raised to ``1/2 + margin``."""
+    """Pin the median of the bin probabilities ``pixel`` (K,) into bins ``[first, last)``
+    and add ``floor``: :func:`metnet.models.prior.pin_median`, the cumulative probability
+    below ``first`` capped at ``1/2 - margin``, from ``last - 1`` on raised to
+    ``1/2 + margin``."""
     low, high = np.float32(0.5 - margin), np.float32(0.5 + margin)
     cumulative, previous = np.float32(0), np.float32(0)
     for b in range(len(pixel)):
         cumulative += pixel[b]
-        pinned = min(cumulative, low) if b < own else max(cumulative, high)
+        pinned = cumulative
+        if b < first:
+            pinned = min(cumulative, low)
+        elif b >= last - 1:
+            pinned = max(cumulative, high)
         pixel[b] = pinned - previous + floor
         previous = pinned
 
@@ -267,14 +272,15 @@ def _plane_bins(planes: np.ndarray, edges: np.ndarray, dry: bool) -> np.ndarray:
 @numba.njit(parallel=True, cache=True)
 def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: int,
             edges: np.ndarray, dry: bool, weights: np.ndarray, floor: float, pin: float,
-            out: np.ndarray) -> None:  # pragma: no cover
+            intervals: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     """Write into ``out`` (N, Ht, Wt, K) float32, the bins last, ``sum_c weights[:, c] *
     histogram_c + floor``, the histograms those of :func:`histograms` (C =
     ``weights.shape[1]``, weights (N, C, Ht, Wt) float32), each pixel's made in turn from a
     sliding window's counts and never kept. (Its log is left to torch, whose vectorised log
     is several times faster than a scalar one.) With ``pin >= 0`` the prior is pinned
-    (``weights[:, 0]`` 0): the sum's median is pinned to the pixel's own bin by the
-    margin ``pin`` (:func:`_pin_median`) before the floor is added.
+    (``weights[:, 0]`` 0): the sum's median is pinned into the bins ``intervals[b]`` (K, 2)
+    around the pixel's own bin ``b`` by the margin ``pin`` (:func:`_pin_median`) before the
+    floor is added.
 
     Args:
         planes: (N, Cl, Ht + 2 margin, Wt + 2 margin) float32 per-lead inputs, read in place
@@ -321,6 +327,6 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: i
                     _add_error_members(value, error, known, y + margin, x + margin, centre,
                                        edges, dry, w[2], pixel)
                 if pinned:
-                    _pin_median(pixel, centre, pin, floor32)
+                    _pin_median(pixel, intervals[centre, 0], intervals[centre, 1], pin, floor32)
             if y + 1 < ht:
                 _move_down(bins, column, y, first, side)
