@@ -4,10 +4,11 @@ Seconds per init time of ``metnet.nowcasts.model.forecast`` (motion inputs, one 
 the whole domain, the distribution over the bins) for the network of
 ``pipelines/benchmark_forecast.py`` (``configs/model/small.yaml`` with the data settings of
 ``configs/radar.yaml``), untrained (the cost does not depend on the weights), on its
-domains (``--sides``, ``--store``), in four forms that differ only in the prior:
-none, the two neighbourhoods (``prior_error: false``), the shipped one with the error
-ensemble, and the neighbourhood and the error ensemble with the median pinned
-(``prior_pinned: true``). The four run in turn, ``--repeats`` times after a warm-up, so
+domains (``--sides``, ``--store``), in five forms that differ only in the prior:
+none, the two neighbourhoods (``prior_error: false``), the two with the error ensemble
+(shipped before the pin at 1 mm/h), the neighbourhood and the error ensemble with the
+median pinned (``prior_pinned: true``), and the same pinned only at 1 mm/h
+(``prior_decisions: [1.0]``, shipped). The five run in turn, ``--repeats`` times after a warm-up, so
 that the VM's drifting speed falls on all of them alike; medians are printed::
 
     python pipelines/benchmark_prior_cost.py --store outputs/stores/knmi.zarr@2010-08-26T06:30 \
@@ -28,11 +29,14 @@ from metnet.models import MetNet
 from metnet.nowcasts.model import forecast
 from metnet.runtime import keep_freed_memory
 
+UNPINNED = dict(prior_pinned=False, prior_decisions=None)
 FORMS = {
-    "no prior": dict(prior=False, prior_error=False, lead_channels=5),
-    "prior (neighbourhoods)": dict(prior_error=False, lead_channels=4),
-    "prior with error ensemble": dict(lead_channels=5),
-    "pinned prior with error ensemble": dict(prior_pinned=True, lead_channels=5),
+    "no prior": dict(prior=False, prior_error=False, lead_channels=5, **UNPINNED),
+    "prior (neighbourhoods)": dict(prior_error=False, lead_channels=4, **UNPINNED),
+    "prior with error ensemble": dict(lead_channels=5, **UNPINNED),
+    "pinned prior with error ensemble": dict(prior_pinned=True, prior_decisions=None,
+                                             lead_channels=5),
+    "pinned at 1 mm/h (shipped)": dict(lead_channels=5),
 }
 
 

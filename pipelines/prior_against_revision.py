@@ -69,8 +69,10 @@ def main() -> None:
         former = prior_module(args.revision, Path(folder))
     print("| domain | values | values differing | pixels differing |")
     print("| --- | ---: | ---: | ---: |")
+    pins = "pinned" in former.ExtrapolationPrior.__init__.__code__.co_varnames
     for name, rate, _ in domains(args):
-        net = network(True)
+        # revisions before the pin are compared on the network they shipped, unpinned
+        net = network(True) if pins else network(True, prior_pinned=False, prior_decisions=None)
         planes = lead_planes(rate[-MOTION_FRAMES:], [lead / 5 for lead in LEADS],
                              velocity=True, error=True)
         tiling = one_pass_tiling(net, rate.shape[1:])
@@ -79,7 +81,8 @@ def main() -> None:
         with torch.inference_mode():
             now = prior_histograms(net, planes, LEADS, tiling)
             net.head.prior = former.ExtrapolationPrior(prior.edges.tolist(), max(LEADS),
-                                                       prior.radius, prior.error)
+                                                       prior.radius, prior.error,
+                                                       *((prior.pinned,) if pins else ()))
             before = prior_histograms(net, planes, LEADS, tiling)
         differ = now != before
         print(f"| {name} | {differ.numel()} | {int(differ.sum())} "
