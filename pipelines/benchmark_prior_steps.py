@@ -47,13 +47,7 @@ from metnet.data.motion import extrapolation_error
 from metnet.distribution import RainRateDistribution, compact_bins
 from metnet.forecast import complete_init_times, read_context, read_observations
 from metnet.io.store import open_store
-from metnet.models.prior import (
-    PIN_MARGIN,
-    RADIUS,
-    ExtrapolationPrior,
-    decision_intervals,
-    pin_median,
-)
+from metnet.models.prior import RADIUS, ExtrapolationPrior, decision_intervals, pin_median
 from metnet.nowcasts import steps
 from metnet.nowcasts.extrapolation import forecast, motion_field
 from metnet.verification import ensemble_crps
@@ -95,10 +89,9 @@ def variant(field: np.ndarray, error: np.ndarray, name: str, value: str) -> torc
         if name == "at":
             thresholds = [float(v) for v in value.split(",")]
             return pin_median(mixture, own, decision_intervals(EDGES, thresholds))
-        cumulative = mixture.cumsum(1)  # cap: the lower half of pin_median
-        below = own.cumsum(1) < 0.5
-        cumulative = torch.where(below, cumulative.clamp(max=0.5 - PIN_MARGIN), cumulative)
-        return torch.diff(cumulative, dim=1, prepend=torch.zeros_like(cumulative[:, :1]))
+        intervals = decision_intervals(EDGES, None)  # cap: the lower half of pin_median,
+        intervals[:, 1] = len(EDGES) - 1  # no interval closing above the pixel's own bin
+        return pin_median(mixture, own, intervals)
     centred, plain = histograms(field, radius).unbind(1)
     weight = float(value) if name == "weight" else 0.5
     probs = torch.lerp(plain, centred, weight)

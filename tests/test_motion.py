@@ -379,7 +379,7 @@ def test_a_prior_pinned_at_decision_thresholds_changes_only_those_decisions(
         # where the mixture decides as extrapolation, clear of the pin's margin
         agrees &= torch.where(own >= t, plain.exceedance(t) >= 0.502,
                               plain.exceedance(t) <= 0.498)
-    assert 0 < agrees.float().mean() < 1  # some pixels pinned, most kept
+    assert 0 < agrees.float().mean() < 1  # some pixels pinned, others kept
     torch.testing.assert_close(torch.softmax(logits, 1).movedim(1, -1)[agrees],
                                mixture.movedim(1, -1)[agrees], atol=1e-5, rtol=0)
     moved = RainRateDistribution(logits, prior.edges, dim=1).exceedance(0.3) >= 0.5
