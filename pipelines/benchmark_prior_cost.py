@@ -8,8 +8,10 @@ domains (``--sides``, ``--store``), in five forms that differ only in the prior:
 none, the two neighbourhoods (``prior_error: false``), the two with the error ensemble
 (shipped before the pin at 1 mm/h), the neighbourhood and the error ensemble with the
 median pinned (``prior_pinned: true``), and the same pinned only at 1 mm/h
-(``prior_decisions: [1.0]``, shipped). The five run in turn, ``--repeats`` times after a warm-up, so
-that the VM's drifting speed falls on all of them alike; medians are printed::
+(``prior_decisions: [1.0]``, shipped). The five run in turn, ``--repeats`` times after a
+warm-up, so that the VM's drifting speed falls on all of them alike; medians are printed,
+with the seconds of the prior's CPU kernel within them (steadier than the difference of
+two totals)::
 
     python pipelines/benchmark_prior_cost.py --store outputs/stores/knmi.zarr@2010-08-26T06:30 \
         --sides
@@ -53,22 +55,47 @@ def main() -> None:
 
 
 def print_costs(nets: dict[str, MetNet], rate: np.ndarray, repeats: int) -> None:
-    """Time the networks in turn on context rates (T, H, W) mm/h; print the medians."""
+    """Time the networks in turn on context rates (T, H, W) mm/h; print the medians, and of
+    each prior the seconds its CPU kernel (the mixture) takes within them."""
     seconds: dict[str, list[float]] = {name: [] for name in nets}
+    kernel: dict[str, list[float]] = {name: [] for name in nets}
+    clocks = {name: _clock_mixture(net) for name, net in nets.items()}
     with torch.inference_mode():
         for repeat in range(repeats + 1):
             for name, net in nets.items():
+                clocks[name][0] = 0.0
                 began = time.perf_counter()
                 forecast(rate, LEADS, step_minutes=5, net=net)
                 if repeat:  # the first round warms up
                     seconds[name].append(time.perf_counter() - began)
+                    kernel[name].append(clocks[name][0])
     base = statistics.median(seconds["no prior"])
-    print("| network | seconds per init time | added to the forecast without a prior |")
-    print("| --- | ---: | ---: |")
+    print("| network | seconds per init time | added to the forecast without a prior "
+          "| of which the prior's kernel |")
+    print("| --- | ---: | ---: | ---: |")
     for name, values in seconds.items():
         median = statistics.median(values)
-        print(f"| {name} | {median:.2f} | {(median - base) / base:+.0%} |")
+        print(f"| {name} | {median:.3f} | {(median - base) / base:+.0%} "
+              f"| {statistics.median(kernel[name]):.3f} s |")
 
+
+def _clock_mixture(net: MetNet) -> list[float]:
+    """A one-element list that the seconds spent in the network's prior kernel
+    (:meth:`~metnet.models.prior.ExtrapolationPrior.mixture`) add up in."""
+    clock = [0.0]
+    prior = net.head.prior
+    if prior is None:
+        return clock
+    mixture = prior.mixture
+
+    def timed(*args: object, **kwargs: object) -> torch.Tensor:
+        began = time.perf_counter()
+        out = mixture(*args, **kwargs)
+        clock[0] += time.perf_counter() - began
+        return out
+
+    prior.mixture = timed
+    return clock
 
 if __name__ == "__main__":
     main()

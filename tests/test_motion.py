@@ -292,17 +292,28 @@ def _random_planes(prior: ExtrapolationPrior, leads: Tensor, size: tuple[int, in
                          [(False, None), (True, None), (True, [1.0, 5.0])])
 @pytest.mark.parametrize("dry", [True, False])
 @pytest.mark.parametrize("error", [True, False])
+@pytest.mark.parametrize("sparse", [False, True])
 def test_the_prior_without_gradients_is_its_mixture_of_histograms(
-        error: bool, dry: bool, pinned: bool, decisions: list[float] | None) -> None:
+        sparse: bool, error: bool, dry: bool, pinned: bool,
+        decisions: list[float] | None) -> None:
     """Inference on a CPU makes the prior's logits one pixel at a time, the bins last in
     memory: the mixture of the histograms up to float32 rounding (unknown pixels, errors of
     both signs, with and without a dry bin, pinned or not, at every edge or at decision
-    thresholds); with gradients, the mixture itself."""
+    thresholds; ``sparse``: scattered rain and errors, as on a real domain, so that most
+    windows are dry, some of them with a wet error ensemble); with gradients, the mixture itself."""
     prior = ExtrapolationPrior(compact_bins(dry=dry), max_lead_minutes=60, error=error,
                                pinned=pinned, decisions=decisions)
     leads = torch.tensor([5.0, 30.0, 60.0])
-    _, planes = _random_planes(prior, leads, (19, 26), seed=5, wet=0.4, unknown=0.05,
-                               error_scale=0.5)
+    rate, planes = _random_planes(prior, leads, (19, 26), seed=5,
+                                  wet=0.005 if sparse else 0.4, unknown=0.05, error_scale=0.5)
+    if sparse:
+        # the last step's errors are where the rain was, not where it is extrapolated
+        planes[:, 2] *= torch.rand(rate.shape, generator=torch.Generator().manual_seed(6)) < 0.01
+        histograms = prior.histograms(planes, leads)
+        all_dry = histograms[:, 1, 0] == 1
+        assert all_dry.any() and not all_dry.all()
+        if error:
+            assert (all_dry & (histograms[:, 2, 0] < 1)).any()
     mix = torch.randn(len(leads), prior.mix_planes, 19, 26,
                       generator=torch.Generator().manual_seed(5))
     expected = prior(mix, prior.histograms(planes, leads), leads)
