@@ -288,21 +288,24 @@ def _random_planes(prior: ExtrapolationPrior, leads: Tensor, size: tuple[int, in
     return rate, torch.stack([torch.log1p(rate) / 4.0, known, errors], dim=1)
 
 
-@pytest.mark.parametrize(("pinned", "decisions"),
-                         [(False, None), (True, None), (True, [1.0, 5.0])])
+@pytest.mark.parametrize(("pinned", "decisions", "pin_margin", "pin_minutes"),
+                         [(False, None, 1e-3, None), (True, None, 1e-3, None),
+                          (True, [1.0, 5.0], 0.05, 10.0)])
 @pytest.mark.parametrize("dry", [True, False])
 @pytest.mark.parametrize("error", [True, False])
 @pytest.mark.parametrize("sparse", [False, True])
 def test_the_prior_without_gradients_is_its_mixture_of_histograms(
         sparse: bool, error: bool, dry: bool, pinned: bool,
-        decisions: list[float] | None) -> None:
+        decisions: list[float] | None, pin_margin: float, pin_minutes: float | None) -> None:
     """Inference on a CPU makes the prior's logits one pixel at a time, the bins last in
     memory: the mixture of the histograms up to float32 rounding (unknown pixels, errors of
     both signs, with and without a dry bin, pinned or not, at every edge or at decision
-    thresholds; ``sparse``: scattered rain and errors, as on a real domain, so that most
-    windows are dry, some of them with a wet error ensemble); with gradients, the mixture itself."""
+    thresholds with a wider pin margin that falls with lead time; ``sparse``: scattered
+    rain and errors, as on a real domain, so that most windows are dry, some of them with a
+    wet error ensemble); with gradients, the mixture itself."""
     prior = ExtrapolationPrior(compact_bins(dry=dry), max_lead_minutes=60, error=error,
-                               pinned=pinned, decisions=decisions)
+                               pinned=pinned, decisions=decisions, pin_margin=pin_margin,
+                               pin_minutes=pin_minutes)
     leads = torch.tensor([5.0, 30.0, 60.0])
     rate, planes = _random_planes(prior, leads, (19, 26), seed=5,
                                   wet=0.005 if sparse else 0.4, unknown=0.05, error_scale=0.5)
@@ -361,17 +364,21 @@ def test_a_pinned_prior_decides_as_extrapolation_and_keeps_the_neighbourhood_els
     torch.testing.assert_close(pinned[kept], mixture[kept], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("decisions", [[1.0], [0.1, 1.0, 5.0]])
+@pytest.mark.parametrize(("decisions", "pin_margin", "pin_minutes"),
+                         [([1.0], 1e-3, None), ([0.1, 1.0, 5.0], 1e-3, None),
+                          ([1.0], 0.05, None), ([1.0], 0.05, 10.0)])
 def test_a_prior_pinned_at_decision_thresholds_changes_only_those_decisions(
-        decisions: list[float]) -> None:
-    """Pinned at decision thresholds, the prior says P(R > t) >= 0.5 exactly where
-    extrapolation says rain above t, for each decision threshold t; a pixel whose mixture
-    already decides so keeps the mixture's distribution, and between the thresholds the
-    neighbourhood's quantiles stay where they are (the median is not pulled onto the
-    pixel's own value)."""
+        decisions: list[float], pin_margin: float, pin_minutes: float | None) -> None:
+    """Pinned at decision thresholds, the prior says P(R > t) >= 0.5 + the lead's pin margin
+    exactly where extrapolation says rain above t, and at most 0.5 - the margin elsewhere,
+    for each decision threshold t (with ``pin_minutes``, the margin falls as 1 / lead
+    after it); a pixel whose mixture already decides so, by more than the margin, keeps
+    the mixture's distribution, and between the thresholds the neighbourhood's quantiles
+    stay where they are (the median is not pulled onto the pixel's own value)."""
     edges = compact_bins(dry=True)
     prior = ExtrapolationPrior(edges, max_lead_minutes=60, error=True, pinned=True,
-                               decisions=decisions)
+                               decisions=decisions, pin_margin=pin_margin,
+                               pin_minutes=pin_minutes)
     leads = torch.tensor([5.0, 30.0, 60.0])
     rate, planes = _random_planes(prior, leads, (20, 20), seed=7, wet=0.5, unknown=0.0,
                                   error_scale=0.3)
@@ -384,12 +391,19 @@ def test_a_prior_pinned_at_decision_thresholds_changes_only_those_decisions(
     mixture = (histograms * prior._weights(zero, leads)[:, :, None]).sum(1)
     plain = RainRateDistribution((mixture + FLOOR).log(), prior.edges, dim=1)
     agrees = torch.ones_like(own, dtype=torch.bool)
+    margins = torch.full((3, 1, 1), pin_margin)
+    if pin_minutes is not None:
+        margins = pin_margin * torch.tensor([1.0, 1 / 3, 1 / 6])[:, None, None]  # 5, 30, 60 min
+    torch.testing.assert_close(prior.pin_margins(leads), margins.flatten())
     for t in decisions:
-        yes = RainRateDistribution(logits, prior.edges, dim=1).exceedance(t) >= 0.5
-        assert torch.equal(yes, own >= t)
+        probability = RainRateDistribution(logits, prior.edges, dim=1).exceedance(t)
+        assert torch.equal(probability >= 0.5, own >= t)
+        clear = 0.5 + margins - 1e-5  # the floor's share aside
+        assert torch.equal(probability >= clear, own >= t)
+        assert torch.equal(probability <= 1 - clear, own < t)
         # where the mixture decides as extrapolation, clear of the pin's margin
-        agrees &= torch.where(own >= t, plain.exceedance(t) >= 0.502,
-                              plain.exceedance(t) <= 0.498)
+        agrees &= torch.where(own >= t, plain.exceedance(t) >= 0.501 + margins,
+                              plain.exceedance(t) <= 0.499 - margins)
     assert 0 < agrees.float().mean() < 1  # some pixels pinned, others kept
     torch.testing.assert_close(torch.softmax(logits, 1).movedim(1, -1)[agrees],
                                mixture.movedim(1, -1)[agrees], atol=1e-5, rtol=0)
@@ -403,6 +417,11 @@ def test_decision_thresholds_must_be_bin_edges() -> None:
         ExtrapolationPrior(compact_bins(dry=True), 60, pinned=True, decisions=[1.0, 1.2])
     with pytest.raises(ValueError, match="pinned"):
         ExtrapolationPrior(compact_bins(dry=True), 60, decisions=[1.0])
+    for margin in (0.0, 0.5):
+        with pytest.raises(ValueError, match=r"pin margin must lie in \(0, 1/2\)"):
+            ExtrapolationPrior(compact_bins(dry=True), 60, pinned=True, pin_margin=margin)
+    with pytest.raises(ValueError, match="pin_minutes must be positive"):
+        ExtrapolationPrior(compact_bins(dry=True), 60, pinned=True, pin_minutes=0)
 
 
 @pytest.mark.parametrize("pack", [1, 2])

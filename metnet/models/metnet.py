@@ -17,7 +17,7 @@ from metnet.models.convlstm import ConvLSTM
 from metnet.models.downsampler import Downsampler
 from metnet.models.head import Head
 from metnet.models.lead_inputs import LeadInputEncoder, lead_layout
-from metnet.models.prior import ExtrapolationPrior
+from metnet.models.prior import PIN_MARGIN, ExtrapolationPrior
 
 CONDITIONING_KINDS = ("film", "onehot")
 POSITION_KINDS = ("axial", "none")
@@ -109,6 +109,11 @@ class MetNet(nn.Module):
         prior_decisions: with ``prior_pinned``, the rain rates (mm/h, bin edges) at which
             the prior keeps extrapolation's decision, its median pinned only to the side of
             each that extrapolation is on; None: every bin edge.
+        prior_pin_margin: with ``prior_pinned``, how far from 1/2 the pinned prior puts the
+            probability of each decision it keeps (``pin_margin`` of
+            :class:`~metnet.models.prior.ExtrapolationPrior`).
+        prior_pin_minutes: the lead time (minutes) after which that margin falls as 1 /
+            lead; None: the same margin at every lead.
         position: ``"axial"`` (a learned embedding of each latent row and column: inputs
             of ``input_size`` only) or ``"none"`` (inputs of any size).
         attention_window: attention reach along rows and columns in latent pixels. None:
@@ -151,6 +156,8 @@ class MetNet(nn.Module):
         prior_error: bool = False,
         prior_pinned: bool = False,
         prior_decisions: list[float] | None = None,
+        prior_pin_margin: float = PIN_MARGIN,
+        prior_pin_minutes: float | None = None,
         position: str = "axial",
         attention_window: int | None = None,
         half_resolution: bool = False,
@@ -227,7 +234,8 @@ class MetNet(nn.Module):
         self.lead_encoder = (LeadInputEncoder(lead_channels, lstm_hidden, factor, pack=pack)
                              if lead_channels else None)
         extrapolation = (ExtrapolationPrior(self.bin_edges, max_lead_minutes, prior_radius,
-                                            prior_error, prior_pinned, prior_decisions)
+                                            prior_error, prior_pinned, prior_decisions,
+                                            prior_pin_margin, prior_pin_minutes)
                          if prior else None)
         self.head = Head(lstm_hidden, len(self.bin_edges) - 1, self.latent_margin, factor,
                          cond_dim,

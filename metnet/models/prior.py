@@ -78,8 +78,9 @@ RADIUS = (1.0, 0.1)
 #: falling as 1 / lead after it (the neighbourhoods share the rest).
 ERROR_WEIGHT = 0.5
 ERROR_MINUTES = 5.0
-#: How far from 1/2 a pinned prior keeps the cumulative probability below the pixel's own
-#: bin and at it: its median stays in that bin through the floor, the log and a softmax.
+#: How far from 1/2 a pinned prior keeps, by default, the cumulative probability below the
+#: pixel's own bin and at it: its median stays in that bin through the floor, the log and a
+#: softmax.
 PIN_MARGIN = 1e-3
 
 
@@ -110,14 +111,29 @@ class ExtrapolationPrior(nn.Module):
         decisions: with ``pinned``, the rain rates (mm/h, inner bin edges) at which the
             prior keeps extrapolation's decision; None: every bin edge (the median pinned
             to the pixel's own bin).
+        pin_margin: with ``pinned``, how far from 1/2 the cumulative probability is put on
+            the side of each kept decision (in (0, 1/2)): P(R > t) >= 1/2 + margin where
+            extrapolation says rain above t, <= 1/2 - margin elsewhere. The wider it is,
+            the larger the correction a trained head needs to overturn extrapolation's
+            decision.
+        pin_minutes: the margin is ``pin_margin`` up to this lead time (minutes) and falls
+            as 1 / lead after it, to no less than :data:`PIN_MARGIN`; None: ``pin_margin``
+            at every lead. Extrapolation's decision is worth most at short leads.
     """
 
     def __init__(self, bin_edges: Sequence[float], max_lead_minutes: float,
                  radius: tuple[float, float] = RADIUS, error: bool = False,
-                 pinned: bool = False, decisions: Sequence[float] | None = None) -> None:
+                 pinned: bool = False, decisions: Sequence[float] | None = None,
+                 pin_margin: float = PIN_MARGIN, pin_minutes: float | None = None) -> None:
         super().__init__()
         if decisions is not None and not pinned:
             raise ValueError("decision thresholds need a pinned prior")
+        if not 0 < pin_margin < 0.5:
+            raise ValueError(f"the prior's pin margin must lie in (0, 1/2), got {pin_margin}")
+        if pin_minutes is not None and not pin_minutes > 0:
+            raise ValueError(f"the prior's pin_minutes must be positive, got {pin_minutes}")
+        self.pin_margin = float(pin_margin)
+        self.pin_minutes = None if pin_minutes is None else float(pin_minutes)
         self.register_buffer("edges", torch.tensor([float(e) for e in bin_edges]),
                              persistent=False)
         # the error ensemble's members are binned in the input transform, where they are
@@ -158,7 +174,8 @@ class ExtrapolationPrior(nn.Module):
         for c in range(first + 1, self.components):
             mixture = mixture.addcmul_(parts[:, c], weights[:, c])
         if self.pinned:
-            mixture = pin_median(mixture, parts[:, 0], self.intervals)
+            margins = self.pin_margins(lead_minutes)[:, None, None, None]
+            mixture = pin_median(mixture, parts[:, 0], self.intervals, margins)
         return torch.log(mixture.add_(FLOOR))
 
     def logits(self, mix: Tensor, planes: Tensor, lead_minutes: Tensor) -> Tensor:
@@ -192,9 +209,20 @@ class ExtrapolationPrior(nn.Module):
         prior_kernel().mixture(planes.float().numpy(), ERROR_CHANNEL if self.error else -1,
                                np.asarray(radii), self.margin, self.input_edges.float().numpy(),
                                self.dry, weights.numpy(), FLOOR,
-                               PIN_MARGIN if self.pinned else -1.0, self.intervals.numpy(),
+                               self.pin_margins(lead_minutes).numpy() if self.pinned
+                               else np.full(len(weights), -1.0, np.float32),
+                               self.intervals.numpy(),
                                out.numpy())
         return out.permute(0, 3, 1, 2)
+
+    def pin_margins(self, lead_minutes: Tensor) -> Tensor:
+        """How far from 1/2 a pinned prior puts each kept decision at each lead (N,) float32
+        (:attr:`pin_margin`, falling as 1 / lead after :attr:`pin_minutes`)."""
+        margins = torch.full((len(lead_minutes),), self.pin_margin)
+        if self.pin_minutes is not None:
+            fall = (self.pin_minutes / lead_minutes.detach().cpu().float()).clamp(max=1)
+            margins = (margins * fall).clamp(min=min(PIN_MARGIN, self.pin_margin))
+        return margins
 
     def _radii(self, lead_minutes: Tensor) -> list[int]:
         """The neighbourhood half-width (pixels) of each lead of ``lead_minutes`` (N,)."""
@@ -312,24 +340,28 @@ class ExtrapolationPrior(nn.Module):
             out.index_put_((where[0], bins, *where[1:]), share, accumulate=True)
 
 
-def pin_median(probs: Tensor, own: Tensor, intervals: Tensor | None = None) -> Tensor:
+def pin_median(probs: Tensor, own: Tensor, intervals: Tensor | None = None,
+               margin: float | Tensor = PIN_MARGIN) -> Tensor:
     """Bin probabilities (N, K, H, W) moved the least (quantile by quantile) to have their
     median in the bin where ``own`` (N, K, H, W), a point mass, is: the cumulative
-    probability below that bin capped at ``1/2 - PIN_MARGIN``, at and above it raised to
-    ``1/2 + PIN_MARGIN``. With ``intervals`` (K, 2) (:func:`decision_intervals`) the median
-    is pinned only into the bins ``[intervals[b, 0], intervals[b, 1])`` around the own bin
-    ``b``: between the decision thresholds on either side of the pixel's own value.
+    probability below that bin capped at ``1/2 - margin``, at and above it raised to
+    ``1/2 + margin`` (a number, or a tensor that broadcasts against ``probs``, such as
+    (N, 1, 1, 1) per lead). With ``intervals`` (K, 2) (:func:`decision_intervals`) the
+    median is pinned only into the bins ``[intervals[b, 0], intervals[b, 1])`` around the
+    own bin ``b``: between the decision thresholds on either side of the pixel's own value.
     Differentiable in ``probs``."""
     k = probs.shape[1]
+    if isinstance(margin, Tensor):
+        margin = margin.to(probs.device, probs.dtype)
     if intervals is None:
         intervals = decision_intervals(range(k + 1), None)
     bounds = intervals.to(probs.device)[own.argmax(1)].movedim(-1, 1)  # (N, 2, H, W)
     bins = torch.arange(k, device=probs.device)[None, :, None, None]
     cumulative = probs.cumsum(1)
-    cumulative = torch.where(bins < bounds[:, :1], cumulative.clamp(max=0.5 - PIN_MARGIN),
+    cumulative = torch.where(bins < bounds[:, :1], cumulative.clamp(max=0.5 - margin),
                              cumulative)
     cumulative = torch.where(bins >= bounds[:, 1:] - 1,
-                             cumulative.clamp(min=0.5 + PIN_MARGIN), cumulative)
+                             cumulative.clamp(min=0.5 + margin), cumulative)
     return torch.diff(cumulative, dim=1, prepend=torch.zeros_like(cumulative[:, :1]))
 
 

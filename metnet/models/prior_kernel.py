@@ -307,16 +307,16 @@ def _dry_into(w: np.ndarray, floor: np.float32, pinned: bool,
 
 @numba.njit(parallel=True, cache=True)
 def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: int,
-            edges: np.ndarray, dry: bool, weights: np.ndarray, floor: float, pin: float,
+            edges: np.ndarray, dry: bool, weights: np.ndarray, floor: float, pins: np.ndarray,
             intervals: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     """Write into ``out`` (N, Ht, Wt, K) float32, the bins last, ``sum_c weights[:, c] *
     histogram_c + floor``, the histograms those of :func:`histograms` (C =
     ``weights.shape[1]``, weights (N, C, Ht, Wt) float32), each pixel's made in turn from a
     sliding window's counts and never kept. (Its log is left to torch, whose vectorised log
-    is several times faster than a scalar one.) With ``pin >= 0`` the prior is pinned
-    (``weights[:, 0]`` 0): the sum's median is pinned into the bins ``intervals[b]`` (K, 2)
-    around the pixel's own bin ``b`` by the margin ``pin`` (:func:`_pin_median`) before the
-    floor is added.
+    is several times faster than a scalar one.) With margins ``pins`` (N,) at least 0 the
+    prior is pinned (``weights[:, 0]`` 0): the sum's median is pinned into the bins
+    ``intervals[b]`` (K, 2) around the pixel's own bin ``b`` by lead i's margin ``pins[i]``
+    (:func:`_pin_median`) before the floor is added; negative: not pinned.
 
     Args:
         planes: (N, Cl, Ht + 2 margin, Wt + 2 margin) float32 per-lead inputs, read in place
@@ -329,7 +329,7 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: i
     """
     n, ht, wt, k = out.shape
     floor32 = np.float32(floor)
-    pinned = pin >= 0
+    pinned = n > 0 and pins[0] >= 0
     base = np.float32(0) if pinned else floor32  # pinned: the floor comes after the pin
     for j in numba.prange(n):
         # leads taken from both ends in turn: each thread's contiguous share of them mixes
@@ -370,6 +370,7 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: i
                     _add_error_members(value, error, y + margin, x + margin, centre, edges,
                                        dry, w[2], pixel)
                 if pinned:
-                    _pin_median(pixel, intervals[centre, 0], intervals[centre, 1], pin, floor32)
+                    _pin_median(pixel, intervals[centre, 0], intervals[centre, 1], pins[i],
+                                floor32)
             if y + 1 < ht:
                 _move_down(bins, column, y, first, side)
