@@ -15,7 +15,9 @@ For the test init times of a store, prints per lead time the CRPS (mm/h) of:
 * ``pinned``: the plain neighbourhood and the error ensemble mixed, with the mixture's
   median pinned to the pixel's own extrapolated bin (``prior_pinned: true``);
 * ``pinned at 1``: the same mixture pinned only to the side of 1 mm/h that extrapolation
-  is on (``prior_pinned: true``, ``prior_decisions: [1.0]``);
+  is on (``prior_pinned: true``, ``prior_decisions: [1.0]``), by 0.001;
+* ``shipped``: the same pinned by 0.05 up to 15 min and 0.05 * 15 / lead after it
+  (``prior_pin_margin: 0.05``, ``prior_pin_minutes: 15``, ``configs/model/small.yaml``);
 
 and CSI at 1 mm/h of the priors (decided at P = 0.5) next to extrapolation's.
 
@@ -41,10 +43,13 @@ from metnet.transforms import rate_to_input
 
 LEADS = (5, 10, 15, 30, 45, 60)
 COLUMNS = ("neighbourhood", "binned", "binned+dry", "prior", "prior+error", "pinned",
-           "pinned at 1")
-#: The priors, by (error ensemble, pinned median, decision thresholds).
-PRIORS = {"prior": (False, False, None), "prior+error": (True, False, None),
-          "pinned": (True, True, None), "pinned at 1": (True, True, [1.0])}
+           "pinned at 1", "shipped")
+#: The priors, by their settings besides the bins and the longest lead.
+PRIORS = {"prior": {}, "prior+error": {"error": True},
+          "pinned": {"error": True, "pinned": True},
+          "pinned at 1": {"error": True, "pinned": True, "decisions": [1.0]},
+          "shipped": {"error": True, "pinned": True, "decisions": [1.0], "pin_margin": 0.05,
+                      "pin_minutes": 15.0}}
 
 
 def prior_histograms(field: np.ndarray, leads: Sequence[int], prior: ExtrapolationPrior,
@@ -70,10 +75,9 @@ def prior_distributions(field: np.ndarray, error: np.ndarray
         histograms = prior_histograms(field, LEADS, prior)  # (L, 2, K, H, W)
         out[name] = RainRateDistribution(histograms[:, 1].clamp_min(1e-12).log(),
                                          prior.edges.double(), dim=1)
-    for name, (with_error, pinned, decisions) in PRIORS.items():
-        prior = ExtrapolationPrior(compact_bins(dry=True), max(LEADS), error=with_error,
-                                   pinned=pinned, decisions=decisions)
-        histograms = prior_histograms(field, LEADS, prior, error if with_error else None)
+    for name, settings in PRIORS.items():
+        prior = ExtrapolationPrior(compact_bins(dry=True), max(LEADS), **settings)
+        histograms = prior_histograms(field, LEADS, prior, error if prior.error else None)
         mix = torch.zeros(len(LEADS), prior.mix_planes, *field.shape[1:])
         out[name] = RainRateDistribution(prior(mix, histograms, torch.tensor(LEADS)),
                                          prior.edges, dim=1)
