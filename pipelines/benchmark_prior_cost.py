@@ -8,10 +8,11 @@ domains (``--sides``, ``--store``), in five forms that differ only in the prior:
 none, the two neighbourhoods (``prior_error: false``), the two with the error ensemble
 (shipped before the pin at 1 mm/h), the neighbourhood and the error ensemble with the
 median pinned (``prior_pinned: true``), and the same pinned only at 1 mm/h
-(``prior_decisions: [1.0]``, shipped). The five run in turn, ``--repeats`` times after a
-warm-up, so that the VM's drifting speed falls on all of them alike; medians are printed,
-with the seconds of the prior's CPU kernel within them (steadier than the difference of
-two totals)::
+(``prior_decisions: [1.0]``, with small.yaml's pin margin, shipped; the margin changes
+no cost). The five run in turn, ``--repeats`` times after a warm-up, so that the VM's
+drifting speed falls on all of them alike; medians are printed, with the seconds of the
+prior's mixture within them (its CPU kernel and the conversions of its arguments:
+steadier than the difference of two totals)::
 
     python pipelines/benchmark_prior_cost.py --store outputs/stores/knmi.zarr@2010-08-26T06:30 \
         --sides
@@ -56,7 +57,7 @@ def main() -> None:
 
 def print_costs(nets: dict[str, MetNet], rate: np.ndarray, repeats: int) -> None:
     """Time the networks in turn on context rates (T, H, W) mm/h; print the medians, and of
-    each prior the seconds its CPU kernel (the mixture) takes within them."""
+    each prior the seconds its mixture (the CPU kernel) takes within them."""
     seconds: dict[str, list[float]] = {name: [] for name in nets}
     kernel: dict[str, list[float]] = {name: [] for name in nets}
     clocks = {name: _clock_mixture(net) for name, net in nets.items()}
@@ -71,7 +72,7 @@ def print_costs(nets: dict[str, MetNet], rate: np.ndarray, repeats: int) -> None
                     kernel[name].append(clocks[name][0])
     base = statistics.median(seconds["no prior"])
     print("| network | seconds per init time | added to the forecast without a prior "
-          "| of which the prior's kernel |")
+          "| of which the prior's mixture |")
     print("| --- | ---: | ---: | ---: |")
     for name, values in seconds.items():
         median = statistics.median(values)

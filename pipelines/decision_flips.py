@@ -45,7 +45,7 @@ def main() -> None:
         rate = read_context(store, init, max(context.past_frames, MOTION_FRAMES))
         obs = read_observations(store, init, LEADS)
         with torch.inference_mode():
-            dist = model_distribution(net, context, init, LEADS, 32)
+            dist = model_distribution(net, context, init, LEADS, batch_tiles=32)
             probability = dist.exceedance(THRESHOLD).numpy()
         field = np.nan_to_num(get_method("extrapolation")(
             rate, LEADS, step_minutes=context.step_minutes, velocity=motion_field(rate)))
@@ -66,11 +66,11 @@ def main() -> None:
     print("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for j, lead in enumerate(LEADS):
         for side, per_lead in flips.items():
-            observed, field, probability = np.concatenate(per_lead[j], axis=1)
-            medians = (f"{np.median(field):.2f} | {np.median(probability):.3f}"
-                       if len(field) else "- | -")
-            print(f"| {lead} | {csi[0, j]:.3f} | {csi[1, j]:.3f} | {side} | {len(field)} "
-                  f"| {int(observed.sum())} | {medians} |")
+            rained, rates, probabilities = np.concatenate(per_lead[j], axis=1)
+            medians = (f"{np.median(rates):.2f} | {np.median(probabilities):.3f}"
+                       if len(rates) else "- | -")
+            print(f"| {lead} | {csi[0, j]:.3f} | {csi[1, j]:.3f} | {side} | {len(rates)} "
+                  f"| {int(rained.sum())} | {medians} |")
 
 
 if __name__ == "__main__":

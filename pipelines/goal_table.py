@@ -29,11 +29,9 @@ def goal_rows(path: Path, method: str) -> pd.DataFrame:
         rows = scores[(scores.method == name) & (scores.metric == metric)]
         if metric != "crps":
             rows = rows[rows.threshold == THRESHOLD]
-        if rows.scale_km.notna().any():  # CSI at the finest scale
-            rows = rows[rows.scale_km == rows.scale_km.min()]
         if rows.empty:
-            raise SystemExit(f"{path}: no {metric} of method {name!r} (STEPS needs "
-                             "--steps_members > 0)")
+            hint = " (an evaluation with --steps_members 0 has none)" if name == "steps" else ""
+            raise SystemExit(f"{path}: no {metric} of method {name!r}{hint}")
         return rows.set_index("lead_time_min")["value"]
 
     return pd.DataFrame({

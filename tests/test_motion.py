@@ -28,7 +28,7 @@ from metnet.distribution import (
 from metnet.io.store import append_frames, make_dataset, open_store, write_store
 from metnet.models import MetNet
 from metnet.models.lead_inputs import LeadInputEncoder, vector_channels
-from metnet.models.prior import FLOOR, ExtrapolationPrior
+from metnet.models.prior import FLOOR, PIN_MARGIN, ExtrapolationPrior, pin_median
 from metnet.nowcasts import extrapolation
 from metnet.transforms import input_to_rate
 
@@ -327,6 +327,11 @@ def test_the_prior_without_gradients_is_its_mixture_of_histograms(
         assert fused.exp().min() >= 0.99 * FLOOR  # the floor comes after the pin
     else:
         torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+    if sparse:  # pixels whose every ensemble is dry, written directly: the floor too
+        quiet = all_dry & (histograms[:, 2, 0] == 1) if error else all_dry
+        assert quiet.any()
+        torch.testing.assert_close(fused.movedim(1, -1)[quiet], expected.movedim(1, -1)[quiet],
+                                   rtol=0, atol=1e-4)
     assert fused.permute(0, 2, 3, 1).is_contiguous()
     if prior.mix_planes:
         trained = mix.clone().requires_grad_()
@@ -410,6 +415,19 @@ def test_a_prior_pinned_at_decision_thresholds_changes_only_those_decisions(
     moved = RainRateDistribution(logits, prior.edges, dim=1).exceedance(0.3) >= 0.5
     own_median = own >= 0.3
     assert not torch.equal(moved, own_median)  # not the median pinned at every edge
+
+
+def test_the_pin_works_in_float32_whatever_the_dtype_of_the_probabilities() -> None:
+    """Under bf16 autocast the mixture may come in bfloat16, where 1/2 - 0.001 rounds to
+    1/2: the pin is made in float32, so the median still moves into the pixel's bin."""
+    probs = torch.full((1, 4, 1, 1), 0.25, dtype=torch.bfloat16)  # median at the bin 1 / 2 edge
+    own = torch.zeros(1, 4, 1, 1)
+    own[0, 2] = 1.0  # the pixel's own value in bin 2
+    pinned = pin_median(probs, own)
+    assert pinned.dtype == torch.float32
+    assert float(pinned[0, :2].sum()) <= 0.5 - PIN_MARGIN + 1e-6
+    margins = torch.tensor([0.05])[:, None, None, None]
+    assert float(pin_median(probs, own, margin=margins)[0, :2].sum()) <= 0.45 + 1e-6
 
 
 def test_decision_thresholds_must_be_bin_edges() -> None:

@@ -209,18 +209,20 @@ class ExtrapolationPrior(nn.Module):
         prior_kernel().mixture(planes.float().numpy(), ERROR_CHANNEL if self.error else -1,
                                np.asarray(radii), self.margin, self.input_edges.float().numpy(),
                                self.dry, weights.numpy(), FLOOR,
-                               self.pin_margins(lead_minutes).numpy() if self.pinned
+                               self.pin_margins(lead_minutes).cpu().numpy() if self.pinned
                                else np.full(len(weights), -1.0, np.float32),
                                self.intervals.numpy(),
                                out.numpy())
         return out.permute(0, 3, 1, 2)
 
     def pin_margins(self, lead_minutes: Tensor) -> Tensor:
-        """How far from 1/2 a pinned prior puts each kept decision at each lead (N,) float32
-        (:attr:`pin_margin`, falling as 1 / lead after :attr:`pin_minutes`)."""
-        margins = torch.full((len(lead_minutes),), self.pin_margin)
+        """How far from 1/2 a pinned prior puts each kept decision at each lead (N,) float32,
+        on the device of ``lead_minutes`` (:attr:`pin_margin`, falling as 1 / lead after
+        :attr:`pin_minutes`)."""
+        minutes = lead_minutes.detach().float()
+        margins = torch.full_like(minutes, self.pin_margin)
         if self.pin_minutes is not None:
-            fall = (self.pin_minutes / lead_minutes.detach().cpu().float()).clamp(max=1)
+            fall = (self.pin_minutes / minutes).clamp(max=1)
             margins = (margins * fall).clamp(min=min(PIN_MARGIN, self.pin_margin))
         return margins
 
@@ -349,10 +351,11 @@ def pin_median(probs: Tensor, own: Tensor, intervals: Tensor | None = None,
     (N, 1, 1, 1) per lead). With ``intervals`` (K, 2) (:func:`decision_intervals`) the
     median is pinned only into the bins ``[intervals[b, 0], intervals[b, 1])`` around the
     own bin ``b``: between the decision thresholds on either side of the pixel's own value.
-    Differentiable in ``probs``."""
-    k = probs.shape[1]
+    Float32 whatever the dtype of ``probs`` (in bfloat16 1/2 - 0.001 rounds to 1/2: no
+    pin). Differentiable in ``probs``."""
+    probs, k = probs.float(), probs.shape[1]
     if isinstance(margin, Tensor):
-        margin = margin.to(probs.device, probs.dtype)
+        margin = margin.to(probs.device, torch.float32)
     if intervals is None:
         intervals = decision_intervals(range(k + 1), None)
     bounds = intervals.to(probs.device)[own.argmax(1)].movedim(-1, 1)  # (N, 2, H, W)

@@ -313,10 +313,11 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: i
     histogram_c + floor``, the histograms those of :func:`histograms` (C =
     ``weights.shape[1]``, weights (N, C, Ht, Wt) float32), each pixel's made in turn from a
     sliding window's counts and never kept. (Its log is left to torch, whose vectorised log
-    is several times faster than a scalar one.) With margins ``pins`` (N,) at least 0 the
-    prior is pinned (``weights[:, 0]`` 0): the sum's median is pinned into the bins
-    ``intervals[b]`` (K, 2) around the pixel's own bin ``b`` by lead i's margin ``pins[i]``
-    (:func:`_pin_median`) before the floor is added; negative: not pinned.
+    is several times faster than a scalar one.) With margins ``pins`` (N,) at least 0 (all
+    leads or none, as ``pins[0]`` says) the prior is pinned (``weights[:, 0]`` 0): the
+    sum's median is pinned into the bins ``intervals[b]`` (K, 2) around the pixel's own
+    bin ``b`` by lead i's margin ``pins[i]`` (:func:`_pin_median`) before the floor is
+    added; negative: not pinned.
 
     Args:
         planes: (N, Cl, Ht + 2 margin, Wt + 2 margin) float32 per-lead inputs, read in place
