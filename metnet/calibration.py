@@ -16,6 +16,14 @@ a lower cut. MetNet (Sønderby et al., 2020; Espeholt et al., 2022) chose its pr
 thresholds this way, per lead time and rain rate, to maximise the categorical score on
 held-out data. The cut leaves the distribution itself untouched.
 
+Why one per store as well: a model trained on several radars forecasts each one's rain
+with its own biases. Fitted on the pooled validation split, the stores with the most rain
+choose the temperatures and cuts for all: on the bundled stores, tempering that suits
+KNMI's and MeteoSwiss' showers (T = 1.5 at 15 min, cut 0.53) drops the light rain of
+FMI's (CSI 0.28 -> 0.16 at 15 min, BENCHMARKS.md). So a calibration fitted on several
+stores also holds one per store (:attr:`Calibration.stores`), and a forecast of a store
+uses that store's (:meth:`Calibration.for_store`), else the pooled one.
+
 Fitting: :func:`fit_calibration` feeds batches to
 :class:`metnet.metrics.CalibrationStatistics` (a torchmetrics metric, kept with the others so
 that reading a calibration does not import torchmetrics), which accumulates in one pass the
@@ -33,8 +41,9 @@ Conventions: lead times are in minutes, rain rates and thresholds in mm/h. As in
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -59,6 +68,8 @@ REPORT_KEYS: tuple[str, ...] = (
 CRITERIA = ("cross_entropy", "crps")
 
 _FIELDS = ("lead_times", "thresholds", "temperature", "probability_threshold", "report")
+#: Optional in a calibration dict (absent in checkpoints calibrated before it existed).
+_OPTIONAL_FIELDS = ("stores",)
 
 
 @dataclass
@@ -73,6 +84,10 @@ class Calibration:
             ``P(R > t) >= p*`` (of the temperature-scaled distribution).
         report: scores on the fitting data, each [L][N] (see :data:`REPORT_KEYS`; the
             cross-entropy does not depend on the threshold and is repeated across it).
+        stores: the calibration of each store, by its short name
+            (:func:`metnet.io.store.store_name`), fitted on that store's validation
+            batches alone, with the same lead times and thresholds; empty when fitted on
+            one store.
     """
 
     lead_times: list[int]
@@ -80,6 +95,7 @@ class Calibration:
     temperature: list[float]
     probability_threshold: list[list[float]]
     report: dict[str, list[list[float]]] = field(default_factory=dict)
+    stores: dict[str, Calibration] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.lead_times = [int(m) for m in self.lead_times]
@@ -98,6 +114,8 @@ class Calibration:
             raise ValueError(f"temperatures must be finite and positive, got {self.temperature}")
         if not all(0.0 <= p <= 1.0 for row in self.probability_threshold for p in row):
             raise ValueError("probability thresholds must lie in [0, 1]")
+        self.stores = {str(name): _store_calibration(name, c, self)
+                       for name, c in self.stores.items()}
 
     @classmethod
     def identity(cls, lead_times: Sequence[int], thresholds: Sequence[float]) -> Calibration:
@@ -113,16 +131,25 @@ class Calibration:
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
         """Inverse of :meth:`to_dict`; raises ``ValueError`` on missing, unknown or
         mis-sized fields."""
-        if not isinstance(d, dict) or set(d) != set(_FIELDS):
+        if not isinstance(d, dict) or not set(_FIELDS) <= set(d) <= {*_FIELDS,
+                                                                     *_OPTIONAL_FIELDS}:
             keys = sorted(d) if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"a calibration dict needs exactly the keys {list(_FIELDS)}, "
-                             f"got {keys}")
+            raise ValueError(f"a calibration dict needs the keys {list(_FIELDS)} (and "
+                             f"optionally {list(_OPTIONAL_FIELDS)}), got {keys}")
         if not isinstance(d["report"], dict):
             raise ValueError("the calibration's report must be a dict")
+        stores = d.get("stores", {})
+        if not isinstance(stores, dict):
+            raise ValueError("the calibration's stores must be a dict")
         try:
-            return cls(**d)
+            return cls(**{**d, "stores": {name: cls.from_dict(c) for name, c in stores.items()}})
         except TypeError as err:
             raise ValueError(f"a calibration field has the wrong type: {err}") from None
+
+    def for_store(self, name: str | None) -> Calibration:
+        """The calibration to forecast the store called ``name`` with (its short name,
+        :func:`metnet.io.store.store_name`): its own if fitted, else this pooled one."""
+        return self.stores.get(name, self) if name is not None else self
 
     def _lead_index(self, lead_minutes: int) -> int:
         try:
@@ -165,17 +192,33 @@ class Calibration:
                          f"(calibrated: {self.thresholds})")
 
     def table(self) -> pd.DataFrame:
-        """One row per (lead_time_min, threshold): temperature, probability_threshold and
-        the report's scores."""
+        """One row per (store, lead_time_min, threshold): temperature,
+        probability_threshold and the report's scores; ``store`` is empty for the pooled
+        calibration, whose rows come first."""
         rows = []
-        for i, lead in enumerate(self.lead_times):
-            for j, thr in enumerate(self.thresholds):
-                row = {"lead_time_min": lead, "threshold": thr,
-                       "temperature": self.temperature[i],
-                       "probability_threshold": self.probability_threshold[i][j]}
-                row.update({k: v[i][j] for k, v in self.report.items()})
-                rows.append(row)
+        for name, calibration in {"": self, **self.stores}.items():
+            for i, lead in enumerate(calibration.lead_times):
+                for j, thr in enumerate(calibration.thresholds):
+                    row = {"store": name, "lead_time_min": lead, "threshold": thr,
+                           "temperature": calibration.temperature[i],
+                           "probability_threshold": calibration.probability_threshold[i][j]}
+                    row.update({k: v[i][j] for k, v in calibration.report.items()})
+                    rows.append(row)
         return pd.DataFrame(rows)
+
+
+def _store_calibration(name: str, calibration: Calibration, pooled: Calibration) -> Calibration:
+    """A store's calibration, checked to fit ``pooled``: same lead times and thresholds,
+    no stores of its own."""
+    if not isinstance(calibration, Calibration):
+        raise ValueError(f"the calibration of store {name!r} is not a calibration")
+    if (calibration.lead_times, calibration.thresholds) != (pooled.lead_times,
+                                                            pooled.thresholds):
+        raise ValueError(f"the calibration of store {name!r} has other lead times or "
+                         "thresholds than the pooled one")
+    if calibration.stores:
+        raise ValueError(f"the calibration of store {name!r} has stores of its own")
+    return calibration
 
 
 def _grid(values: Sequence[Sequence[float]], leads: list[int], thresholds: list[float],
@@ -195,30 +238,56 @@ def fit_calibration(
     thresholds: Sequence[float] = (0.1, 1.0, 4.0, 8.0),
     progress: bool = False,
     criterion: str = "cross_entropy",
+    stores: Sequence[str] = (),
 ) -> Calibration:
     """Fit a :class:`Calibration` of ``net`` in one pass over VALIDATION batches.
 
     Args:
         net: a MetNet (its ``bin_edges`` in mm/h), run without gradients on its device.
         batches: datamodule batches (``context``, ``lead_times`` (B, L), ``target``
-            (B, L, Ht, Wt) mm/h and, for a net that takes them, ``lead_inputs``).
+            (B, L, Ht, Wt) mm/h, ``store`` (B names) and, for a net that takes them,
+            ``lead_inputs``).
         lead_times: the lead times (minutes) to calibrate.
         thresholds: rain-rate thresholds (mm/h) of the probability cuts.
         progress: progress bar over batches.
         criterion: what each lead's temperature minimises: the network's training loss.
+        stores: the short names of the stores the batches come from. With two or more,
+            each one with validation data also gets its own calibration
+            (:attr:`Calibration.stores`). Every rank of a distributed run must give the
+            same names: their statistics are summed across ranks.
     """
     from metnet.metrics import CalibrationStatistics  # torchmetrics: seconds to import
 
     device = next(net.parameters()).device
-    stats = CalibrationStatistics(net.bin_edges, lead_times, thresholds,
-                                  criterion=criterion).to(device)
+
+    def statistics() -> CalibrationStatistics:
+        return CalibrationStatistics(net.bin_edges, lead_times, thresholds,
+                                     criterion=criterion).to(device)
+
+    pooled = statistics()
+    per_store = {name: statistics() for name in dict.fromkeys(stores)} if len(
+        set(stores)) > 1 else {}
     seen = False
     with torch.no_grad():
         for batch in tqdm(batches, desc="calibrate", unit="batch", disable=not progress):
             moved = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
             logits = net(moved["context"], moved["lead_times"], moved.get("lead_inputs"))
-            stats.update(logits, moved["target"], moved["lead_times"])
+            pooled.update(logits, moved["target"], moved["lead_times"])
+            for name, stats in per_store.items():
+                rows = [i for i, s in enumerate(batch["store"]) if s == name]
+                if rows:
+                    index = torch.tensor(rows, device=device)
+                    stats.update(logits[index], moved["target"][index],
+                                 moved["lead_times"][index])
             seen = True
     if not seen:
         raise ValueError("no validation batch to calibrate on")
-    return stats.compute()
+    with warnings.catch_warnings():  # a store without validation windows: nothing to fit
+        warnings.filterwarnings("ignore", message=".*compute.* was called before")
+        own = {name: stats.compute() for name, stats in per_store.items()}
+    return replace(pooled.compute(), stores={name: c for name, c in own.items() if _scored(c)})
+
+
+def _scored(calibration: Calibration) -> bool:
+    """Whether a fitted calibration saw data (its report's scores are NaN without)."""
+    return any(math.isfinite(v) for row in calibration.report.get("crps_raw", []) for v in row)

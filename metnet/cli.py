@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     import xarray as xr
     from torch import nn
 
+    from metnet.calibration import Calibration
+    from metnet.checkpoint import Checkpoint
     from metnet.data.inputs import StoreContext
     from metnet.io.forecast_file import ForecastOutput
 
@@ -132,7 +134,7 @@ def _forecast(a: Namespace) -> None:
     check_settings(a.quantiles, a.batch_tiles)
     device = inference_device(a.device)
     checkpoint = Checkpoint.load(a.ckpt_path)
-    calibration = None if a.uncalibrated else checkpoint.calibration
+    calibration = store_calibration(checkpoint, a)
     store = open_store(a.store, a.storage_options)
     checkpoint.check(store)
     net = checkpoint.net.to(device)
@@ -273,7 +275,7 @@ def _evaluate(a: Namespace) -> None:
     check_evaluation_out(a.out)
     device = inference_device(a.device)
     checkpoint = Checkpoint.load(a.ckpt_path)
-    calibration = None if a.uncalibrated else checkpoint.calibration
+    calibration = store_calibration(checkpoint, a)
     store = open_store(a.store, a.storage_options)
     checkpoint.check(store)
     net = checkpoint.net.to(device)
@@ -295,6 +297,16 @@ def _evaluate(a: Namespace) -> None:
         print(f"wrote {path}")
 
 
+def store_calibration(checkpoint: Checkpoint, a: Namespace) -> Calibration | None:
+    """The calibration that ``forecast``/``evaluate`` apply to ``a.store``: none with
+    ``--uncalibrated``, else the checkpoint's fit for that store, or its pooled one."""
+    from metnet.io.store import store_name
+
+    if a.uncalibrated or checkpoint.calibration is None:
+        return None
+    return checkpoint.calibration.for_store(store_name(a.store))
+
+
 def _calibrate(argv: Sequence[str]) -> None:
     """``metnet calibrate``: the training configuration's validation split, one pass."""
     from metnet.calibration import fit_calibration
@@ -310,14 +322,17 @@ def _calibrate(argv: Sequence[str]) -> None:
     net = checkpoint.net.to(device)
     calibration = fit_calibration(net, dm.dataloader("val", num_replicas=1, rank=0),
                                   dm.spec.lead_times, checkpoint.thresholds, progress=True,
-                                  criterion=checkpoint.loss)
+                                  criterion=checkpoint.loss, stores=dm.store_names)
     checkpoint.save_calibration(calibration)
     columns = ["lead_time_min", "threshold", "temperature", "probability_threshold",
                "csi_raw", "csi_calibrated", "reliability_raw", "reliability_calibrated",
                "crps_raw", "crps_calibrated"]
-    print(calibration.table()[columns].to_string(index=False,
-                                                 float_format=lambda v: f"{v:.3f}"))
-    print(f"stored the calibration in {checkpoint.path}")
+    table = calibration.table()
+    for name, rows in table.groupby("store", sort=False):
+        print(f"store {name}:" if name else "all stores:")
+        print(rows[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    own = f" (and one per store: {', '.join(calibration.stores)})" if calibration.stores else ""
+    print(f"stored the calibration{own} in {checkpoint.path}")
 
 
 def _warning(command: str) -> Callable[[str], None]:

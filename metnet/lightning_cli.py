@@ -201,7 +201,8 @@ class LastCheckpoint(Callback):
 
 class CalibrateBest(Callback):
     """When a fit ends, fit the best checkpoint's calibration on the validation split
-    (:func:`metnet.calibration.fit_calibration`) and store it in that checkpoint.
+    (:func:`metnet.calibration.fit_calibration`, pooled and per store) and store it in that
+    checkpoint.
 
     Every rank scores its share of the validation split; the statistics are summed across
     ranks and rank 0 writes the checkpoint.
@@ -215,7 +216,8 @@ class CalibrateBest(Callback):
         datamodule = trainer.datamodule
         calibration = fit_calibration(checkpoint.net.to(pl_module.device),
                                       datamodule.dataloader("val"), datamodule.spec.lead_times,
-                                      checkpoint.thresholds, criterion=checkpoint.loss)
+                                      checkpoint.thresholds, criterion=checkpoint.loss,
+                                      stores=datamodule.store_names)
         if trainer.is_global_zero:
             checkpoint.save_calibration(calibration)
         trainer.strategy.barrier()

@@ -14,7 +14,8 @@ batches carry motion inputs (``lead_inputs``), Lagrangian extrapolation too
   event is P(R > t) >= 0.5);
 * on test, with a calibrated checkpoint (:mod:`metnet.calibration`), the same scores
   for ``model_calibrated``: the temperature-scaled distribution, and events where
-  P(R > t) reaches the calibrated cut of the lead and threshold;
+  P(R > t) reaches the calibrated cut of the lead and threshold (each sample's store's
+  calibration where the checkpoint holds one per store);
 * ``{split}/{method}/crps`` and ``brier_{threshold}``: CRPS in mm/h (a point
   forecast's CRPS is its absolute error) and the Brier score;
 * ``{split}/model/ce`` per lead.
@@ -130,7 +131,7 @@ class NowcastModule(L.LightningModule):
         for method, (method_logits, cuts) in self._model_forecasts(logits, batch, split).items():
             dist = RainRateDistribution(method_logits, self.bin_edges, dim=2)
             exceed = torch.stack([dist.exceedance(t) for t in self.hparams.thresholds], dim=2)
-            events = exceed >= cuts.to(exceed)[None, :, :, None, None]
+            events = exceed >= cuts.to(exceed)[:, :, :, None, None]
             self._update(scores, method, events, dist.crps(target.nan_to_num(0.0)),
                          dist.exceedance(self.hparams.brier_threshold), target)
         for method, field in self.baselines(batch).items():
@@ -141,17 +142,23 @@ class NowcastModule(L.LightningModule):
 
     def _model_forecasts(self, logits: Tensor, batch: dict[str, Any],
                          split: str) -> dict[str, tuple[Tensor, Tensor]]:
-        """The model's scored forecasts: {method: (logits, (L, N) probability cuts)}: the
+        """The model's scored forecasts: {method: (logits, (B, L, N) probability cuts)}: the
         raw logits with 0.5, and on test with a calibrated checkpoint its tempered logits and
-        calibrated cuts (``model_calibrated``)."""
+        calibrated cuts (``model_calibrated``), each sample's by its store's calibration
+        (:meth:`metnet.calibration.Calibration.for_store`)."""
         thresholds = self.hparams.thresholds
-        out = {"model": (logits, torch.full((logits.shape[1], len(thresholds)), 0.5))}
+        batch_size, num_leads = logits.shape[:2]
+        out = {"model": (logits, torch.full((batch_size, num_leads, len(thresholds)), 0.5))}
         if split == "test" and self.calibration is not None:
-            cuts = [[self.calibration.decision_threshold(m, t) for t in thresholds]
-                    for m in batch["lead_times"][0].tolist()]
-            out["model_calibrated"] = (
-                self.calibration.scale_logits(logits, batch["lead_times"], dim=2),
-                torch.tensor(cuts))
+            stores = batch.get("store", [None] * batch_size)
+            scaled, cuts = [], []
+            for i, store in enumerate(stores):
+                calibration = self.calibration.for_store(store)
+                leads = batch["lead_times"][i]
+                scaled.append(calibration.scale_logits(logits[i:i + 1], leads, dim=2))
+                cuts.append([[calibration.decision_threshold(m, t) for t in thresholds]
+                             for m in leads.tolist()])
+            out["model_calibrated"] = (torch.cat(scaled), torch.tensor(cuts))
         return out
 
     def _update(self, scores: torch.nn.ModuleDict, method: str, events: Tensor, crps: Tensor,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -149,18 +150,24 @@ def test_forecast_applies_the_checkpoint_temperature(trained: Path, stores: dict
                                calibrated_decisions=False)
     assert (at_half["decision_probability"] == 0.5).all()
 
+    # The store's own calibration (the store is s.zarr), else the pooled one (identity here).
     ckpt = tmp_path / "t.ckpt"
     ckpt.write_bytes(trained.read_bytes())
-    Checkpoint.load(ckpt).save_calibration(calibration)
-    out = tmp_path / "fc.nc"
-    result = run_metnet("forecast", "--ckpt_path", str(ckpt), "--store", str(stores["same"]),
-                    "--init_time", str(init)[:16], "--out", str(out), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    pooled = replace(Calibration.identity(LEADS, [1.0]), stores={"s": calibration})
+    Checkpoint.load(ckpt).save_calibration(pooled)
+    elsewhere = tmp_path / "other.zarr"
+    elsewhere.symlink_to(stores["same"], target_is_directory=True)
     import xarray as xr
 
-    with xr.open_dataset(out) as written:
-        np.testing.assert_allclose(written["precip_rate_mean"].values,
-                                   tempered["precip_rate_mean"].values, rtol=1e-4, atol=1e-5)
+    for store, expected in ((stores["same"], tempered), (elsewhere, raw)):
+        out = tmp_path / f"{store.stem}.nc"
+        result = run_metnet("forecast", "--ckpt_path", str(ckpt), "--store", str(store),
+                            "--init_time", str(init)[:16], "--out", str(out), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        with xr.open_dataset(out) as written:
+            np.testing.assert_allclose(written["precip_rate_mean"].values,
+                                       expected["precip_rate_mean"].values, rtol=1e-4,
+                                       atol=1e-5)
 
 
 def test_test_scores_the_calibrated_model_and_extrapolation(trained: Path,

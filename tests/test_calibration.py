@@ -4,12 +4,13 @@ calibration is known and against brute-force numpy counts."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from metnet.calibration import Calibration
+from metnet.calibration import Calibration, fit_calibration
 from metnet.distribution import RainRateDistribution, compact_bins, pixel_cross_entropy
 from metnet.metrics import CalibrationStatistics
 
@@ -250,3 +251,66 @@ def test_identity_changes_nothing():
     assert torch.equal(cal.scale_logits(logits, [5, 15]), logits)
     assert cal.probability_threshold == [[0.5, 0.5], [0.5, 0.5]]
     assert not math.isnan(cal.decision_threshold(15, 0.1))
+
+
+class _Echo(torch.nn.Module):
+    """A stand-in network whose logits are its ``context`` (B, L, K, H, W)."""
+
+    bin_edges = EDGES
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))  # gives fit_calibration a device
+
+    def forward(self, context, lead_times, lead_inputs=None):
+        return context
+
+
+def same_fit(a: Calibration, b: Calibration) -> None:
+    """The same temperatures and cuts, and the same report up to float summation order."""
+    assert (a.temperature, a.probability_threshold) == (b.temperature, b.probability_threshold)
+    assert a.report.keys() == b.report.keys()
+    for key, value in a.report.items():
+        np.testing.assert_allclose(value, b.report[key], rtol=1e-9, err_msg=key)
+
+
+def test_a_calibration_fitted_on_several_stores_holds_one_per_store(synthetic):
+    """Store ``b``'s forecasts are overconfident (logits x 2), ``a``'s are right; batches mix
+    the two. Each store's calibration is the one fitted on its samples alone, and the pooled
+    one is fitted on all."""
+    logits, target = synthetic
+    forecast = torch.cat([logits, 2.0 * logits])
+    observed = torch.cat([target, target])
+    stores = ["a", "b", "b", "a", "b", "a", "a", "b"]
+    order = torch.tensor([0, 4, 5, 1, 6, 2, 3, 7])  # samples 0-3 of a, 4-7 of b
+    batches = [{"context": forecast[order[i:i + 2]], "target": observed[order[i:i + 2]],
+                "lead_times": lead_tensor(2), "store": stores[i:i + 2]} for i in (0, 2, 4, 6)]
+    cal = fit_calibration(_Echo(), batches, LEADS, THRESHOLDS, stores=["a", "b", "c"])
+    assert list(cal.stores) == ["a", "b"]  # c had no validation batch: no calibration of its own
+    same_fit(cal.stores["a"], fit(logits, target).compute())
+    same_fit(cal.stores["b"], fit(2.0 * logits, target).compute())
+    same_fit(cal, fit(forecast, observed).compute())
+    assert all(t in (0.9, 1.0, 1.15) for t in cal.stores["a"].temperature)
+    assert all(t in (1.75, 2.0, 2.5) for t in cal.stores["b"].temperature)
+    assert fit_calibration(_Echo(), batches, LEADS, THRESHOLDS, stores=["a"]).stores == {}
+
+
+def test_store_calibrations_round_trip_and_the_pooled_one_is_the_fallback(tmp_path):
+    own = Calibration(LEADS, [1.0], [2.0, 0.5], [[0.3], [0.6]])
+    cal = replace(Calibration.identity(LEADS, [1.0]), stores={"fmi": own})
+    assert cal.for_store("fmi") is cal.stores["fmi"]
+    assert cal.for_store("knmi") is cal and cal.for_store(None) is cal
+    assert plain(cal.to_dict())
+    torch.save({"calibration": cal.to_dict()}, tmp_path / "c.ckpt")
+    loaded = torch.load(tmp_path / "c.ckpt", weights_only=True)["calibration"]
+    assert Calibration.from_dict(loaded) == cal
+    before = {k: v for k, v in cal.to_dict().items() if k != "stores"}  # an older checkpoint's
+    assert Calibration.from_dict(before) == Calibration.identity(LEADS, [1.0])
+    table = cal.table()
+    assert table.store.tolist() == ["", "", "fmi", "fmi"]
+    assert table[table.store == "fmi"].temperature.tolist() == [2.0, 0.5]
+    other_leads = Calibration.identity([5, 10], [1.0]).to_dict()
+    with pytest.raises(ValueError, match="store 'fmi' has other lead times"):
+        Calibration.from_dict({**cal.to_dict(), "stores": {"fmi": other_leads}})
+    with pytest.raises(ValueError, match="stores must be a dict"):
+        Calibration.from_dict({**cal.to_dict(), "stores": ["fmi"]})

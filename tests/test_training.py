@@ -375,3 +375,29 @@ def test_the_crps_loss_is_the_mean_exact_crps_and_trains():
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="loss must be one of"):
         NowcastModule(net, loss="brier")
+
+
+def test_test_scores_each_sample_with_its_stores_calibration():
+    from dataclasses import replace
+
+    from metnet.calibration import Calibration
+    from metnet.models import MetNet
+    from metnet.training import NowcastModule
+
+    net = MetNet(input_channels=2, context_frames=3, input_size=32, target_size=16,
+                 pack_factor=2, downsampler_channels=(8, 16), lstm_hidden=16, num_blocks=2,
+                 conditioned_from=1, heads=2, max_lead_minutes=30, lead_step_minutes=5)
+    module = NowcastModule(net)
+    thresholds = list(module.hparams.thresholds)
+    own = Calibration([5, 30], thresholds, [2.0, 4.0], [[0.3] * 4, [0.2] * 4])
+    module.calibration = replace(Calibration.identity([5, 30], thresholds), stores={"fmi": own})
+    batch = {"lead_times": torch.tensor([[5, 30]] * 2), "store": ["fmi", "knmi"]}
+    logits = torch.randn(2, 2, len(net.bin_edges) - 1, 16, 16)
+    forecasts = module._model_forecasts(logits, batch, "test")
+    tempered, cuts = forecasts["model_calibrated"]
+    temperature = torch.tensor([2.0, 4.0])[:, None, None, None]
+    torch.testing.assert_close(tempered[0], logits[0] / temperature)
+    torch.testing.assert_close(tempered[1], logits[1])  # knmi: the pooled calibration
+    torch.testing.assert_close(cuts[:, :, 1], torch.tensor([[0.3, 0.2], [0.5, 0.5]]))
+    assert forecasts["model"][1].shape == (2, 2, 4)
+    assert "model_calibrated" not in module._model_forecasts(logits, batch, "val")

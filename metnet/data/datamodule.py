@@ -65,7 +65,7 @@ from metnet.data.windows import (
     windows_in_ranges,
 )
 from metnet.io.sample_index import PatchLattice, sample_fractions
-from metnet.io.store import is_remote, open_store
+from metnet.io.store import is_remote, open_store, store_name
 from metnet.models.lead_inputs import lead_channel_names
 
 Split = Literal["train", "val", "test"]
@@ -264,6 +264,12 @@ class NowcastDataModule(L.LightningDataModule):
         if not self.hparams.motion_inputs:
             return []
         return lead_channel_names(self.hparams.motion_velocity, self.hparams.motion_error)
+
+    @property
+    def store_names(self) -> list[str]:
+        """The stores' short names (:func:`metnet.io.store.store_name`), as batches name
+        them in ``store``."""
+        return [store_name(path) for path in self.stores]
 
     @property
     def num_lead_channels(self) -> int:
