@@ -22,7 +22,10 @@ choose the temperatures and cuts for all: on the bundled stores, tempering that 
 KNMI's and MeteoSwiss' showers (T = 1.5 at 15 min, cut 0.53) drops the light rain of
 FMI's (CSI 0.28 -> 0.16 at 15 min, BENCHMARKS.md). So a calibration fitted on several
 stores also holds one per store (:attr:`Calibration.stores`), and a forecast of a store
-uses that store's (:meth:`Calibration.for_store`), else the pooled one.
+uses that store's (:meth:`Calibration.for_store`), else the pooled one. A store's
+validation windows are few, so its own temperature and cuts replace the pooled ones only
+where they are clearly better on its windows (2 % of the criterion, 0.02 of CSI:
+:meth:`metnet.metrics.CalibrationStatistics.compute`).
 
 Fitting: :func:`fit_calibration` feeds batches to
 :class:`metnet.metrics.CalibrationStatistics` (a torchmetrics metric, kept with the others so
@@ -86,8 +89,8 @@ class Calibration:
             cross-entropy does not depend on the threshold and is repeated across it).
         stores: the calibration of each store, by its short name
             (:func:`metnet.io.store.store_name`), fitted on that store's validation
-            batches alone, with the same lead times and thresholds; empty when fitted on
-            one store.
+            batches alone with the pooled calibration as the fallback, with the same lead
+            times and thresholds; empty when fitted on one store.
     """
 
     lead_times: list[int]
@@ -253,8 +256,9 @@ def fit_calibration(
         criterion: what each lead's temperature minimises: the network's training loss.
         stores: the short names of the stores the batches come from. With two or more,
             each one with validation data also gets its own calibration
-            (:attr:`Calibration.stores`). Every rank of a distributed run must give the
-            same names: their statistics are summed across ranks.
+            (:attr:`Calibration.stores`): the pooled temperature and cut, except where the
+            store's own are clearly better on its batches. Every rank of a distributed
+            run must give the same names: their statistics are summed across ranks.
     """
     from metnet.metrics import CalibrationStatistics  # torchmetrics: seconds to import
 
@@ -282,10 +286,11 @@ def fit_calibration(
             seen = True
     if not seen:
         raise ValueError("no validation batch to calibrate on")
+    pooled_fit = pooled.compute()
     with warnings.catch_warnings():  # a store without validation windows: nothing to fit
         warnings.filterwarnings("ignore", message=".*compute.* was called before")
-        own = {name: stats.compute() for name, stats in per_store.items()}
-    return replace(pooled.compute(), stores={name: c for name, c in own.items() if _scored(c)})
+        own = {name: stats.compute(fallback=pooled_fit) for name, stats in per_store.items()}
+    return replace(pooled_fit, stores={name: c for name, c in own.items() if _scored(c)})
 
 
 def _scored(calibration: Calibration) -> bool:

@@ -98,6 +98,14 @@ class LeadMean(Metric):
         return {"lead": self.total / self.count, "all": self.total.sum() / self.count.sum()}
 
 
+#: How much lower a store's own temperature must make its mean criterion (a fraction of
+#: the pooled temperature's) to replace the pooled temperature (:meth:`CalibrationStatistics.
+#: compute`).
+FALLBACK_CRITERION_GAIN = 0.02
+#: How much higher a store's own cut must make its CSI to replace the pooled cut.
+FALLBACK_CSI_GAIN = 0.02
+
+
 class CalibrationStatistics(Metric):
     """Sufficient statistics for fitting a :class:`Calibration` (feed validation batches).
 
@@ -207,18 +215,29 @@ class CalibrationStatistics(Metric):
         squared = (exceed - events).square().flatten()
         self.brier_sum[i] += torch.bincount(cell.flatten(), squared, size // p).reshape(shape[:2])
 
-    def compute(self) -> Calibration:
+    def compute(self, fallback: Calibration | None = None) -> Calibration:
         """The temperature with the lowest mean criterion per lead, then at that
         temperature the CSI-maximising cut per (lead, threshold), with the report of the
         raw (T = 1, p = 0.5) and calibrated scores. A lead without data keeps T = 1; a
-        (lead, threshold) without observed events keeps p* = 0.5."""
+        (lead, threshold) without observed events keeps p* = 0.5.
+
+        With a ``fallback`` (the pooled calibration, when these statistics are one store's),
+        its temperature is kept unless this data's own choice lowers the mean criterion by
+        :data:`FALLBACK_CRITERION_GAIN` of it, and its cut unless this data's own raises
+        CSI by :data:`FALLBACK_CSI_GAIN`: a store's validation windows are few and of one
+        event or two, and an own fit that barely beats the pooled one is mostly their noise.
+        (The metric caches what it computes until the next update: one call per fit.)"""
         lead_range = torch.arange(len(self.lead_values), device=self.count.device)
         raw = torch.full_like(lead_range, self.temperature_values.index(1.0))
         mean_ce, mean_crps = self.ce_sum / self.count, self.crps_sum / self.count  # (M, L)
         criterion = mean_ce if self.criterion == "cross_entropy" else mean_crps
         chosen = torch.where(self.count > 0, criterion.nan_to_num(math.inf).argmin(0), raw)
         half = self.probability_bins // 2
+        if fallback is not None:
+            chosen = self._fallback_temperature(fallback, criterion, chosen, lead_range)
         cut = self._best_cut(chosen, lead_range, default=half)  # (L, N)
+        if fallback is not None:
+            cut = self._fallback_cut(fallback, chosen, cut, lead_range)
         report = {}
         for suffix, temp, j in (("raw", raw, torch.full_like(cut, half)),
                                 ("calibrated", chosen, cut)):
@@ -230,6 +249,29 @@ class CalibrationStatistics(Metric):
         return Calibration(self.lead_values, self.threshold_values,
                            temperatures[chosen.cpu()].tolist(), self.cuts[cut].tolist(),
                            {k: report[k] for k in REPORT_KEYS})
+
+    def _fallback_temperature(self, fallback: Calibration, criterion: Tensor, chosen: Tensor,
+                              lead_range: Tensor) -> Tensor:
+        """(L,) temperature indices: ``fallback``'s where the own ``chosen`` does not lower
+        the mean ``criterion`` (M, L) by :data:`FALLBACK_CRITERION_GAIN` of it."""
+        if (fallback.lead_times, fallback.thresholds) != (self.lead_values,
+                                                          self.threshold_values):
+            raise ValueError("the fallback calibration has other lead times or thresholds")
+        grid = torch.tensor(self.temperature_values)
+        theirs = torch.tensor([int((grid - t).abs().argmin()) for t in fallback.temperature],
+                              device=chosen.device)
+        own, pooled = criterion[chosen, lead_range], criterion[theirs, lead_range]
+        return torch.where(own < (1.0 - FALLBACK_CRITERION_GAIN) * pooled, chosen, theirs)
+
+    def _fallback_cut(self, fallback: Calibration, temp: Tensor, cut: Tensor,
+                      lead_range: Tensor) -> Tensor:
+        """(L, N) cut indices: ``fallback``'s where the own ``cut`` does not raise CSI at
+        temperatures ``temp`` by :data:`FALLBACK_CSI_GAIN`."""
+        theirs = torch.tensor(fallback.probability_threshold, dtype=torch.float64)
+        theirs = (theirs * self.probability_bins).round().long().to(cut.device)
+        csi = self._csi_by_cut(temp, lead_range)  # (L, N, P)
+        gain = (csi.gather(-1, cut[..., None]) - csi.gather(-1, theirs[..., None])).squeeze(-1)
+        return torch.where(gain > FALLBACK_CSI_GAIN, cut, theirs)
 
     def _csi_by_cut(self, temp: Tensor, lead_range: Tensor) -> Tensor:
         """(L, N, P) CSI of the forecast ``P >= cuts[j]`` for each cut j; NaN if undefined."""

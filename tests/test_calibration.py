@@ -275,11 +275,11 @@ def same_fit(a: Calibration, b: Calibration) -> None:
 
 
 def test_a_calibration_fitted_on_several_stores_holds_one_per_store(synthetic):
-    """Store ``b``'s forecasts are overconfident (logits x 2), ``a``'s are right; batches mix
-    the two. Each store's calibration is the one fitted on its samples alone, and the pooled
-    one is fitted on all."""
+    """Store ``b``'s forecasts are overconfident (logits x 3), ``a``'s are right; batches mix
+    the two. The pooled calibration is fitted on all samples, each store's on its own
+    samples with the pooled one as the fallback."""
     logits, target = synthetic
-    forecast = torch.cat([logits, 2.0 * logits])
+    forecast = torch.cat([logits, 3.0 * logits])
     observed = torch.cat([target, target])
     stores = ["a", "b", "b", "a", "b", "a", "a", "b"]
     order = torch.tensor([0, 4, 5, 1, 6, 2, 3, 7])  # samples 0-3 of a, 4-7 of b
@@ -287,12 +287,30 @@ def test_a_calibration_fitted_on_several_stores_holds_one_per_store(synthetic):
                 "lead_times": lead_tensor(2), "store": stores[i:i + 2]} for i in (0, 2, 4, 6)]
     cal = fit_calibration(_Echo(), batches, LEADS, THRESHOLDS, stores=["a", "b", "c"])
     assert list(cal.stores) == ["a", "b"]  # c had no validation batch: no calibration of its own
-    same_fit(cal.stores["a"], fit(logits, target).compute())
-    same_fit(cal.stores["b"], fit(2.0 * logits, target).compute())
-    same_fit(cal, fit(forecast, observed).compute())
-    assert all(t in (0.9, 1.0, 1.15) for t in cal.stores["a"].temperature)
-    assert all(t in (1.75, 2.0, 2.5) for t in cal.stores["b"].temperature)
+    pooled = fit(forecast, observed).compute()
+    same_fit(cal, pooled)
+    same_fit(cal.stores["a"], fit(logits, target).compute(fallback=pooled))
+    same_fit(cal.stores["b"], fit(3.0 * logits, target).compute(fallback=pooled))
+    assert cal.temperature == [2.0, 2.0]
+    assert cal.stores["a"].temperature == [1.0, 1.0]  # clearly better than 2 on a's samples
+    assert cal.stores["b"].temperature == [2.0, 2.0]  # its own 2.5: not clearly better
+    assert fit(3.0 * logits, target).compute().temperature == [2.5, 2.5]
     assert fit_calibration(_Echo(), batches, LEADS, THRESHOLDS, stores=["a"]).stores == {}
+
+
+def test_a_stores_fit_keeps_the_pooled_one_unless_clearly_better(synthetic):
+    """A store's own temperature and cuts replace the pooled ones only where they beat them
+    on the store's data by 2 % of the criterion and 0.02 of CSI."""
+    logits, target = synthetic
+    own = fit(logits, target).compute()
+    near = Calibration(LEADS, list(THRESHOLDS), [1.15] * 2, [[0.45] * 3] * 2)
+    kept = fit(logits, target).compute(fallback=near)
+    assert kept.temperature == pytest.approx(near.temperature)
+    assert kept.probability_threshold == near.probability_threshold
+    far = Calibration(LEADS, list(THRESHOLDS), [2.5] * 2, [[0.9] * 3] * 2)
+    same_fit(fit(logits, target).compute(fallback=far), own)
+    with pytest.raises(ValueError, match="other lead times"):
+        fit(logits, target).compute(fallback=Calibration.identity([5], THRESHOLDS))
 
 
 def test_store_calibrations_round_trip_and_the_pooled_one_is_the_fallback(tmp_path):
