@@ -90,7 +90,8 @@ class Calibration:
         stores: the calibration of each store, by its short name
             (:func:`metnet.io.store.store_name`), fitted on that store's validation
             batches alone with the pooled calibration as the fallback, with the same lead
-            times and thresholds; empty when fitted on one store.
+            times and thresholds; empty when fitted on one store, and without the stores
+            that had no validation window. Two stores of the same short name share one.
     """
 
     lead_times: list[int]
@@ -277,6 +278,9 @@ def fit_calibration(
             moved = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
             logits = net(moved["context"], moved["lead_times"], moved.get("lead_inputs"))
             pooled.update(logits, moved["target"], moved["lead_times"])
+            if per_store and "store" not in batch:
+                raise ValueError("per-store calibrations need batches that name their "
+                                 "stores ('store')")
             for name, stats in per_store.items():
                 rows = [i for i, s in enumerate(batch["store"]) if s == name]
                 if rows:

@@ -320,9 +320,14 @@ def _calibrate(argv: Sequence[str]) -> None:
     checkpoint.check(dm)
     dm.setup("validate")
     net = checkpoint.net.to(device)
+    before = checkpoint.calibration
     calibration = fit_calibration(net, dm.dataloader("val", num_replicas=1, rank=0),
                                   dm.spec.lead_times, checkpoint.thresholds, progress=True,
                                   criterion=checkpoint.loss, stores=dm.store_names)
+    if before is not None and (dropped := sorted(set(before.stores) - set(calibration.stores))):
+        _warning("calibrate")(f"the calibrations of {', '.join(dropped)} in "
+                              f"{checkpoint.path} are replaced by this fit, which does not "
+                              "see their validation windows")
     checkpoint.save_calibration(calibration)
     columns = ["lead_time_min", "threshold", "temperature", "probability_threshold",
                "csi_raw", "csi_calibrated", "reliability_raw", "reliability_calibrated",

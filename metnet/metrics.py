@@ -219,7 +219,7 @@ class CalibrationStatistics(Metric):
         """The temperature with the lowest mean criterion per lead, then at that
         temperature the CSI-maximising cut per (lead, threshold), with the report of the
         raw (T = 1, p = 0.5) and calibrated scores. A lead without data keeps T = 1; a
-        (lead, threshold) without observed events keeps p* = 0.5.
+        (lead, threshold) without observed events keeps p* = 0.5 (the fallback's, with one).
 
         With a ``fallback`` (the pooled calibration, when these statistics are one store's),
         its temperature is kept unless this data's own choice lowers the mean criterion by
@@ -260,6 +260,11 @@ class CalibrationStatistics(Metric):
         grid = torch.tensor(self.temperature_values)
         theirs = torch.tensor([int((grid - t).abs().argmin()) for t in fallback.temperature],
                               device=chosen.device)
+        if not torch.allclose(grid[theirs.cpu()].double(),
+                              torch.tensor(fallback.temperature, dtype=torch.float64),
+                              rtol=1e-6):
+            raise ValueError("the fallback calibration's temperatures are not on the grid "
+                             f"{self.temperature_values}")
         own, pooled = criterion[chosen, lead_range], criterion[theirs, lead_range]
         return torch.where(own < (1.0 - FALLBACK_CRITERION_GAIN) * pooled, chosen, theirs)
 
@@ -267,8 +272,13 @@ class CalibrationStatistics(Metric):
                       lead_range: Tensor) -> Tensor:
         """(L, N) cut indices: ``fallback``'s where the own ``cut`` does not raise CSI at
         temperatures ``temp`` by :data:`FALLBACK_CSI_GAIN`."""
-        theirs = torch.tensor(fallback.probability_threshold, dtype=torch.float64)
-        theirs = (theirs * self.probability_bins).round().long().to(cut.device)
+        cuts = torch.tensor(fallback.probability_threshold, dtype=torch.float64)
+        theirs = (cuts * self.probability_bins).round()
+        if not torch.allclose(theirs, cuts * self.probability_bins, atol=1e-6) or bool(
+                (theirs >= self.probability_bins).any()):
+            raise ValueError(f"the fallback calibration's cuts are not among the "
+                             f"{self.probability_bins} candidate cuts below 1")
+        theirs = theirs.long().to(cut.device)
         csi = self._csi_by_cut(temp, lead_range)  # (L, N, P)
         gain = (csi.gather(-1, cut[..., None]) - csi.gather(-1, theirs[..., None])).squeeze(-1)
         return torch.where(gain > FALLBACK_CSI_GAIN, cut, theirs)

@@ -332,3 +332,13 @@ def test_store_calibrations_round_trip_and_the_pooled_one_is_the_fallback(tmp_pa
         Calibration.from_dict({**cal.to_dict(), "stores": {"fmi": other_leads}})
     with pytest.raises(ValueError, match="stores must be a dict"):
         Calibration.from_dict({**cal.to_dict(), "stores": ["fmi"]})
+
+
+def test_a_fallback_off_the_grid_is_refused(synthetic):
+    logits, target = synthetic
+    with pytest.raises(ValueError, match="not on the grid"):
+        fit(logits, target).compute(fallback=Calibration(LEADS, list(THRESHOLDS), [1.2] * 2,
+                                                         [[0.5] * 3] * 2))
+    with pytest.raises(ValueError, match="candidate cuts"):
+        fit(logits, target).compute(fallback=Calibration(LEADS, list(THRESHOLDS), [1.0] * 2,
+                                                         [[1.0] * 3] * 2))
