@@ -41,10 +41,19 @@ def uniform_bins(num_bins: int = 512, width: float = 0.2) -> list[float]:
     return [round(i * width, 10) for i in range(num_bins + 1)]
 
 
-def compact_bins(dry: bool = False) -> list[float]:
-    """Edges (mm/h) of the compact 24-bin set :data:`COMPACT_EDGES` (0 to 100 mm/h), with
-    ``dry`` a dry bin (a point mass at 0 mm/h) in front: 25 bins."""
-    return [0.0, *COMPACT_EDGES] if dry else list(COMPACT_EDGES)
+#: Edges (mm/h) that ``compact_bins(drizzle=True)`` adds below 0.1 mm/h. In a light-rain
+#: archive most wet pixels lie there (FMI: half of them below 0.05 mm/h), and one bin
+#: spreading them evenly over [0, 0.1) mm/h costs CRPS that the forecast cannot win back
+#: (BENCHMARKS.md, "Bins for drizzle").
+DRIZZLE_EDGES: tuple[float, ...] = (0.01, 0.02, 0.05)
+
+
+def compact_bins(dry: bool = False, drizzle: bool = False) -> list[float]:
+    """Edges (mm/h) of the compact 24-bin set :data:`COMPACT_EDGES` (0 to 100 mm/h); with
+    ``drizzle`` the :data:`DRIZZLE_EDGES` too (27 bins), and with ``dry`` a dry bin (a point
+    mass at 0 mm/h) in front (25 or 28 bins)."""
+    edges = sorted({*COMPACT_EDGES, *DRIZZLE_EDGES}) if drizzle else list(COMPACT_EDGES)
+    return [0.0, *edges] if dry else edges
 
 
 def has_dry_bin(edges: Sequence[float] | Tensor) -> bool:

@@ -4,8 +4,9 @@ For the test init times of a store, prints per lead time the CRPS (mm/h) of:
 
 * ``neighbourhood``: the exact empirical CRPS of each pixel's neighbourhood of the
   extrapolated field (the ``neighbourhood`` nowcast method);
-* ``binned``: that neighbourhood as a histogram over the compact 24 bins (uniform density
-  within a bin, so "no rain" is spread over [0, 0.1) mm/h);
+* ``binned``: that neighbourhood as a histogram over the shipped bins (the compact bins
+  with the drizzle edges, or with ``--bins compact`` the compact 24 bins; uniform density
+  within a bin, so "no rain" is spread over [0, 0.01) mm/h, or [0, 0.1));
 * ``binned+dry``: the same with a dry bin, a point mass at 0 mm/h, in front;
 * ``prior``: what an untrained network with ``prior: true`` and ``dry_bin: true``
   forecasts, the even mixture of that histogram and the histogram recentred on the pixel's
@@ -65,18 +66,20 @@ def prior_histograms(field: np.ndarray, leads: Sequence[int], prior: Extrapolati
     return prior.histograms(torch.stack(planes, dim=1), torch.tensor(leads))
 
 
-def prior_distributions(field: np.ndarray, error: np.ndarray
+def prior_distributions(field: np.ndarray, error: np.ndarray, drizzle: bool = True
                         ) -> dict[str, RainRateDistribution]:
     """The binned neighbourhoods and the priors of an extrapolated field (L, H, W) mm/h and
-    the last step's extrapolation error (H, W)."""
+    the last step's extrapolation error (H, W), over the compact bins (with the drizzle
+    edges of the shipped configuration unless ``drizzle`` is False)."""
     out = {}
     for name, dry in (("binned", False), ("binned+dry", True)):
-        prior = ExtrapolationPrior(compact_bins(dry=dry), max(LEADS))
+        prior = ExtrapolationPrior(compact_bins(dry=dry, drizzle=drizzle), max(LEADS))
         histograms = prior_histograms(field, LEADS, prior)  # (L, 2, K, H, W)
         out[name] = RainRateDistribution(histograms[:, 1].clamp_min(1e-12).log(),
                                          prior.edges.double(), dim=1)
     for name, settings in PRIORS.items():
-        prior = ExtrapolationPrior(compact_bins(dry=True), max(LEADS), **settings)
+        prior = ExtrapolationPrior(compact_bins(dry=True, drizzle=drizzle), max(LEADS),
+                                   **settings)
         histograms = prior_histograms(field, LEADS, prior, error if prior.error else None)
         mix = torch.zeros(len(LEADS), prior.mix_planes, *field.shape[1:])
         out[name] = RainRateDistribution(prior(mix, histograms, torch.tensor(LEADS)),
@@ -89,6 +92,9 @@ def main() -> None:
     p.add_argument("store")
     p.add_argument("start", help="first init time, ISO")
     p.add_argument("end", help="last init time, ISO")
+    p.add_argument("--bins", choices=("drizzle", "compact"), default="drizzle",
+                   help="the shipped bins (compact with the drizzle edges), or the compact "
+                        "24 bins of the sections before 'Bins for drizzle'")
     args = p.parse_args()
     ds = open_store(args.store)
     sums = {name: np.zeros(len(LEADS)) for name in COLUMNS}
@@ -103,7 +109,8 @@ def main() -> None:
         y = torch.from_numpy(np.nan_to_num(obs).astype(np.float64))
         dists = {"neighbourhood": get_method("neighbourhood")(rate, LEADS, step_minutes=5,
                                                               velocity=velocity),
-                 **prior_distributions(field, extrapolation_error(rate, velocity))}
+                 **prior_distributions(field, extrapolation_error(rate, velocity),
+                                       drizzle=args.bins == "drizzle")}
         for name, dist in dists.items():
             crps = dist.crps(y).numpy()
             sums[name] += [crps[j][valid[j]].sum() for j in range(len(LEADS))]
@@ -121,7 +128,7 @@ def main() -> None:
     print("| ---: " * (len(COLUMNS) + len(hits) + 1) + "|")
     for j, lead in enumerate(LEADS):
         csi = [h / (h + m + f) for h, m, f in (counts[j] for counts in hits.values())]
-        cells = [f"{sums[n][j] / count[j]:.3f}" for n in COLUMNS] + [f"{c:.3f}" for c in csi]
+        cells = [f"{sums[n][j] / count[j]:.4f}" for n in COLUMNS] + [f"{c:.3f}" for c in csi]
         print(f"| {lead} | {' | '.join(cells)} |")
 
 

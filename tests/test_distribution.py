@@ -174,3 +174,20 @@ def test_a_distribution_of_probabilities_is_that_of_their_logits(
         torch.testing.assert_close(stat(same), stat(dist))
     with pytest.raises(ValueError, match="bins need"):
         RainRateDistribution.from_probs(dist.probs, EDGES[:-1], dim=2)
+
+
+def test_the_shipped_bins_resolve_drizzle_and_keep_the_verification_thresholds_as_edges():
+    from pathlib import Path
+
+    import yaml
+
+    from metnet.distribution import has_dry_bin
+
+    edges = compact_bins(dry=True, drizzle=True)
+    check_edges(edges)
+    assert has_dry_bin(edges) and len(edges) - 1 == 28
+    assert edges[:6] == [0.0, 0.0, 0.01, 0.02, 0.05, 0.1]
+    assert {0.1, 0.2, 1.0, 2.0, 4.0, 8.0} <= set(edges)
+    assert compact_bins(drizzle=True)[1:4] == [0.01, 0.02, 0.05]
+    small = Path(__file__).resolve().parents[1] / "configs/model/small.yaml"
+    assert yaml.safe_load(small.read_text())["init_args"]["bin_edges"] == edges
