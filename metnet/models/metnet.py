@@ -84,7 +84,8 @@ class MetNet(nn.Module):
         heads: attention heads.
         mlp_ratio: MLP width relative to ``lstm_hidden``.
         bin_edges: K+1 rain-rate bin edges in mm/h; default: ``num_bins`` uniform bins of
-            ``bin_width`` if ``num_bins`` is set, else the compact 24-bin set.
+            ``bin_width`` if ``num_bins`` is set, else the compact 24-bin set
+            (``configs/model/small.yaml`` lists its bins: the compact set with drizzle).
         num_bins: number of uniform bins (with ``bin_width``) when ``bin_edges`` is unset.
         bin_width: uniform bin width in mm/h.
         dry_bin: put a dry bin (a point mass at 0 mm/h) in front of the default bins.
