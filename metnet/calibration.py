@@ -270,8 +270,8 @@ def fit_calibration(
                                      criterion=criterion).to(device)
 
     pooled = statistics()
-    per_store = {name: statistics() for name in dict.fromkeys(stores)} if len(
-        set(stores)) > 1 else {}
+    names = list(dict.fromkeys(stores))
+    per_store = {name: statistics() for name in names} if len(names) > 1 else {}
     seen = False
     with torch.no_grad():
         for batch in tqdm(batches, desc="calibrate", unit="batch", disable=not progress):
