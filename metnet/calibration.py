@@ -277,22 +277,25 @@ def fit_calibration(
         for batch in tqdm(batches, desc="calibrate", unit="batch", disable=not progress):
             moved = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
             logits = net(moved["context"], moved["lead_times"], moved.get("lead_inputs"))
-            pooled.update(logits, moved["target"], moved["lead_times"])
-            if per_store and "store" not in batch:
+            seen = True
+            if not per_store:
+                pooled.update(logits, moved["target"], moved["lead_times"])
+                continue
+            if "store" not in batch:
                 raise ValueError("per-store calibrations need batches that name their "
                                  "stores ('store')")
-            for name, stats in per_store.items():
-                rows = [i for i, s in enumerate(batch["store"]) if s == name]
-                if rows:
-                    index = torch.tensor(rows, device=device)
-                    stats.update(logits[index], moved["target"][index],
-                                 moved["lead_times"][index])
-            seen = True
+            for name in dict.fromkeys(batch["store"]):  # a store's samples go to its own only
+                index = torch.tensor([i for i, s in enumerate(batch["store"]) if s == name],
+                                     device=device)
+                per_store.get(name, pooled).update(logits[index], moved["target"][index],
+                                                   moved["lead_times"][index])
     if not seen:
         raise ValueError("no validation batch to calibrate on")
-    pooled_fit = pooled.compute()
-    with warnings.catch_warnings():  # a store without validation windows: nothing to fit
+    for stats in per_store.values():  # the pooled statistics are sums: add the stores' in
+        pooled.merge_state(stats)
+    with warnings.catch_warnings():  # statistics that no batch updated (merged, or empty)
         warnings.filterwarnings("ignore", message=".*compute.* was called before")
+        pooled_fit = pooled.compute()
         own = {name: stats.compute(fallback=pooled_fit) for name, stats in per_store.items()}
     return replace(pooled_fit, stores={name: c for name, c in own.items() if _scored(c)})
 
