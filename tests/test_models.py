@@ -455,3 +455,11 @@ def test_the_heads_block_logits_are_its_subpixel_convolution(
     grads_expected = torch.autograd.grad(expected.square().sum(), inputs)
     for grad_got, grad_expected in zip(grads_got, grads_expected, strict=True):
         torch.testing.assert_close(grad_got, grad_expected, rtol=1e-5, atol=1e-4)
+
+
+def test_listed_bins_beside_a_bin_count_or_dry_bin_say_how_to_change_them() -> None:
+    listed = [0.0, 0.0, 0.01, 0.1, 1.0, 10.0]  # as small.yaml lists its bins: a dry bin first
+    assert tiny(bin_edges=listed).bin_edges == tuple(listed)
+    for change in ({"dry_bin": True}, {"num_bins": 10}):
+        with pytest.raises(ValueError, match="set bin_edges to null"):
+            tiny(bin_edges=listed, **change)

@@ -254,7 +254,10 @@ class MetNet(nn.Module):
         dry_bin: bool,
     ) -> tuple[float, ...]:
         if bin_edges is not None and (num_bins is not None or dry_bin):
-            raise ValueError("give bin_edges, or num_bins and dry_bin, not both")
+            raise ValueError("give bin_edges (a dry bin as a repeated first edge: 0.0, 0.0, "
+                             "...), or num_bins and dry_bin, not both; over a configuration "
+                             "that lists bin_edges (configs/model/small.yaml), set bin_edges "
+                             "to null to use num_bins or dry_bin")
         if bin_edges is None:
             bin_edges = uniform_bins(num_bins, bin_width) if num_bins else compact_bins()
             bin_edges = [0.0, *bin_edges] if dry_bin else bin_edges
