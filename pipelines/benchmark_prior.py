@@ -17,8 +17,11 @@ For the test init times of a store, prints per lead time the CRPS (mm/h) of:
   median pinned to the pixel's own extrapolated bin (``prior_pinned: true``);
 * ``pinned at 1``: the same mixture pinned only to the side of 1 mm/h that extrapolation
   is on (``prior_pinned: true``, ``prior_decisions: [1.0]``), by 0.001;
-* ``shipped``: the same pinned by 0.05 up to 15 min and 0.05 * 15 / lead after it
-  (``prior_pin_margin: 0.05``, ``prior_pin_minutes: 15``, ``configs/model/small.yaml``);
+* ``pin margin``: the same pinned by 0.05 up to 15 min and 0.05 * 15 / lead after it
+  (``prior_pin_margin: 0.05``, ``prior_pin_minutes: 15``);
+* ``shipped``: the same with a wider neighbourhood of half-width ``floor(0.2 * lead)``
+  mixed in beside the first (``prior_wide_radius: [0.0, 0.2]``,
+  ``configs/model/small.yaml``);
 
 and CSI at 1 mm/h of the priors (decided at P = 0.5) next to extrapolation's.
 
@@ -44,13 +47,15 @@ from metnet.transforms import rate_to_input
 
 LEADS = (5, 10, 15, 30, 45, 60)
 COLUMNS = ("neighbourhood", "binned", "binned+dry", "prior", "prior+error", "pinned",
-           "pinned at 1", "shipped")
+           "pinned at 1", "pin margin", "shipped")
 #: The priors, by their settings besides the bins and the longest lead.
 PRIORS = {"prior": {}, "prior+error": {"error": True},
           "pinned": {"error": True, "pinned": True},
           "pinned at 1": {"error": True, "pinned": True, "decisions": [1.0]},
+          "pin margin": {"error": True, "pinned": True, "decisions": [1.0], "pin_margin": 0.05,
+                         "pin_minutes": 15.0},
           "shipped": {"error": True, "pinned": True, "decisions": [1.0], "pin_margin": 0.05,
-                      "pin_minutes": 15.0}}
+                      "pin_minutes": 15.0, "wide": (0.0, 0.2)}}
 
 
 def prior_histograms(field: np.ndarray, leads: Sequence[int], prior: ExtrapolationPrior,
@@ -128,7 +133,7 @@ def main() -> None:
     print("| ---: " * (len(COLUMNS) + len(hits) + 1) + "|")
     for j, lead in enumerate(LEADS):
         csi = [h / (h + m + f) for h, m, f in (counts[j] for counts in hits.values())]
-        cells = [f"{sums[n][j] / count[j]:.4f}" for n in COLUMNS] + [f"{c:.3f}" for c in csi]
+        cells = [f"{sums[n][j] / count[j]:.5f}" for n in COLUMNS] + [f"{c:.3f}" for c in csi]
         print(f"| {lead} | {' | '.join(cells)} |")
 
 

@@ -14,12 +14,14 @@ planes; the script prints how many values and pixels differ::
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import subprocess
 import tempfile
 import types
 from pathlib import Path
 
+import numpy as np
 import torch
 from benchmark_forecast import (
     LEADS,
@@ -44,18 +46,22 @@ def prior_module(revision: str, folder: Path) -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("former_prior", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if "pinned" not in module.ExtrapolationPrior.__init__.__code__.co_varnames:
-        module.prior_kernel = _kernels_before_pinned
+    arguments = module.ExtrapolationPrior.__init__.__code__.co_varnames
+    if "wide" not in arguments:
+        module.prior_kernel = functools.partial(_former_kernels, "pinned" in arguments)
     return module
 
 
-def _kernels_before_pinned() -> types.SimpleNamespace:
-    """This checkout's CPU kernels as revisions before ``prior_pinned`` call them: the
-    histograms without the ``pinned`` argument before their output."""
+def _former_kernels(pins: bool) -> types.SimpleNamespace:
+    """This checkout's CPU kernels as revisions before the wide neighbourhood call them:
+    the histograms without the wide radii after the radii (and, before ``prior_pinned``,
+    without the ``pinned`` argument before their output)."""
     from metnet.models import prior_kernel as kernels
 
-    def histograms(*args: object) -> None:
-        kernels.histograms(*args[:-1], False, args[-1])
+    def histograms(bins: object, radii: np.ndarray, *args: object) -> None:
+        *rest, out = args
+        kernels.histograms(bins, radii, np.full(len(radii), -1), *rest,
+                           *(() if pins else (False,)), out)
 
     return types.SimpleNamespace(histograms=histograms)
 

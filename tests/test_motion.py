@@ -249,13 +249,16 @@ def test_prior_histograms_are_exact_for_neighbourhoods_of_thirty_thousand_pixels
     assert torch.equal(torch_form, histograms)
 
 
+@pytest.mark.parametrize("wide", [None, (0.0, 0.2)])
 @pytest.mark.parametrize("pinned", [False, True])
 @pytest.mark.parametrize("dry", [True, False])
-def test_prior_kernels_equal_the_torch_form_to_the_bit(dry: bool, pinned: bool) -> None:
+def test_prior_kernels_equal_the_torch_form_to_the_bit(dry: bool, pinned: bool,
+                                                       wide: tuple[float, float] | None) -> None:
     """The CPU kernels (numba) against the torch operations other devices run: every lead's
-    radius, dry areas, unknown pixels, errors of both signs, a domain wider than tall."""
+    radius, dry areas, unknown pixels, errors of both signs, a domain wider than tall, with
+    and without the wide neighbourhood."""
     prior = ExtrapolationPrior(compact_bins(dry=dry), max_lead_minutes=60, error=True,
-                               pinned=pinned)
+                               pinned=pinned, wide=wide)
     gen = torch.Generator().manual_seed(4)
     leads = torch.arange(5, 65, 5)
     shape = (len(leads), 2 * prior.margin + 23, 2 * prior.margin + 41)
@@ -270,8 +273,13 @@ def test_prior_kernels_equal_the_torch_form_to_the_bit(dry: bool, pinned: bool) 
     radii = [int(1 + lead / 10) for lead in leads.tolist()]
     expected = torch.empty_like(kernels)
     prior._neighbourhood_histograms(bins, radii, expected)
-    prior._error_histograms(value, torch.where(known > 0.5, error, 0.0), expected[:, 2])
-    assert kernels[:, 1, 0].lt(1).any() and kernels[:, 2, 0].lt(1).any()  # rain in reach
+    if wide is not None:
+        wide_radii = [int(lead * 0.2) for lead in leads.tolist()]
+        assert prior.margin == 12 and wide_radii[0] == radii[0] < wide_radii[-1]
+        prior._box_histograms(bins, wide_radii, expected[:, 2])
+        assert not torch.equal(expected[:, 2], expected[:, 1])
+    prior._error_histograms(value, torch.where(known > 0.5, error, 0.0), expected[:, -1])
+    assert kernels[:, 1, 0].lt(1).any() and kernels[:, -1, 0].lt(1).any()  # rain in reach
     assert torch.equal(kernels, expected)
 
 
@@ -288,24 +296,28 @@ def _random_planes(prior: ExtrapolationPrior, leads: Tensor, size: tuple[int, in
     return rate, torch.stack([torch.log1p(rate) / 4.0, known, errors], dim=1)
 
 
-@pytest.mark.parametrize(("pinned", "decisions", "pin_margin", "pin_minutes"),
-                         [(False, None, 1e-3, None), (True, None, 1e-3, None),
-                          (True, [1.0, 5.0], 0.05, 10.0)])
+@pytest.mark.parametrize(("pinned", "decisions", "pin_margin", "pin_minutes", "wide"),
+                         [(False, None, 1e-3, None, None), (True, None, 1e-3, None, None),
+                          (True, [1.0, 5.0], 0.05, 10.0, None),
+                          (False, None, 1e-3, None, (0.0, 0.2)),
+                          (True, [1.0], 0.05, 15.0, (0.0, 0.2))])
 @pytest.mark.parametrize("dry", [True, False])
 @pytest.mark.parametrize("error", [True, False])
 @pytest.mark.parametrize("sparse", [False, True])
 def test_the_prior_without_gradients_is_its_mixture_of_histograms(
         sparse: bool, error: bool, dry: bool, pinned: bool,
-        decisions: list[float] | None, pin_margin: float, pin_minutes: float | None) -> None:
+        decisions: list[float] | None, pin_margin: float, pin_minutes: float | None,
+        wide: tuple[float, float] | None) -> None:
     """Inference on a CPU makes the prior's logits one pixel at a time, the bins last in
     memory: the mixture of the histograms up to float32 rounding (unknown pixels, errors of
     both signs, with and without a dry bin, pinned or not, at every edge or at decision
-    thresholds with a wider pin margin that falls with lead time; ``sparse``: scattered
-    rain and errors, as on a real domain, so that most windows are dry, some of them with a
-    wet error ensemble); with gradients, the mixture itself."""
+    thresholds with a wider pin margin that falls with lead time, with and without the wide
+    neighbourhood; ``sparse``: scattered rain and errors, as on a real domain, so that most
+    windows are dry, some of them with a wet error ensemble or a wet wide neighbourhood);
+    with gradients, the mixture itself."""
     prior = ExtrapolationPrior(compact_bins(dry=dry), max_lead_minutes=60, error=error,
                                pinned=pinned, decisions=decisions, pin_margin=pin_margin,
-                               pin_minutes=pin_minutes)
+                               pin_minutes=pin_minutes, wide=wide)
     leads = torch.tensor([5.0, 30.0, 60.0])
     rate, planes = _random_planes(prior, leads, (19, 26), seed=5,
                                   wet=0.005 if sparse else 0.4, unknown=0.05, error_scale=0.5)
@@ -315,8 +327,11 @@ def test_the_prior_without_gradients_is_its_mixture_of_histograms(
         histograms = prior.histograms(planes, leads)
         all_dry = histograms[:, 1, 0] == 1
         assert all_dry.any() and not all_dry.all()
-        if error:
+        if wide is not None:
             assert (all_dry & (histograms[:, 2, 0] < 1)).any()
+            all_dry &= histograms[:, 2, 0] == 1
+        if error:
+            assert (all_dry & (histograms[:, -1, 0] < 1)).any()
     mix = torch.randn(len(leads), prior.mix_planes, 19, 26,
                       generator=torch.Generator().manual_seed(5))
     expected = prior(mix, prior.histograms(planes, leads), leads)
@@ -328,7 +343,7 @@ def test_the_prior_without_gradients_is_its_mixture_of_histograms(
     else:
         torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
     if sparse:  # pixels whose every ensemble is dry, written directly: the floor too
-        quiet = all_dry & (histograms[:, 2, 0] == 1) if error else all_dry
+        quiet = all_dry & (histograms[:, -1, 0] == 1) if error else all_dry
         assert quiet.any()
         torch.testing.assert_close(fused.movedim(1, -1)[quiet], expected.movedim(1, -1)[quiet],
                                    rtol=0, atol=1e-4)

@@ -115,6 +115,10 @@ class MetNet(nn.Module):
             :class:`~metnet.models.prior.ExtrapolationPrior`).
         prior_pin_minutes: the lead time (minutes) after which that margin falls as 1 /
             lead; None: the same margin at every lead.
+        prior_wide_radius: (pixels at lead 0, pixels per minute of lead) of a second, wider
+            neighbourhood the prior mixes in beside the first, the head choosing per pixel
+            between them (``wide`` of :class:`~metnet.models.prior.ExtrapolationPrior`);
+            None: none.
         position: ``"axial"`` (a learned embedding of each latent row and column: inputs
             of ``input_size`` only) or ``"none"`` (inputs of any size).
         attention_window: attention reach along rows and columns in latent pixels. None:
@@ -159,6 +163,7 @@ class MetNet(nn.Module):
         prior_decisions: list[float] | None = None,
         prior_pin_margin: float = PIN_MARGIN,
         prior_pin_minutes: float | None = None,
+        prior_wide_radius: tuple[float, float] | None = None,
         position: str = "axial",
         attention_window: int | None = None,
         half_resolution: bool = False,
@@ -236,7 +241,8 @@ class MetNet(nn.Module):
                              if lead_channels else None)
         extrapolation = (ExtrapolationPrior(self.bin_edges, max_lead_minutes, prior_radius,
                                             prior_error, prior_pinned, prior_decisions,
-                                            prior_pin_margin, prior_pin_minutes)
+                                            prior_pin_margin, prior_pin_minutes,
+                                            prior_wide_radius)
                          if prior else None)
         self.head = Head(lstm_hidden, len(self.bin_edges) - 1, self.latent_margin, factor,
                          cond_dim,

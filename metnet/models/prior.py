@@ -124,7 +124,8 @@ class ExtrapolationPrior(nn.Module):
     def __init__(self, bin_edges: Sequence[float], max_lead_minutes: float,
                  radius: tuple[float, float] = RADIUS, error: bool = False,
                  pinned: bool = False, decisions: Sequence[float] | None = None,
-                 pin_margin: float = PIN_MARGIN, pin_minutes: float | None = None) -> None:
+                 pin_margin: float = PIN_MARGIN, pin_minutes: float | None = None,
+                 wide: tuple[float, float] | None = None) -> None:
         super().__init__()
         if decisions is not None and not pinned:
             raise ValueError("decision thresholds need a pinned prior")
@@ -141,7 +142,10 @@ class ExtrapolationPrior(nn.Module):
         self.register_buffer("input_edges", rate_to_input(self.edges), persistent=False)
         self.dry = has_dry_bin(self.edges)
         self.radius = tuple(float(v) for v in radius)
-        self.margin = max(neighbourhood_radius(max_lead_minutes, self.radius), 1 if error else 0)
+        self.wide = None if wide is None else tuple(float(v) for v in wide)
+        self.margin = max(neighbourhood_radius(max_lead_minutes, self.radius),
+                          neighbourhood_radius(max_lead_minutes, self.wide) if wide else 0,
+                          1 if error else 0)
         self.error = error
         self.pinned = pinned
         #: (K, 2) the bins between the decision thresholds around each bin (pinned only)
@@ -150,9 +154,10 @@ class ExtrapolationPrior(nn.Module):
 
     @property
     def components(self) -> int:
-        """Histograms per pixel and lead: (centred, plain) or (centred, plain, error); pinned,
-        the pixel's own bin in the centred one's place."""
-        return 3 if self.error else 2
+        """Histograms per pixel and lead: (centred, plain), then the wide neighbourhood's and
+        the error ensemble's if there are; pinned, the pixel's own bin in the centred one's
+        place."""
+        return 2 + (self.wide is not None) + self.error
 
     @property
     def mix_planes(self) -> int:
@@ -205,9 +210,10 @@ class ExtrapolationPrior(nn.Module):
               or not out.is_contiguous()):  # the kernel checks no bounds
             raise ValueError(f"the prior's mixture needs a contiguous float32 buffer {shape}, "
                              f"got {out.dtype} {tuple(out.shape)}")
-        radii = self._radii(lead_minutes)
         prior_kernel().mixture(planes.float().numpy(), ERROR_CHANNEL if self.error else -1,
-                               np.asarray(radii), self.margin, self.input_edges.float().numpy(),
+                               np.asarray(self._radii(lead_minutes)),
+                               np.asarray(self._wide_radii(lead_minutes)),
+                               self.margin, self.input_edges.float().numpy(),
                                self.dry, weights.numpy(), FLOOR,
                                self.pin_margins(lead_minutes).cpu().numpy() if self.pinned
                                else np.full(len(weights), -1.0, np.float32),
@@ -230,16 +236,25 @@ class ExtrapolationPrior(nn.Module):
         """The neighbourhood half-width (pixels) of each lead of ``lead_minutes`` (N,)."""
         return [neighbourhood_radius(minutes, self.radius) for minutes in lead_minutes.tolist()]
 
+    def _wide_radii(self, lead_minutes: Tensor) -> list[int]:
+        """The wide neighbourhood's half-width (pixels) of each lead of ``lead_minutes``
+        (N,); -1 each without one."""
+        if self.wide is None:
+            return [-1] * len(lead_minutes)
+        return [neighbourhood_radius(minutes, self.wide) for minutes in lead_minutes.tolist()]
+
     def _weights(self, mix: Tensor, lead_minutes: Tensor) -> Tensor:
         """Mixture weights (N, C, Ht, Wt) float32 from the :attr:`mix_planes` mixture logits
         (N, M, Ht, Wt) (:meth:`forward`); a pinned prior's slot 0 weighs 0."""
         mix = mix.float()
         plain = mix.new_zeros(len(mix), *mix.shape[-2:])
         logits = [plain] if self.pinned else [mix[:, 0], plain]  # (centred,) plain
+        if self.wide is not None:  # as much as the plain one, untrained
+            logits.append(mix[:, len(logits) - 1])
         if self.error:
             share = ERROR_WEIGHT * (ERROR_MINUTES / lead_minutes.float()).clamp(max=1)
-            # log w0 of the error ensemble against the neighbourhood it shares the rest with
-            rest = 1 - share if self.pinned else (1 - share) / 2
+            # log w0 of the error ensemble against each neighbourhood it shares the rest with
+            rest = (1 - share) / len(logits)
             logits.append(mix[:, -1] + torch.log(share / rest)[:, None, None])
         weights = torch.softmax(torch.stack(logits, dim=1), dim=1)
         return F.pad(weights, (0, 0, 0, 0, 1, 0)) if self.pinned else weights
@@ -247,8 +262,8 @@ class ExtrapolationPrior(nn.Module):
     @torch.no_grad()
     def histograms(self, planes: Tensor, lead_minutes: Tensor) -> Tensor:
         """Bin frequencies (N, C, K, Ht, Wt) of the centred (pinned: a point mass in the
-        pixel's own bin) and plain neighbourhoods (and of the error ensemble), C =
-        :attr:`components`.
+        pixel's own bin) and plain neighbourhoods (and of the wide neighbourhood, and of the
+        error ensemble, last), C = :attr:`components`.
 
         Args:
             planes: (N, Cl >= 2, Ht + 2 margin, Wt + 2 margin) per-lead inputs around the
@@ -269,8 +284,10 @@ class ExtrapolationPrior(nn.Module):
             return out
         bins, radii, value, error = self._bins(planes, lead_minutes)
         self._neighbourhood_histograms(bins, radii, out)
+        if self.wide is not None:
+            self._box_histograms(bins, self._wide_radii(lead_minutes), out[:, 2])
         if self.error:
-            self._error_histograms(value, error, out[:, 2])
+            self._error_histograms(value, error, out[:, -1])
         return out
 
     def _bins(self, planes: Tensor, lead_minutes: Tensor) -> tuple[Tensor, list[int],
@@ -289,11 +306,12 @@ class ExtrapolationPrior(nn.Module):
                 torch.where(known, planes[:, ERROR_CHANNEL].float(), 0.0))
 
     def _kernel_inputs(self, planes: Tensor, lead_minutes: Tensor) -> tuple:
-        """The arguments of the CPU kernels before their output: bins, radii, margin, value,
-        error, edges in the input transform, dry bin, pinned."""
+        """The arguments of the CPU kernels before their output: bins, radii, wide radii,
+        margin, value, error, edges in the input transform, dry bin, pinned."""
         bins, radii, value, error = self._bins(planes, lead_minutes)
         unused = np.zeros((1, 1, 1), np.float32)
-        return (bins.numpy(), np.asarray(radii), self.margin,
+        return (bins.numpy(), np.asarray(radii), np.asarray(self._wide_radii(lead_minutes)),
+                self.margin,
                 unused if value is None else value.numpy(),
                 unused if error is None else error.numpy(),
                 self.input_edges.float().numpy(), self.dry, self.pinned)
@@ -319,6 +337,17 @@ class ExtrapolationPrior(nn.Module):
                 _bin_fractions(_recentred_cumulative(below, centre, side**2), side**2,
                                out[i, 0])
             _bin_fractions(below, side**2, out[i, 1])
+
+    def _box_histograms(self, bins: Tensor, radii: Sequence[int], out: Tensor) -> None:
+        """Write into ``out`` (N, K, Ht, Wt) the bin frequencies of the square neighbourhoods
+        of half-widths ``radii`` (pixels, one per lead) of the bin indices (N, Ht + 2
+        margin, Wt + 2 margin) of the planes (the wide neighbourhood's)."""
+        (ht, wt), k = out.shape[-2:], out.shape[1]
+        bins = F.pad(bins, (1, 0, 1, 0), value=k)  # as in _neighbourhood_histograms
+        for i, r in enumerate(radii):
+            side, first = 2 * r + 1, self.margin - r
+            below = _cumulative_box_counts(bins[i, first:, first:], side, (ht, wt), k)
+            _bin_fractions(below, side**2, out[i])
 
     def _error_histograms(self, value: Tensor, error: Tensor, out: Tensor) -> None:
         """Write into ``out`` (N, K, Ht, Wt) the bin frequencies of the error ensemble: the

@@ -141,13 +141,14 @@ def _error_row(value: np.ndarray, error: np.ndarray, y: int, margin: int, edges:
 
 
 @numba.njit(parallel=True, cache=True)
-def histograms(bins: np.ndarray, radii: np.ndarray, margin: int, value: np.ndarray,
-               error: np.ndarray, edges: np.ndarray, dry: bool, pinned: bool,
-               out: np.ndarray) -> None:  # pragma: no cover
+def histograms(bins: np.ndarray, radii: np.ndarray, wide_radii: np.ndarray, margin: int,
+               value: np.ndarray, error: np.ndarray, edges: np.ndarray, dry: bool,
+               pinned: bool, out: np.ndarray) -> None:  # pragma: no cover
     """Write into ``out`` (N, C, K, Ht, Wt) float32 the bin frequencies of the centred
     (``pinned``: a point mass in the pixel's own bin) and plain neighbourhoods of
-    half-width ``radii[n]`` (pixels, at most ``margin``) and, with C = 3, of the error
-    ensemble.
+    half-width ``radii[n]`` (pixels, at most ``margin``), then where ``wide_radii[n]`` is
+    at least 0 of the wide neighbourhood of that half-width, then, if C has room, of the
+    error ensemble.
 
     Args:
         bins: (N, Ht + 2 margin, Wt + 2 margin) bin index of each pixel's rate, in [0, K).
@@ -156,35 +157,73 @@ def histograms(bins: np.ndarray, radii: np.ndarray, margin: int, value: np.ndarr
         edges: (K + 1,) bin edges in the input transform; ``dry``: the first bin is dry.
     """
     n, k, wt = out.shape[0], out.shape[2], out.shape[4]
+    wide = n > 0 and wide_radii[0] >= 0
+    errors = out.shape[1] == 3 + wide
     for i in numba.prange(n):
         side, first = 2 * radii[i] + 1, margin - radii[i]
         fraction, column, window, below, row, error_row = _lead_state(bins[i], first, side,
                                                                       k, wt)
+        wide_side = 2 * max(wide_radii[i], 0) + 1
+        wide_first = margin - max(wide_radii[i], 0)
+        wide_fraction, wide_column, _, _, wide_row, _ = _lead_state(bins[i], wide_first,
+                                                                    wide_side, k, wt)
         for y in range(out.shape[3]):
             _neighbourhood_row(bins[i], column, y, margin, side, fraction, window, below, pinned,
                                row)
             out[i, 0, :, y, :] = row[0]
             out[i, 1, :, y, :] = row[1]
-            if out.shape[1] == 3:
+            if wide:  # its centred row (pinned: the pixel's own bin) is not kept
+                _neighbourhood_row(bins[i], wide_column, y, margin, wide_side, wide_fraction,
+                                   window, below, True, wide_row)
+                out[i, 2, :, y, :] = wide_row[1]
+            if errors:
                 _error_row(value[i], error[i], y, margin, edges, dry, error_row)
-                out[i, 2, :, y, :] = error_row
+                out[i, out.shape[1] - 1, :, y, :] = error_row
             if y + 1 < out.shape[3]:
                 _move_down(bins[i], column, y, first, side)
+                if wide:
+                    _move_down(bins[i], wide_column, y, wide_first, wide_side)
+
+
+@numba.njit(cache=True)
+def _first_window(column: np.ndarray, side: int,
+                  window: np.ndarray) -> None:  # pragma: no cover
+    """Write into ``window`` (K,) the counts per bin of a row's first window: the sum of the
+    first ``side`` column counts (columns, K)."""
+    window[:] = 0
+    for c in range(side):
+        for b in range(len(window)):
+            window[b] += column[c, b]
+
+
+@numba.njit(cache=True)
+def _move_right(column: np.ndarray, x: int, side: int,
+                window: np.ndarray) -> None:  # pragma: no cover
+    """Move the window (K,) of ``side`` columns (column counts (columns, K)) from target
+    column ``x - 1`` to ``x``; nothing changes between two dry columns."""
+    if column[x + side - 1, 0] < side or column[x - 1, 0] < side:
+        for b in range(len(window)):
+            window[b] += column[x + side - 1, b] - column[x - 1, b]
 
 
 @numba.njit(cache=True)
 def _neighbourhoods_into(window: np.ndarray, members: int, centre: int, centred: float,
-                         plain: float, floor: np.float32,
-                         out: np.ndarray) -> None:  # pragma: no cover
-    """Write into ``out`` (K,) ``floor + plain * window + centred * window moved`` (window
-    (K,) the members per bin of one pixel's neighbourhood, ``centred`` and ``plain`` the two
-    neighbourhoods' weights per member): the centred neighbourhood moves each member
-    ``centre - median`` bins up, clamped to the ends (``median`` the first bin whose
-    cumulative count passes half the members): the form of :func:`_neighbourhood_row`
-    without its cumulative counts."""
+                         plain: float, wide_window: np.ndarray, wide: float,
+                         floor: np.float32, out: np.ndarray) -> None:  # pragma: no cover
+    """Write into ``out`` (K,) ``floor + plain * window + wide * wide_window + centred *
+    window moved`` (window (K,) the members per bin of one pixel's neighbourhood,
+    wide_window those of its wide neighbourhood, ``centred``, ``plain`` and ``wide`` the
+    neighbourhoods' weights per member; ``wide`` 0: none): the centred neighbourhood moves
+    each member ``centre - median`` bins up, clamped to the ends (``median`` the first bin
+    whose cumulative count passes half the members): the form of
+    :func:`_neighbourhood_row` without its cumulative counts."""
     k, cumulative, median = len(out), 0, len(out) - 1
-    for b in range(k):
-        out[b] = floor + plain * window[b]
+    if wide == 0:
+        for b in range(k):
+            out[b] = floor + plain * window[b]
+    else:
+        for b in range(k):
+            out[b] = floor + plain * window[b] + wide * wide_window[b]
     if centred == 0:  # a pinned prior's
         return
     for b in range(k):
@@ -300,15 +339,15 @@ def _dry_into(w: np.ndarray, floor: np.float32, pinned: bool,
     path (a median already in the pixel's own bin, 0: the pin changes nothing)."""
     out[:] = floor
     first = w[0] + w[1] if pinned else floor + (w[0] + w[1])
-    if len(w) == 3:
-        first += w[2]
+    for c in range(2, len(w)):
+        first += w[c]
     out[0] = first + floor if pinned else first
 
 
 @numba.njit(parallel=True, cache=True)
-def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: int,
-            edges: np.ndarray, dry: bool, weights: np.ndarray, floor: float, pins: np.ndarray,
-            intervals: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radii: np.ndarray,
+            margin: int, edges: np.ndarray, dry: bool, weights: np.ndarray, floor: float,
+            pins: np.ndarray, intervals: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     """Write into ``out`` (N, Ht, Wt, K) float32, the bins last, ``sum_c weights[:, c] *
     histogram_c + floor``, the histograms those of :func:`histograms` (C =
     ``weights.shape[1]``, weights (N, C, Ht, Wt) float32), each pixel's made in turn from a
@@ -326,11 +365,15 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: i
             the input transform (the same as torch's in rain rate up to rounding at the
             edges).
         radii: (N,) neighbourhood half-widths, at most ``margin``.
+        wide_radii: (N,) the wide neighbourhood's half-widths, at most ``margin``, its
+            weight ``weights[:, 2]``; negative: none.
         edges: (K + 1,) bin edges in the input transform; ``dry``: the first bin is dry.
     """
     n, ht, wt, k = out.shape
     floor32 = np.float32(floor)
     pinned = n > 0 and pins[0] >= 0
+    wide = n > 0 and wide_radii[0] >= 0
+    errors = error_channel >= 0
     base = np.float32(0) if pinned else floor32  # pinned: the floor comes after the pin
     for j in numba.prange(n):
         # leads taken from both ends in turn: each thread's contiguous share of them mixes
@@ -345,33 +388,51 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, margin: i
         share = np.float32(1) / np.float32(members)
         column = _column_counts(bins, first, side, wt + side - 1, k)
         window = np.zeros(k, np.int32)
+        same = wide and wide_radii[i] == radii[i]
+        slides = wide and not same  # the wide window, where it is not the first
+        wide_side = 2 * max(wide_radii[i], 0) + 1 if slides else 1
+        wide_first = margin - (wide_radii[i] if slides else 0)
+        wide_members = wide_side * wide_side
+        wide_share = np.float32(1) / np.float32(wide_members)
+        wide_column = _column_counts(bins, wide_first, wide_side, wt + wide_side - 1, k)
+        wide_window = np.zeros(k, np.int32)
         for y in range(ht):
-            window[:] = 0
-            for c in range(side):
-                for b in range(k):
-                    window[b] += column[c, b]
+            _first_window(column, side, window)
+            if slides:
+                _first_window(wide_column, wide_side, wide_window)
             for x in range(wt):
-                # the window moves one column right (nothing changes between dry columns)
-                if x and (column[x + side - 1, 0] < side or column[x - 1, 0] < side):
-                    for b in range(k):
-                        window[b] += column[x + side - 1, b] - column[x - 1, b]
+                if x:
+                    _move_right(column, x, side, window)
+                    if slides:
+                        _move_right(wide_column, x, wide_side, wide_window)
                 pixel, w = out[i, y, x], weights[i, :, y, x]
                 centre = bins[y + margin, x + margin]
-                if window[0] == members and not (
-                        len(w) == 3 and _error_is_wet(value, error, y + margin, x + margin)):
+                dry_windows = window[0] == members and (not slides
+                                                        or wide_window[0] == wide_members)
+                if dry_windows and not (
+                        errors and _error_is_wet(value, error, y + margin, x + margin)):
                     _dry_into(w, floor32, pinned, pixel)
                     continue
-                if window[0] == members:  # all dry (the pixel too): both all in bin 0
+                # a wide neighbourhood as wide as the first is the first: its weight adds
+                plain = w[1] + w[2] if same else w[1]
+                wide_weight = w[2] * wide_share if wide and not same else np.float32(0)
+                if window[0] == members and wide_weight == 0:  # all dry (the pixel too)
                     pixel[:] = base
-                    pixel[0] += w[0] + w[1]
+                    pixel[0] += w[0] + plain
+                elif window[0] == members:  # the centred and plain ones in bin 0
+                    _neighbourhoods_into(window, members, centre, np.float32(0),
+                                         np.float32(0), wide_window, wide_weight, base, pixel)
+                    pixel[0] += w[0] + plain
                 else:
-                    _neighbourhoods_into(window, members, centre, w[0] * share,
-                                         w[1] * share, base, pixel)
-                if len(w) == 3:
+                    _neighbourhoods_into(window, members, centre, w[0] * share, plain * share,
+                                         wide_window, wide_weight, base, pixel)
+                if errors:
                     _add_error_members(value, error, y + margin, x + margin, centre, edges,
-                                       dry, w[2], pixel)
+                                       dry, w[len(w) - 1], pixel)
                 if pinned:
                     _pin_median(pixel, intervals[centre, 0], intervals[centre, 1], pins[i],
                                 floor32)
             if y + 1 < ht:
                 _move_down(bins, column, y, first, side)
+                if slides:
+                    _move_down(bins, wide_column, y, wide_first, wide_side)
