@@ -16,9 +16,19 @@ counts as no rain), two ensembles describe each target pixel:
   value), so that P(R > t) >= 0.5 where extrapolation says rain above t, for thresholds
   that are bin edges.
 
+With ``wide``, a further ensemble:
+
+* the **wide** neighbourhood: the same with a half-width that grows faster with lead
+  (``floor(0.2 lead / min)`` pixels in ``configs/model/small.yaml``: 12 px at 60 min
+  against 7). The rain of a large system is uncertain over more pixels an hour ahead than
+  a small shower's, and no single radius suits both: mixed evenly with the first, it
+  lowers the untrained prior's CRPS from 15 min on KNMI and MeteoSwiss, where one wider
+  radius would cost FMI's small showers (BENCHMARKS.md, "A wide neighbourhood beside the
+  first"), and the head learns per pixel which spread fits.
+
 With ``error`` (per-lead input channel :data:`~metnet.models.lead_inputs.ERROR_CHANNEL`:
 how far the last context frame is from the frame before it extrapolated by one step, in
-the input transform), a third ensemble:
+the input transform), another ensemble:
 
 * the **error** ensemble: the pixel's own extrapolated value plus each of the last step's
   extrapolation errors in the 3 x 3 pixels around it (in the input transform, close to log
@@ -30,15 +40,16 @@ Each becomes a histogram over the rain-rate bins, and the prior is their mixture
 weights ``softmax(log w0 + m)`` per pixel, ``m = 0`` for the neighbourhood: the head gives
 the other ``m`` (0 at initialisation) and adds its own logit corrections (0 at
 initialisation), so an untrained network forecasts the mixture of the initial weights
-``w0``: even between the centred and plain neighbourhoods, and with the error ensemble a
-share ``ERROR_WEIGHT * min(1, ERROR_MINUTES / lead)`` to it, the rest shared evenly: the
+``w0``: even between the neighbourhoods (centred, plain and wide), and with the error
+ensemble a share ``ERROR_WEIGHT * min(1, ERROR_MINUTES / lead)`` to it, the rest shared
+evenly: the
 last step's error describes the next few minutes' best and fades from the mixture as the
 lead grows. On the test init times of
 the real stores the even mixture keeps extrapolation's CSI at 1 mm/h and the
 neighbourhood's CRPS at short leads (BENCHMARKS.md).
 
 A **pinned** prior (``pinned=True``) has no centred neighbourhood: it mixes the plain
-neighbourhood (and the error ensemble), then pins the mixture's median to the pixel's own
+neighbourhood (and the wide one, and the error ensemble), then pins the mixture's median to the pixel's own
 extrapolated bin by the least change of its quantiles: the cumulative probability below
 that bin is capped just under 1/2 and that at and above it raised just over 1/2, so
 ``P(R > t) >= 0.5`` exactly where extrapolation says rain above ``t`` (for thresholds that
