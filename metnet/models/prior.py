@@ -49,21 +49,20 @@ the real stores the even mixture keeps extrapolation's CSI at 1 mm/h and the
 neighbourhood's CRPS at short leads (BENCHMARKS.md).
 
 A **pinned** prior (``pinned=True``) has no centred neighbourhood: it mixes the plain
-neighbourhood (and the wide one, and the error ensemble), then pins the mixture's median to the pixel's own
-extrapolated bin by the least change of its quantiles: the cumulative probability below
-that bin is capped just under 1/2 and that at and above it raised just over 1/2, so
-``P(R > t) >= 0.5`` exactly where extrapolation says rain above ``t`` (for thresholds that
-are bin edges), and every quantile that already lies on the right side of the pixel's own
-value stays where the neighbourhood puts it. Its slot of the histograms holds the pixel's
-own bin (a point mass), which pins and is not mixed. With ``decisions`` (rain rates in mm/h,
-bin edges) it keeps extrapolation's decision only at those thresholds: the median is pinned
-into the interval between the decision thresholds around the pixel's own value, not to its
-bin, so ``P(R > t) >= 0.5`` exactly where extrapolation says rain above ``t`` for each
-decision threshold ``t``, and the neighbourhood's spread is left alone at every other rate.
-Pinning every edge moves a distribution's median onto extrapolation's even where
-extrapolation is wrong an hour ahead; pinning at a warning threshold moves only the
-probability of that decision (BENCHMARKS.md).
-"""
+neighbourhood (and the wide one, and the error ensemble), then pins the mixture's median
+to the pixel's own extrapolated bin by the least change of its quantiles: the cumulative
+probability below that bin is capped just under 1/2 and that at and above it raised just
+over 1/2, so ``P(R > t) >= 0.5`` exactly where extrapolation says rain above ``t`` (for
+thresholds that are bin edges), and every quantile that already lies on the right side of
+the pixel's own value stays where the neighbourhood puts it. Its slot of the histograms
+holds the pixel's own bin (a point mass), which pins and is not mixed. With ``decisions``
+(rain rates in mm/h, bin edges) it keeps extrapolation's decision only at those
+thresholds: the median is pinned into the interval between the decision thresholds around
+the pixel's own value, not to its bin, so ``P(R > t) >= 0.5`` exactly where extrapolation
+says rain above ``t`` for each decision threshold ``t``, and the neighbourhood's spread
+is left alone at every other rate. Pinning every edge moves a distribution's median onto
+extrapolation's even where extrapolation is wrong an hour ahead; pinning at a warning
+threshold moves only the probability of that decision (BENCHMARKS.md)."""
 
 from __future__ import annotations
 
