@@ -33,13 +33,13 @@ from metnet.models import MetNet
 from metnet.nowcasts.model import forecast
 from metnet.runtime import keep_freed_memory
 
-UNPINNED = dict(prior_pinned=False, prior_decisions=None)
+UNPINNED = dict(prior_pinned=False, prior_decisions=None, prior_wide_radius=None)
 FORMS = {
     "no prior": dict(prior=False, prior_error=False, lead_channels=5, **UNPINNED),
     "prior (neighbourhoods)": dict(prior_error=False, lead_channels=4, **UNPINNED),
     "prior with error ensemble": dict(lead_channels=5, **UNPINNED),
     "pinned prior with error ensemble": dict(prior_pinned=True, prior_decisions=None,
-                                             lead_channels=5),
+                                             prior_wide_radius=None, lead_channels=5),
     "pinned at 1 mm/h": dict(lead_channels=5, prior_wide_radius=None),
     "and the wide neighbourhood (shipped)": dict(lead_channels=5),
 }

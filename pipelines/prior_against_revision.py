@@ -75,10 +75,13 @@ def main() -> None:
         former = prior_module(args.revision, Path(folder))
     print("| domain | values | values differing | pixels differing |")
     print("| --- | ---: | ---: | ---: |")
-    pins = "pinned" in former.ExtrapolationPrior.__init__.__code__.co_varnames
+    arguments = former.ExtrapolationPrior.__init__.__code__.co_varnames
+    pins, wide = "pinned" in arguments, "wide" in arguments
     for name, rate, _ in domains(args):
-        # revisions before the pin are compared on the network they shipped, unpinned
-        net = network(True) if pins else network(True, prior_pinned=False, prior_decisions=None)
+        # revisions before the pin (or the wide neighbourhood) are compared on the network
+        # they shipped: unpinned (without it)
+        unpinned = {} if pins else {"prior_pinned": False, "prior_decisions": None}
+        net = network(True, **unpinned, **({} if wide else {"prior_wide_radius": None}))
         planes = lead_planes(rate[-MOTION_FRAMES:], [lead / 5 for lead in LEADS],
                              velocity=True, error=True)
         tiling = one_pass_tiling(net, rate.shape[1:])
@@ -88,7 +91,8 @@ def main() -> None:
             now = prior_histograms(net, planes, LEADS, tiling)
             net.head.prior = former.ExtrapolationPrior(prior.edges.tolist(), max(LEADS),
                                                        prior.radius, prior.error,
-                                                       *((prior.pinned,) if pins else ()))
+                                                       *((prior.pinned,) if pins else ()),
+                                                       **({"wide": prior.wide} if wide else {}))
             before = prior_histograms(net, planes, LEADS, tiling)
         differ = now != before
         print(f"| {name} | {differ.numel()} | {int(differ.sum())} "

@@ -432,6 +432,28 @@ def test_a_prior_pinned_at_decision_thresholds_changes_only_those_decisions(
     assert not torch.equal(moved, own_median)  # not the median pinned at every edge
 
 
+@pytest.mark.parametrize("pinned", [False, True])
+def test_an_untrained_wide_neighbourhood_weighs_as_much_as_the_plain_one(pinned: bool) -> None:
+    """Untrained (mixture logits 0), the wide neighbourhood and the plain one weigh the same,
+    the error ensemble keeps its share 0.5 * min(1, 5 min / lead) and the neighbourhoods
+    share the rest evenly; a pinned prior's own-bin slot weighs nothing; the head's mixture
+    logits move the wide and the error weights in that order."""
+    prior = ExtrapolationPrior(compact_bins(dry=True), max_lead_minutes=60, error=True,
+                               pinned=pinned, wide=(0.0, 0.2))
+    leads = torch.tensor([5.0, 30.0, 60.0])
+    weights = prior._weights(torch.zeros(3, prior.mix_planes, 2, 2), leads)[..., 0, 0]
+    share = 0.5 * torch.tensor([1.0, 1 / 6, 1 / 12])
+    rest = (1 - share) / (2 if pinned else 3)  # (centred,) plain and wide
+    own_or_centred = torch.zeros(3) if pinned else rest
+    torch.testing.assert_close(weights, torch.stack([own_or_centred, rest, rest, share], 1))
+    mix = torch.zeros(3, prior.mix_planes, 2, 2)
+    mix[:, -2] = 1.0  # the wide neighbourhood's logit
+    moved = prior._weights(mix, leads)[..., 0, 0]
+    assert (moved[:, 2] > weights[:, 2]).all() and (moved[:, 1] < weights[:, 1]).all()
+    with pytest.raises(ValueError, match="wide radius"):
+        ExtrapolationPrior(compact_bins(dry=True), max_lead_minutes=60, wide=(-1.0, 0.25))
+
+
 def test_the_pin_works_in_float32_whatever_the_dtype_of_the_probabilities() -> None:
     """Under bf16 autocast the mixture may come in bfloat16, where 1/2 - 0.001 rounds to
     1/2: the pin is made in float32, so the median still moves into the pixel's bin."""

@@ -115,9 +115,9 @@ class ExtrapolationPrior(nn.Module):
         radius: neighbourhood half-width (pixels at lead 0, pixels per minute of lead).
         error: add the error ensemble (from per-lead input channel
             :data:`~metnet.models.lead_inputs.ERROR_CHANNEL`).
-        pinned: pin the median of the mixture of the plain neighbourhood (and the error
-            ensemble) to the pixel's own bin, instead of mixing in the centred
-            neighbourhood.
+        pinned: pin the median of the mixture of the plain neighbourhood (and the wide one,
+            and the error ensemble) to the pixel's own bin, instead of mixing in the
+            centred neighbourhood.
         decisions: with ``pinned``, the rain rates (mm/h, inner bin edges) at which the
             prior keeps extrapolation's decision; None: every bin edge (the median pinned
             to the pixel's own bin).
@@ -129,6 +129,9 @@ class ExtrapolationPrior(nn.Module):
         pin_minutes: the margin is ``pin_margin`` up to this lead time (minutes) and falls
             as 1 / lead after it, to no less than :data:`PIN_MARGIN`; None: ``pin_margin``
             at every lead. Extrapolation's decision is worth most at short leads.
+        wide: a second, wider neighbourhood mixed beside the plain one, of half-width
+            (pixels at lead 0, pixels per minute of lead), both at least 0; None: none.
+            Untrained, it weighs as much as the plain one.
     """
 
     def __init__(self, bin_edges: Sequence[float], max_lead_minutes: float,
@@ -143,6 +146,9 @@ class ExtrapolationPrior(nn.Module):
             raise ValueError(f"the prior's pin margin must lie in (0, 1/2), got {pin_margin}")
         if pin_minutes is not None and not pin_minutes > 0:
             raise ValueError(f"the prior's pin_minutes must be positive, got {pin_minutes}")
+        if wide is not None and (len(wide) != 2 or min(wide) < 0):
+            raise ValueError(f"the prior's wide radius must be two numbers of at least 0 "
+                             f"(pixels at lead 0, pixels per minute of lead), got {wide}")
         self.pin_margin = float(pin_margin)
         self.pin_minutes = None if pin_minutes is None else float(pin_minutes)
         self.register_buffer("edges", torch.tensor([float(e) for e in bin_edges]),
@@ -154,7 +160,8 @@ class ExtrapolationPrior(nn.Module):
         self.radius = tuple(float(v) for v in radius)
         self.wide = None if wide is None else tuple(float(v) for v in wide)
         self.margin = max(neighbourhood_radius(max_lead_minutes, self.radius),
-                          neighbourhood_radius(max_lead_minutes, self.wide) if wide else 0,
+                          0 if self.wide is None
+                          else neighbourhood_radius(max_lead_minutes, self.wide),
                           1 if error else 0)
         self.error = error
         self.pinned = pinned
@@ -178,8 +185,9 @@ class ExtrapolationPrior(nn.Module):
     def forward(self, mix: Tensor, histograms: Tensor, lead_minutes: Tensor) -> Tensor:
         """Prior logits (N, K, Ht, Wt), float32, ``log(mixture + FLOOR)`` (pinned:
         ``log(pinned mixture + FLOOR)``), differentiable in ``mix``: the
-        :attr:`mix_planes` mixture logits (N, M, Ht, Wt) of the centred (unless pinned) and
-        the error (if any) ensembles against the plain neighbourhood, whose histograms
+        :attr:`mix_planes` mixture logits (N, M, Ht, Wt) of the centred (unless pinned), the
+        wide (if any) and the error (if any) ensembles against the plain neighbourhood, in
+        that order, whose histograms
         (N, C, K, Ht, Wt) are those of :meth:`histograms`; C = :attr:`components`;
         ``lead_minutes`` (N,)."""
         weights = self._weights(mix, lead_minutes)[:, :, None]  # (N, C, 1, Ht, Wt)

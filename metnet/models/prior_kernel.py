@@ -2,14 +2,15 @@
 
 :class:`metnet.models.prior.ExtrapolationPrior` builds, for every pixel and lead, the bin
 frequencies of a square neighbourhood, of that neighbourhood moved along the bins onto the
-pixel's own bin (pinned: a point mass in that bin, which pins the mixture's median), and
-of the error ensemble, then the log of their mixture. In torch that
-is a dozen passes over 25 planes per lead and three histograms kept for the mixture; here
-a sliding window keeps one histogram per column and one per pixel, so each pixel costs a
-few additions per bin. Most of a radar domain is dry, and there the work is skipped: a
-window moving between two dry columns keeps its counts, and a pixel whose every ensemble
-is dry is written as such, with no histogram, mixture or pin (a third of the prior's time
-on KNMI's domain, BENCHMARKS.md):
+pixel's own bin (pinned: a point mass in that bin, which pins the mixture's median), of a
+wider square neighbourhood (if any) and of the error ensemble, then the log of their
+mixture. In torch that is a dozen passes over 25 planes per lead and three or four
+histograms kept for the mixture; here a sliding window per neighbourhood keeps one
+histogram per column and one per pixel, so each pixel costs a few additions per bin. Most
+of a radar domain is dry, and there the work is skipped: a window moving between two dry
+columns keeps its counts, and a pixel whose every ensemble is dry is written as such, with
+no histogram, mixture or pin (a third of the prior's time on KNMI's domain,
+BENCHMARKS.md):
 
 * :func:`histograms`: the histograms, one output row at a time, the same to the bit as
   torch's form (a test), which remains for other devices and for training, where the
@@ -154,7 +155,8 @@ def histograms(bins: np.ndarray, radii: np.ndarray, wide_radii: np.ndarray, marg
     Args:
         bins: (N, Ht + 2 margin, Wt + 2 margin) bin index of each pixel's rate, in [0, K).
         value, error: (N, Ht + 2 margin, Wt + 2 margin) float32, the extrapolated value and
-            the last step's error in the input transform (unknown: 0), for C = 3.
+            the last step's error in the input transform (unknown: 0), read only with the
+            error ensemble.
         edges: (K + 1,) bin edges in the input transform; ``dry``: the first bin is dry.
     """
     n, k, wt = out.shape[0], out.shape[2], out.shape[4]
@@ -361,10 +363,10 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
 
     Args:
         planes: (N, Cl, Ht + 2 margin, Wt + 2 margin) float32 per-lead inputs, read in place
-            (channel 0 the value in the input transform, 1 where it is known, and with C = 3
-            ``error_channel`` the last step's error); the pixels' bins are made here, in
-            the input transform (the same as torch's in rain rate up to rounding at the
-            edges).
+            (channel 0 the value in the input transform, 1 where it is known, and with the
+            error ensemble ``error_channel`` the last step's error); the pixels' bins are
+            made here, in the input transform (the same as torch's in rain rate up to
+            rounding at the edges).
         radii: (N,) neighbourhood half-widths, at most ``margin``.
         wide_radii: (N,) the wide neighbourhood's half-widths, at most ``margin``, its
             weight ``weights[:, 2]``; negative: none.
