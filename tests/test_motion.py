@@ -272,11 +272,10 @@ def test_prior_kernels_equal_the_torch_form_to_the_bit(dry: bool, pinned: bool,
     bins = rain_to_bin(rate_in, prior.edges).to(torch.int16)
     radii = [int(1 + lead / 10) for lead in leads.tolist()]
     expected = torch.empty_like(kernels)
-    prior._neighbourhood_histograms(bins, radii, expected)
+    wide_radii = None if wide is None else [int(lead * 0.2) for lead in leads.tolist()]
+    prior._neighbourhood_histograms(bins, radii, expected, wide_radii)
     if wide is not None:
-        wide_radii = [int(lead * 0.2) for lead in leads.tolist()]
         assert prior.margin == 12 and wide_radii[0] == radii[0] < wide_radii[-1]
-        prior._box_histograms(bins, wide_radii, expected[:, 2])
         assert not torch.equal(expected[:, 2], expected[:, 1])
     prior._error_histograms(value, torch.where(known > 0.5, error, 0.0), expected[:, -1])
     assert kernels[:, 1, 0].lt(1).any() and kernels[:, -1, 0].lt(1).any()  # rain in reach

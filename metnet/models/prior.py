@@ -301,9 +301,8 @@ class ExtrapolationPrior(nn.Module):
             prior_kernel().histograms(*self._kernel_inputs(planes, lead_minutes), out.numpy())
             return out
         bins, radii, value, error = self._bins(planes, lead_minutes)
-        self._neighbourhood_histograms(bins, radii, out)
-        if self.wide is not None:
-            self._box_histograms(bins, self._wide_radii(lead_minutes), out[:, 2])
+        self._neighbourhood_histograms(bins, radii, out, None if self.wide is None
+                                       else self._wide_radii(lead_minutes))
         if self.error:
             self._error_histograms(value, error, out[:, -1])
         return out
@@ -334,38 +333,33 @@ class ExtrapolationPrior(nn.Module):
                 unused if error is None else error.numpy(),
                 self.input_edges.float().numpy(), self.dry, self.pinned)
 
-    def _neighbourhood_histograms(self, bins: Tensor, radii: Sequence[int],
-                                  out: Tensor) -> None:
+    def _neighbourhood_histograms(self, bins: Tensor, radii: Sequence[int], out: Tensor,
+                                  wide_radii: Sequence[int] | None = None) -> None:
         """Write into ``out[:, :2]`` the centred (pinned: the pixel's own bin) and plain
-        neighbourhoods' bin frequencies, from the bin indices (N, Ht + 2 margin, Wt + 2
-        margin) of the planes, by running sums of indicator planes."""
+        neighbourhoods' bin frequencies, and with ``wide_radii`` into ``out[:, 2]`` the wide
+        neighbourhood's, from the bin indices (N, Ht + 2 margin, Wt + 2 margin) of the
+        planes, by running sums of indicator planes."""
         (ht, wt), k = out.shape[-2:], out.shape[2]
         # a first row and column in no bin: the running sums of the widest box start from
         # nothing (narrower ones start inside the margin, where the first row and column
         # cancel), with no padding of K planes
         bins = F.pad(bins, (1, 0, 1, 0), value=k)
         m = 1 + self.margin
+
+        def box(i: int, r: int) -> Tensor:  # cumulative counts of lead i's boxes of radius r
+            first = self.margin - r
+            return _cumulative_box_counts(bins[i, first:, first:], 2 * r + 1, (ht, wt), k)
+
         for i, r in enumerate(radii):
-            side, first = 2 * r + 1, self.margin - r
-            below = _cumulative_box_counts(bins[i, first:, first:], side, (ht, wt), k)
+            below, size = box(i, r), (2 * r + 1)**2
             centre = bins[i, m:m + ht, m:m + wt]
             if self.pinned:
                 out[i, 0].zero_().scatter_(0, centre[None].long(), 1.0)
             else:
-                _bin_fractions(_recentred_cumulative(below, centre, side**2), side**2,
-                               out[i, 0])
-            _bin_fractions(below, side**2, out[i, 1])
-
-    def _box_histograms(self, bins: Tensor, radii: Sequence[int], out: Tensor) -> None:
-        """Write into ``out`` (N, K, Ht, Wt) the bin frequencies of the square neighbourhoods
-        of half-widths ``radii`` (pixels, one per lead) of the bin indices (N, Ht + 2
-        margin, Wt + 2 margin) of the planes (the wide neighbourhood's)."""
-        (ht, wt), k = out.shape[-2:], out.shape[1]
-        bins = F.pad(bins, (1, 0, 1, 0), value=k)  # as in _neighbourhood_histograms
-        for i, r in enumerate(radii):
-            side, first = 2 * r + 1, self.margin - r
-            below = _cumulative_box_counts(bins[i, first:, first:], side, (ht, wt), k)
-            _bin_fractions(below, side**2, out[i])
+                _bin_fractions(_recentred_cumulative(below, centre, size), size, out[i, 0])
+            _bin_fractions(below, size, out[i, 1])
+            if wide_radii is not None:
+                _bin_fractions(box(i, wide_radii[i]), (2 * wide_radii[i] + 1)**2, out[i, 2])
 
     def _error_histograms(self, value: Tensor, error: Tensor, out: Tensor) -> None:
         """Write into ``out`` (N, K, Ht, Wt) the bin frequencies of the error ensemble: the

@@ -168,8 +168,10 @@ def histograms(bins: np.ndarray, radii: np.ndarray, wide_radii: np.ndarray, marg
                                                                       k, wt)
         wide_side = 2 * max(wide_radii[i], 0) + 1
         wide_first = margin - max(wide_radii[i], 0)
+        # without a wide neighbourhood its state is made for one column, never read
         wide_fraction, wide_column, _, _, wide_row, _ = _lead_state(bins[i], wide_first,
-                                                                    wide_side, k, wt)
+                                                                    wide_side, k,
+                                                                    wt if wide else 1)
         for y in range(out.shape[3]):
             _neighbourhood_row(bins[i], column, y, margin, side, fraction, window, below, pinned,
                                row)
@@ -393,11 +395,13 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
         window = np.zeros(k, np.int32)
         same = wide and wide_radii[i] == radii[i]
         slides = wide and not same  # the wide window, where it is not the first
-        wide_side = 2 * max(wide_radii[i], 0) + 1 if slides else 1
-        wide_first = margin - (wide_radii[i] if slides else 0)
+        wide_side = 2 * wide_radii[i] + 1 if slides else 1
+        wide_first = margin - wide_radii[i] if slides else margin
         wide_members = wide_side * wide_side
         wide_share = np.float32(1) / np.float32(wide_members)
-        wide_column = _column_counts(bins, wide_first, wide_side, wt + wide_side - 1, k)
+        # where the wide window does not slide its counts are never read: none made
+        wide_column = (_column_counts(bins, wide_first, wide_side, wt + wide_side - 1, k)
+                       if slides else np.zeros((1, k), np.int16))
         wide_window = np.zeros(k, np.int32)
         for y in range(ht):
             _first_window(column, side, window)
@@ -418,7 +422,7 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
                     continue
                 # a wide neighbourhood as wide as the first is the first: its weight adds
                 plain = w[1] + w[2] if same else w[1]
-                wide_weight = w[2] * wide_share if wide and not same else np.float32(0)
+                wide_weight = w[2] * wide_share if slides else np.float32(0)
                 if window[0] == members and wide_weight == 0:  # all dry (the pixel too)
                     pixel[:] = base
                     pixel[0] += w[0] + plain
