@@ -23,7 +23,11 @@ For the test init times of a store, prints per lead time the CRPS (mm/h) of:
   mixed in beside the first (``prior_wide_radius: [0.0, 0.2]``,
   ``configs/model/small.yaml``);
 
-and CSI at 1 mm/h of the priors (decided at P = 0.5) next to extrapolation's.
+and CSI at 1 mm/h of the priors (decided at P = 0.5) next to extrapolation's. With
+``--radii A,B ...`` also ``radius A,B``: the ``pin margin`` prior with a neighbourhood
+half-width of ``floor(A + B * lead)`` pixels; with ``--wides A,B ...`` also ``wide A,B``:
+the shipped prior with that wide neighbourhood (BENCHMARKS.md, "A wide neighbourhood
+beside the first").
 
     python pipelines/benchmark_prior.py outputs/stores/knmi.zarr 2010-08-26T06:10 2010-08-26T06:35
 """
@@ -71,18 +75,19 @@ def prior_histograms(field: np.ndarray, leads: Sequence[int], prior: Extrapolati
     return prior.histograms(torch.stack(planes, dim=1), torch.tensor(leads))
 
 
-def prior_distributions(field: np.ndarray, error: np.ndarray, drizzle: bool = True
-                        ) -> dict[str, RainRateDistribution]:
-    """The binned neighbourhoods and the priors of an extrapolated field (L, H, W) mm/h and
-    the last step's extrapolation error (H, W), over the compact bins (with the drizzle
-    edges of the shipped configuration unless ``drizzle`` is False)."""
+def prior_distributions(field: np.ndarray, error: np.ndarray, drizzle: bool = True,
+                        priors: dict[str, dict] = PRIORS) -> dict[str, RainRateDistribution]:
+    """The binned neighbourhoods and the ``priors`` (name: settings) of an extrapolated
+    field (L, H, W) mm/h and the last step's extrapolation error (H, W), over the compact
+    bins (with the drizzle edges of the shipped configuration unless ``drizzle`` is
+    False)."""
     out = {}
     for name, dry in (("binned", False), ("binned+dry", True)):
         prior = ExtrapolationPrior(compact_bins(dry=dry, drizzle=drizzle), max(LEADS))
         histograms = prior_histograms(field, LEADS, prior)  # (L, 2, K, H, W)
         out[name] = RainRateDistribution(histograms[:, 1].clamp_min(1e-12).log(),
                                          prior.edges.double(), dim=1)
-    for name, settings in PRIORS.items():
+    for name, settings in priors.items():
         prior = ExtrapolationPrior(compact_bins(dry=True, drizzle=drizzle), max(LEADS),
                                    **settings)
         histograms = prior_histograms(field, LEADS, prior, error if prior.error else None)
@@ -100,10 +105,18 @@ def main() -> None:
     p.add_argument("--bins", choices=("drizzle", "compact"), default="drizzle",
                    help="the shipped bins (compact with the drizzle edges), or the compact "
                         "24 bins of the sections before 'Bins for drizzle'")
+    p.add_argument("--radii", nargs="*", default=[], metavar="A,B",
+                   help="also the 'pin margin' prior with these neighbourhood half-widths")
+    p.add_argument("--wides", nargs="*", default=[], metavar="A,B",
+                   help="also the shipped prior with these wide neighbourhoods")
     args = p.parse_args()
+    priors = {**PRIORS,
+              **{f"radius {v}": {**PRIORS["pin margin"], "radius": _pair(v)} for v in args.radii},
+              **{f"wide {v}": {**PRIORS["shipped"], "wide": _pair(v)} for v in args.wides}}
+    columns = (*COLUMNS, *(name for name in priors if name not in PRIORS))
     ds = open_store(args.store)
-    sums = {name: np.zeros(len(LEADS)) for name in COLUMNS}
-    hits = {name: np.zeros((len(LEADS), 3)) for name in (*PRIORS, "extrapolation")}
+    sums = {name: np.zeros(len(LEADS)) for name in columns}
+    hits = {name: np.zeros((len(LEADS), 3)) for name in (*priors, "extrapolation")}
     count = np.zeros(len(LEADS))
     inits = complete_init_times(ds, args.start, args.end, 3, LEADS)
     for init in inits:
@@ -115,12 +128,12 @@ def main() -> None:
         dists = {"neighbourhood": get_method("neighbourhood")(rate, LEADS, step_minutes=5,
                                                               velocity=velocity),
                  **prior_distributions(field, extrapolation_error(rate, velocity),
-                                       drizzle=args.bins == "drizzle")}
+                                       drizzle=args.bins == "drizzle", priors=priors)}
         for name, dist in dists.items():
             crps = dist.crps(y).numpy()
             sums[name] += [crps[j][valid[j]].sum() for j in range(len(LEADS))]
         observed = obs > 1
-        events = {name: dists[name].exceedance(1.0).numpy() >= 0.5 for name in PRIORS}
+        events = {name: dists[name].exceedance(1.0).numpy() >= 0.5 for name in priors}
         events["extrapolation"] = np.nan_to_num(field) > 1
         for name, event in events.items():
             for j in range(len(LEADS)):
@@ -128,13 +141,19 @@ def main() -> None:
                 hits[name][j] += [(e & o).sum(), (~e & o).sum(), (e & ~o).sum()]
         count += valid.reshape(len(LEADS), -1).sum(1)
     print(f"{args.store}: {len(inits)} init times; CRPS (mm/h) per lead, then CSI at 1 mm/h")
-    print(f"| lead (min) | {' | '.join(COLUMNS)} | "
+    print(f"| lead (min) | {' | '.join(columns)} | "
           + " | ".join(f"CSI {name}" for name in hits) + " |")
-    print("| ---: " * (len(COLUMNS) + len(hits) + 1) + "|")
+    print("| ---: " * (len(columns) + len(hits) + 1) + "|")
     for j, lead in enumerate(LEADS):
         csi = [h / (h + m + f) for h, m, f in (counts[j] for counts in hits.values())]
-        cells = [f"{sums[n][j] / count[j]:.5f}" for n in COLUMNS] + [f"{c:.3f}" for c in csi]
+        cells = [f"{sums[n][j] / count[j]:.5f}" for n in columns] + [f"{c:.3f}" for c in csi]
         print(f"| {lead} | {' | '.join(cells)} |")
+
+
+def _pair(text: str) -> tuple[float, float]:
+    """``"A,B"`` as the pair (A, B) of a neighbourhood half-width's settings."""
+    a, b = (float(v) for v in text.split(","))
+    return a, b
 
 
 if __name__ == "__main__":
