@@ -19,15 +19,17 @@ For the test init times of a store, prints per lead time the CRPS (mm/h) of:
   is on (``prior_pinned: true``, ``prior_decisions: [1.0]``), by 0.001;
 * ``pin margin``: the same pinned by 0.05 up to 15 min and 0.05 * 15 / lead after it
   (``prior_pin_margin: 0.05``, ``prior_pin_minutes: 15``);
-* ``shipped``: the same with a wider neighbourhood of half-width ``floor(0.2 * lead)``
-  mixed in beside the first (``prior_wide_radius: [0.0, 0.2]``,
-  ``configs/model/small.yaml``);
+* ``wide``: the same with a wider neighbourhood of half-width ``floor(0.2 * lead)``
+  mixed in beside the first (``prior_wide_radius: [0.0, 0.2]``);
+* ``shipped``: the same with the first neighbourhood's half-width ``floor(0.5 + 0.1 *
+  lead)``, lead / 10 min rounded, in place of ``floor(1 + 0.1 * lead)`` (``prior_radius:
+  [0.5, 0.1]``, ``configs/model/small.yaml``);
 
 and CSI at 1 mm/h of the priors (decided at P = 0.5) next to extrapolation's. With
 ``--radii A,B ...`` also ``radius A,B``: the ``pin margin`` prior with a neighbourhood
 half-width of ``floor(A + B * lead)`` pixels; with ``--wides A,B ...`` also ``wide A,B``:
 the shipped prior with that wide neighbourhood (BENCHMARKS.md, "A wide neighbourhood
-beside the first").
+beside the first", "The first neighbourhood rounded").
 
     python pipelines/benchmark_prior.py outputs/stores/knmi.zarr 2010-08-26T06:10 2010-08-26T06:35
 """
@@ -51,15 +53,17 @@ from metnet.transforms import rate_to_input
 
 LEADS = (5, 10, 15, 30, 45, 60)
 COLUMNS = ("neighbourhood", "binned", "binned+dry", "prior", "prior+error", "pinned",
-           "pinned at 1", "pin margin", "shipped")
+           "pinned at 1", "pin margin", "wide", "shipped")
 #: The priors, by their settings besides the bins and the longest lead.
 PRIORS = {"prior": {}, "prior+error": {"error": True},
           "pinned": {"error": True, "pinned": True},
           "pinned at 1": {"error": True, "pinned": True, "decisions": [1.0]},
           "pin margin": {"error": True, "pinned": True, "decisions": [1.0], "pin_margin": 0.05,
                          "pin_minutes": 15.0},
+          "wide": {"error": True, "pinned": True, "decisions": [1.0], "pin_margin": 0.05,
+                   "pin_minutes": 15.0, "wide": (0.0, 0.2)},
           "shipped": {"error": True, "pinned": True, "decisions": [1.0], "pin_margin": 0.05,
-                      "pin_minutes": 15.0, "wide": (0.0, 0.2)}}
+                      "pin_minutes": 15.0, "wide": (0.0, 0.2), "radius": (0.5, 0.1)}}
 
 
 def prior_histograms(field: np.ndarray, leads: Sequence[int], prior: ExtrapolationPrior,

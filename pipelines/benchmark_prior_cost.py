@@ -4,13 +4,15 @@ Seconds per init time of ``metnet.nowcasts.model.forecast`` (motion inputs, one 
 the whole domain, the distribution over the bins) for the network of
 ``pipelines/benchmark_forecast.py`` (``configs/model/small.yaml`` with the data settings of
 ``configs/radar.yaml``), untrained (the cost does not depend on the weights), on its
-domains (``--sides``, ``--store``), in six forms that differ only in the prior:
+domains (``--sides``, ``--store``), in seven forms that differ only in the prior:
 none, the two neighbourhoods (``prior_error: false``), the two with the error ensemble
 (shipped before the pin at 1 mm/h), the neighbourhood and the error ensemble with the
-median pinned (``prior_pinned: true``), and the same pinned only at 1 mm/h
+median pinned (``prior_pinned: true``), the same pinned only at 1 mm/h
 (``prior_decisions: [1.0]``, with small.yaml's pin margin; the margin changes no cost),
-and that with the wide neighbourhood beside the first (``prior_wide_radius``, shipped).
-The six run in turn, ``--repeats`` times after a warm-up, so that the VM's
+that with the wide neighbourhood beside the first (``prior_wide_radius``), all with the
+first neighbourhood's former half-width ``floor(1 + lead / 10 min)``, and the shipped
+prior, whose first neighbourhood is ``lead / 10 min`` rounded (``prior_radius``).
+The seven run in turn, ``--repeats`` times after a warm-up, so that the VM's
 drifting speed falls on all of them alike; medians are printed, with the seconds of the
 prior's mixture within them (its CPU kernel and the conversions of its arguments:
 steadier than the difference of two totals)::
@@ -33,15 +35,20 @@ from metnet.models import MetNet
 from metnet.nowcasts.model import forecast
 from metnet.runtime import keep_freed_memory
 
-UNPINNED = dict(prior_pinned=False, prior_decisions=None, prior_wide_radius=None)
+#: The first neighbourhood's half-width before ``prior_radius: [0.5, 0.1]``.
+FORMER = (1.0, 0.1)
+UNPINNED = dict(prior_pinned=False, prior_decisions=None, prior_wide_radius=None,
+                prior_radius=FORMER)
 FORMS = {
     "no prior": dict(prior=False, prior_error=False, lead_channels=5, **UNPINNED),
     "prior (neighbourhoods)": dict(prior_error=False, lead_channels=4, **UNPINNED),
     "prior with error ensemble": dict(lead_channels=5, **UNPINNED),
     "pinned prior with error ensemble": dict(prior_pinned=True, prior_decisions=None,
-                                             prior_wide_radius=None, lead_channels=5),
-    "pinned at 1 mm/h": dict(lead_channels=5, prior_wide_radius=None),
-    "and the wide neighbourhood (shipped)": dict(lead_channels=5),
+                                             prior_wide_radius=None, prior_radius=FORMER,
+                                             lead_channels=5),
+    "pinned at 1 mm/h": dict(lead_channels=5, prior_wide_radius=None, prior_radius=FORMER),
+    "and the wide neighbourhood": dict(lead_channels=5, prior_radius=FORMER),
+    "the first rounded (shipped)": dict(lead_channels=5),
 }
 
 

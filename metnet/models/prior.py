@@ -9,7 +9,9 @@ counts as no rain), two ensembles describe each target pixel:
   ``r = floor(1 + lead / 10 min)`` pixels around the pixel (by default), the
   untrained probabilistic extrapolation of :mod:`metnet.nowcasts.neighbourhood` (and of
   pysteps' ``lagrangian_probability``); it grows with lead time and with how variable the
-  field is around the pixel;
+  field is around the pixel (``configs/model/small.yaml``: ``floor(0.5 + lead / 10
+  min)``, lead / 10 min rounded, a pixel narrower at 10, 20, 30 ... min, where the wide
+  neighbourhood below gives the spread of large systems);
 * the **centred** neighbourhood: its histogram over the bins moved along them so that its
   median bin is the bin of the pixel's own extrapolated rate (the compact bins being close
   to evenly spaced in log rate, this shifts the neighbourhood's spread onto the pixel's own
@@ -20,7 +22,7 @@ With ``wide``, a further ensemble:
 
 * the **wide** neighbourhood: the same with a half-width that grows faster with lead
   (``floor(0.2 lead / min)`` pixels in ``configs/model/small.yaml``: 12 px at 60 min
-  against 7). The rain of a large system is uncertain over more pixels an hour ahead than
+  against 6). The rain of a large system is uncertain over more pixels an hour ahead than
   a small shower's, and no single radius suits both: mixed evenly with the first, it
   lowers the untrained prior's CRPS from 15 min on KNMI and MeteoSwiss, where one wider
   radius would cost FMI's small showers (BENCHMARKS.md, "A wide neighbourhood beside the
