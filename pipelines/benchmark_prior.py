@@ -54,16 +54,16 @@ from metnet.transforms import rate_to_input
 LEADS = (5, 10, 15, 30, 45, 60)
 COLUMNS = ("neighbourhood", "binned", "binned+dry", "prior", "prior+error", "pinned",
            "pinned at 1", "pin margin", "wide", "shipped")
-#: The priors, by their settings besides the bins and the longest lead.
+_PIN_MARGIN = {"error": True, "pinned": True, "decisions": [1.0], "pin_margin": 0.05,
+               "pin_minutes": 15.0}
+_WIDE = {**_PIN_MARGIN, "wide": (0.0, 0.2)}
+#: The priors, by their settings besides the bins and the longest lead, each the one
+#: before it with one change from "pinned" on.
 PRIORS = {"prior": {}, "prior+error": {"error": True},
           "pinned": {"error": True, "pinned": True},
           "pinned at 1": {"error": True, "pinned": True, "decisions": [1.0]},
-          "pin margin": {"error": True, "pinned": True, "decisions": [1.0], "pin_margin": 0.05,
-                         "pin_minutes": 15.0},
-          "wide": {"error": True, "pinned": True, "decisions": [1.0], "pin_margin": 0.05,
-                   "pin_minutes": 15.0, "wide": (0.0, 0.2)},
-          "shipped": {"error": True, "pinned": True, "decisions": [1.0], "pin_margin": 0.05,
-                      "pin_minutes": 15.0, "wide": (0.0, 0.2), "radius": (0.5, 0.1)}}
+          "pin margin": _PIN_MARGIN, "wide": _WIDE,
+          "shipped": {**_WIDE, "radius": (0.5, 0.1)}}
 
 
 def prior_histograms(field: np.ndarray, leads: Sequence[int], prior: ExtrapolationPrior,

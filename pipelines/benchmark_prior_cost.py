@@ -36,18 +36,18 @@ from metnet.nowcasts.model import forecast
 from metnet.runtime import keep_freed_memory
 
 #: The first neighbourhood's half-width before ``prior_radius: [0.5, 0.1]``.
-FORMER = (1.0, 0.1)
-UNPINNED = dict(prior_pinned=False, prior_decisions=None, prior_wide_radius=None,
-                prior_radius=FORMER)
+FORMER = dict(prior_radius=(1.0, 0.1))
+#: The forms before the wide neighbourhood.
+NARROW = dict(prior_wide_radius=None, **FORMER)
+UNPINNED = dict(prior_pinned=False, prior_decisions=None, **NARROW)
 FORMS = {
     "no prior": dict(prior=False, prior_error=False, lead_channels=5, **UNPINNED),
     "prior (neighbourhoods)": dict(prior_error=False, lead_channels=4, **UNPINNED),
     "prior with error ensemble": dict(lead_channels=5, **UNPINNED),
     "pinned prior with error ensemble": dict(prior_pinned=True, prior_decisions=None,
-                                             prior_wide_radius=None, prior_radius=FORMER,
-                                             lead_channels=5),
-    "pinned at 1 mm/h": dict(lead_channels=5, prior_wide_radius=None, prior_radius=FORMER),
-    "and the wide neighbourhood": dict(lead_channels=5, prior_radius=FORMER),
+                                             lead_channels=5, **NARROW),
+    "pinned at 1 mm/h": dict(lead_channels=5, **NARROW),
+    "and the wide neighbourhood": dict(lead_channels=5, **FORMER),
     "the first rounded (shipped)": dict(lead_channels=5),
 }
 
