@@ -451,6 +451,8 @@ def test_an_untrained_wide_neighbourhood_weighs_as_much_as_the_plain_one(pinned:
     assert (moved[:, 2] > weights[:, 2]).all() and (moved[:, 1] < weights[:, 1]).all()
     with pytest.raises(ValueError, match="wide radius"):
         ExtrapolationPrior(compact_bins(dry=True), max_lead_minutes=60, wide=(-1.0, 0.25))
+    with pytest.raises(ValueError, match="prior's radius must be two numbers"):
+        ExtrapolationPrior(compact_bins(dry=True), max_lead_minutes=60, radius=(-1.0, 0.1))
 
 
 def test_the_pin_works_in_float32_whatever_the_dtype_of_the_probabilities() -> None:

@@ -114,7 +114,8 @@ class ExtrapolationPrior(nn.Module):
     Args:
         bin_edges: K+1 bin edges in mm/h (a dry bin keeps dry neighbours a point mass).
         max_lead_minutes: the longest lead time; fixes the margin the planes need.
-        radius: neighbourhood half-width (pixels at lead 0, pixels per minute of lead).
+        radius: neighbourhood half-width (pixels at lead 0, pixels per minute of lead), both
+            at least 0.
         error: add the error ensemble (from per-lead input channel
             :data:`~metnet.models.lead_inputs.ERROR_CHANNEL`).
         pinned: pin the median of the mixture of the plain neighbourhood (and the wide one,
@@ -148,9 +149,10 @@ class ExtrapolationPrior(nn.Module):
             raise ValueError(f"the prior's pin margin must lie in (0, 1/2), got {pin_margin}")
         if pin_minutes is not None and not pin_minutes > 0:
             raise ValueError(f"the prior's pin_minutes must be positive, got {pin_minutes}")
-        if wide is not None and (len(wide) != 2 or min(wide) < 0):
-            raise ValueError(f"the prior's wide radius must be two numbers of at least 0 "
-                             f"(pixels at lead 0, pixels per minute of lead), got {wide}")
+        for name, value in (("radius", radius), ("wide radius", wide)):
+            if value is not None and (len(value) != 2 or min(value) < 0):
+                raise ValueError(f"the prior's {name} must be two numbers of at least 0 "
+                                 f"(pixels at lead 0, pixels per minute of lead), got {value}")
         self.pin_margin = float(pin_margin)
         self.pin_minutes = None if pin_minutes is None else float(pin_minutes)
         self.register_buffer("edges", torch.tensor([float(e) for e in bin_edges]),
