@@ -224,7 +224,7 @@ class ExtrapolationPrior(nn.Module):
         """What :meth:`logits` takes the log of, from the CPU kernel: ``mixture + FLOOR`` (N,
         K, Ht, Wt) float32, the bins last in memory; no gradient. ``out``: a contiguous
         (N, Ht, Wt, K) float32 buffer to write it into (default: a new one)."""
-        weights = self._weights(mix.detach(), lead_minutes).contiguous()
+        weights = self._mixed_weights(mix.detach(), lead_minutes).contiguous()
         shape = (len(weights), *weights.shape[-2:], len(self.edges) - 1)
         if out is None:
             out = weights.new_empty(shape)
@@ -268,6 +268,12 @@ class ExtrapolationPrior(nn.Module):
     def _weights(self, mix: Tensor, lead_minutes: Tensor) -> Tensor:
         """Mixture weights (N, C, Ht, Wt) float32 from the :attr:`mix_planes` mixture logits
         (N, M, Ht, Wt) (:meth:`forward`); a pinned prior's slot 0 weighs 0."""
+        weights = self._mixed_weights(mix, lead_minutes)
+        return F.pad(weights, (0, 0, 0, 0, 1, 0)) if self.pinned else weights
+
+    def _mixed_weights(self, mix: Tensor, lead_minutes: Tensor) -> Tensor:
+        """The weights of :meth:`_weights` without a pinned prior's slot 0, which is not
+        mixed: (N, C - 1, Ht, Wt) pinned (what the CPU kernel reads, without a copy)."""
         mix = mix.float()
         plain = mix.new_zeros(len(mix), *mix.shape[-2:])
         logits = [plain] if self.pinned else [mix[:, 0], plain]  # (centred,) plain
@@ -278,8 +284,7 @@ class ExtrapolationPrior(nn.Module):
             # log w0 of the error ensemble against each neighbourhood it shares the rest with
             rest = (1 - share) / len(logits)
             logits.append(mix[:, -1] + torch.log(share / rest)[:, None, None])
-        weights = torch.softmax(torch.stack(logits, dim=1), dim=1)
-        return F.pad(weights, (0, 0, 0, 0, 1, 0)) if self.pinned else weights
+        return torch.softmax(torch.stack(logits, dim=1), dim=1)
 
     @torch.no_grad()
     def histograms(self, planes: Tensor, lead_minutes: Tensor) -> Tensor:

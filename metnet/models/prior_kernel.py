@@ -25,6 +25,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+#: LLVM's fast-math flags for the mixture (inference), which is torch's result up to float32
+#: rounding anyway: sums may be reordered and multiply-adds fused, which lets its loops over
+#: the bins vectorise. Not the flags that assume no NaN or infinity, and not on the
+#: histograms, which equal torch's to the bit.
+FAST = {"contract", "reassoc", "nsz", "arcp"}
+
 
 @numba.njit(cache=True)
 def _fractions(members: int) -> np.ndarray:  # pragma: no cover
@@ -211,7 +217,7 @@ def _move_right(column: np.ndarray, x: int, side: int,
             window[b] += column[x + side - 1, b] - column[x - 1, b]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=FAST)
 def _neighbourhoods_into(window: np.ndarray, members: int, centre: int, centred: float,
                          plain: float, wide_window: np.ndarray, wide: float,
                          floor: np.float32, out: np.ndarray) -> None:  # pragma: no cover
@@ -253,17 +259,17 @@ def _error_is_wet(value: np.ndarray, error: np.ndarray, y: int, x: int) -> bool:
     return wet
 
 
-@numba.njit(cache=True)
-def _add_error_members(value: np.ndarray, error: np.ndarray, y: int, x: int, start: int,
+@numba.njit(cache=True, fastmath=FAST)
+def _add_error_members(value: np.ndarray, error: np.ndarray, y: int, x: int,
                        edges: np.ndarray, dry: bool, weight: float,
                        out: np.ndarray) -> None:  # pragma: no cover
     """Add to ``out`` (K,) ``weight`` times the error ensemble's bin frequencies at pixel
     ``(y, x)`` of the planes (H, W) (:func:`_error_row`; 0 where unknown,
     :func:`_known_planes`): all in the first bin where the value and the errors around are
-    at most 0, else 1/9 per member. Each member's bin is found by walking along the edges
-    (K + 1,) from ``start``, the bin of the pixel's own value: the errors are small, so the
-    walk is a step or two where a search from the first bin walks through every bin
-    below."""
+    at most 0, else 1/9 per member. Each member's bin is the number of inner edges (K + 1,
+    in all) at or below it, counted over every edge: a count without branches, which
+    vectorises, costs less than a walk along the edges from the pixel's own bin, whose
+    length the branch predictor cannot guess (BENCHMARKS.md)."""
     if not _error_is_wet(value, error, y, x):
         out[0] += weight
         return
@@ -272,12 +278,10 @@ def _add_error_members(value: np.ndarray, error: np.ndarray, y: int, x: int, sta
         for dc in range(-1, 2):
             member = own + error[y + dr, x + dc]
             b = 0
-            if not (dry and member <= edges[0]):
-                b = start
-                while b < k - 1 and edges[b + 1] <= member:
-                    b += 1
-                while b > 0 and edges[b] > member:
-                    b -= 1
+            for e in range(1, k):
+                b += edges[e] <= member
+            if dry and member <= edges[0]:
+                b = 0
             out[b] += share
 
 
@@ -336,17 +340,14 @@ def _known_planes(planes: np.ndarray, error_channel: int) -> tuple:  # pragma: n
     return value, error
 
 
-@numba.njit(cache=True)
-def _dry_into(w: np.ndarray, floor: np.float32, pinned: bool,
-              out: np.ndarray) -> None:  # pragma: no cover
+@numba.njit(cache=True, fastmath=FAST)
+def _dry_into(w: np.ndarray, floor: np.float32, out: np.ndarray) -> None:  # pragma: no cover
     """Write into ``out`` (K,) the mixture of a pixel whose every ensemble is dry (weights
-    ``w`` (C,)): all in the first bin, plus the floor, summed in the order of the general
-    path (a median already in the pixel's own bin, 0: the pin changes nothing)."""
+    ``w`` (C,)): all in the first bin, plus the floor (a median already in the pixel's own
+    bin, 0: a pin changes nothing)."""
     out[:] = floor
-    first = w[0] + w[1] if pinned else floor + (w[0] + w[1])
-    for c in range(2, len(w)):
-        first += w[c]
-    out[0] = first + floor if pinned else first
+    for c in range(len(w)):
+        out[0] += w[c]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -354,14 +355,14 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
             margin: int, edges: np.ndarray, dry: bool, weights: np.ndarray, floor: float,
             pins: np.ndarray, intervals: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     """Write into ``out`` (N, Ht, Wt, K) float32, the bins last, ``sum_c weights[:, c] *
-    histogram_c + floor``, the histograms those of :func:`histograms` (C =
-    ``weights.shape[1]``, weights (N, C, Ht, Wt) float32), each pixel's made in turn from a
-    sliding window's counts and never kept. (Its log is left to torch, whose vectorised log
-    is several times faster than a scalar one.) With margins ``pins`` (N,) at least 0 (all
-    leads or none, as ``pins[0]`` says) the prior is pinned (``weights[:, 0]`` 0): the
-    sum's median is pinned into the bins ``intervals[b]`` (K, 2) around the pixel's own
-    bin ``b`` by lead i's margin ``pins[i]`` (:func:`_pin_median`) before the floor is
-    added; negative: not pinned.
+    histogram_c + floor``, the histograms those of :func:`histograms` that are mixed (not a
+    pinned prior's own bin), weights (N, C, Ht, Wt) float32 in their order, each pixel's made
+    in turn from a sliding window's counts and never kept. (Its log is left to torch, whose
+    vectorised log is several times faster than a scalar one.) With margins ``pins`` (N,)
+    at least 0 (all leads or none, as ``pins[0]`` says) the prior is pinned (no centred
+    neighbourhood, the plain one's weight first): the sum's median is pinned into the bins
+    ``intervals[b]`` (K, 2) around the pixel's own bin ``b`` by lead i's margin ``pins[i]``
+    (:func:`_pin_median`) before the floor is added; negative: not pinned.
 
     Args:
         planes: (N, Cl, Ht + 2 margin, Wt + 2 margin) float32 per-lead inputs, read in place
@@ -371,7 +372,7 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
             rounding at the edges).
         radii: (N,) neighbourhood half-widths, at most ``margin``.
         wide_radii: (N,) the wide neighbourhood's half-widths, at most ``margin``, its
-            weight ``weights[:, 2]``; negative: none.
+            weight the one after the plain neighbourhood's; negative: none.
         edges: (K + 1,) bin edges in the input transform; ``dry``: the first bin is dry.
     """
     n, ht, wt, k = out.shape
@@ -380,6 +381,7 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
     wide = n > 0 and wide_radii[0] >= 0
     errors = error_channel >= 0
     base = np.float32(0) if pinned else floor32  # pinned: the floor comes after the pin
+    o = 0 if pinned else 1  # the plain neighbourhood's weight
     for j in numba.prange(n):
         # leads taken from both ends in turn: each thread's contiguous share of them mixes
         # short and long ones, whose costs differ
@@ -418,24 +420,25 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
                                                         or wide_window[0] == wide_members)
                 if dry_windows and not (
                         errors and _error_is_wet(value, error, y + margin, x + margin)):
-                    _dry_into(w, floor32, pinned, pixel)
+                    _dry_into(w, floor32, pixel)
                     continue
+                centred = np.float32(0) if pinned else w[0]
                 # a wide neighbourhood as wide as the first is the first: its weight adds
-                plain = w[1] + w[2] if same else w[1]
-                wide_weight = w[2] * wide_share if slides else np.float32(0)
+                plain = w[o] + w[o + 1] if same else w[o]
+                wide_weight = w[o + 1] * wide_share if slides else np.float32(0)
                 if window[0] == members and wide_weight == 0:  # all dry (the pixel too)
                     pixel[:] = base
-                    pixel[0] += w[0] + plain
+                    pixel[0] += centred + plain
                 elif window[0] == members:  # the centred and plain ones in bin 0
                     _neighbourhoods_into(window, members, centre, np.float32(0),
                                          np.float32(0), wide_window, wide_weight, base, pixel)
-                    pixel[0] += w[0] + plain
+                    pixel[0] += centred + plain
                 else:
-                    _neighbourhoods_into(window, members, centre, w[0] * share, plain * share,
-                                         wide_window, wide_weight, base, pixel)
+                    _neighbourhoods_into(window, members, centre, centred * share,
+                                         plain * share, wide_window, wide_weight, base, pixel)
                 if errors:
-                    _add_error_members(value, error, y + margin, x + margin, centre, edges,
-                                       dry, w[len(w) - 1], pixel)
+                    _add_error_members(value, error, y + margin, x + margin, edges, dry,
+                                       w[len(w) - 1], pixel)
                 if pinned:
                     _pin_median(pixel, intervals[centre, 0], intervals[centre, 1], pins[i],
                                 floor32)
