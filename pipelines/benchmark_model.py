@@ -33,8 +33,12 @@ from typing import Any
 import torch
 import yaml
 
+from metnet.data.motion import lead_planes
 from metnet.distribution import masked_cross_entropy
+from metnet.io.synthetic import synthesize
 from metnet.models import AxialAttention, CrissCrossAttention, FullAttention, MetNet
+from metnet.nowcasts.extrapolation import MOTION_FRAMES
+from metnet.nowcasts.model import motion_layout
 
 #: The network and input shape of the benchmark's figures in BENCHMARKS.md.
 REFERENCE: dict[str, Any] = dict(
@@ -151,12 +155,14 @@ def measure_model(
         batch, model.context_frames, model.input_channels, *model.input_size, device=dev
     )
     lead_times = 5 * torch.arange(1, leads + 1, device=dev)
+    planes = _lead_inputs(model, batch, leads)
+    planes = planes.to(dev) if planes is not None else None
     if mode == "inference":
         model.eval()
 
         def step() -> None:
             with torch.inference_mode():
-                model(x, lead_times)
+                model(x, lead_times, planes)
 
     else:
         model.train()
@@ -166,7 +172,8 @@ def measure_model(
 
         def step() -> None:
             optimiser.zero_grad(set_to_none=True)
-            loss = masked_cross_entropy(model(x, lead_times), target, model.bin_edges, dim=2)
+            loss = masked_cross_entropy(model(x, lead_times, planes), target, model.bin_edges,
+                                        dim=2)
             loss.backward()
             optimiser.step()
 
@@ -174,6 +181,20 @@ def measure_model(
     result["params"] = sum(p.numel() for p in model.parameters())
     result["latent"] = model.latent_size
     return result
+
+
+def _lead_inputs(model: MetNet, batch: int, leads: int) -> torch.Tensor | None:
+    """Per-lead inputs (B, L, Cl, H, W) for a network that takes them (``lead_channels``):
+    the motion planes of synthetic rain over the input (leads every 5 min), so that a prior
+    works on a share of wet pixels like a radar domain's rather than on noise; None
+    otherwise."""
+    if not model.config.get("lead_channels"):
+        return None
+    height, width = model.input_size
+    rate = synthesize(frames=MOTION_FRAMES, height=height, width=width,
+                      seed=1)["rain_rate"].values
+    planes = lead_planes(rate, list(range(1, leads + 1)), *motion_layout(model))
+    return torch.from_numpy(planes)[None].expand(batch, *planes.shape)
 
 
 ATTENTION = {
@@ -243,8 +264,9 @@ def report_model(args: argparse.Namespace) -> None:
     infer = in_fresh_process(measure_model, *common, "inference")
     train = in_fresh_process(measure_model, *common, "train")
     h, w = infer["latent"]
+    name = args.config.name if args.config else "reference"
     print(
-        f"model {args.config.name} {' '.join(args.set)} on {args.device}: "
+        f"model {name} {' '.join(args.set)} on {args.device}: "
         f"{infer['params']:,} parameters, {h}x{w} latent, batch {args.batch}, "
         f"{args.leads} leads"
     )
