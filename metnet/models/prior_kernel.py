@@ -9,8 +9,8 @@ histograms kept for the mixture; here a sliding window per neighbourhood keeps o
 histogram per column and one per pixel, so each pixel costs a few additions per bin. Most
 of a radar domain is dry, and there the work is skipped: a window moving between two dry
 columns keeps its counts, and a pixel whose every ensemble is dry is written as such, with
-no histogram, mixture or pin (a third of the prior's time on KNMI's domain,
-BENCHMARKS.md):
+no histogram, mixture or pin, and without reading its weights (a third of the prior's time
+on KNMI's domain, BENCHMARKS.md):
 
 * :func:`histograms`: the histograms, one output row at a time, the same to the bit as
   torch's form (a test), which remains for other devices and for training, where the
@@ -340,16 +340,6 @@ def _known_planes(planes: np.ndarray, error_channel: int) -> tuple:  # pragma: n
     return value, error
 
 
-@numba.njit(cache=True, fastmath=FAST)
-def _dry_into(w: np.ndarray, floor: np.float32, out: np.ndarray) -> None:  # pragma: no cover
-    """Write into ``out`` (K,) the mixture of a pixel whose every ensemble is dry (weights
-    ``w`` (C,)): all in the first bin, plus the floor (a median already in the pixel's own
-    bin, 0: a pin changes nothing)."""
-    out[:] = floor
-    for c in range(len(w)):
-        out[0] += w[c]
-
-
 @numba.njit(parallel=True, cache=True)
 def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radii: np.ndarray,
             margin: int, edges: np.ndarray, dry: bool, weights: np.ndarray, floor: float,
@@ -382,6 +372,7 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
     errors = error_channel >= 0
     base = np.float32(0) if pinned else floor32  # pinned: the floor comes after the pin
     o = 0 if pinned else 1  # the plain neighbourhood's weight
+    all_dry = np.float32(1) + floor32  # the first bin of a pixel whose ensembles are dry
     for j in numba.prange(n):
         # leads taken from both ends in turn: each thread's contiguous share of them mixes
         # short and long ones, whose costs differ
@@ -414,14 +405,17 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
                     _move_right(column, x, side, window)
                     if slides:
                         _move_right(wide_column, x, wide_side, wide_window)
-                pixel, w = out[i, y, x], weights[i, :, y, x]
-                centre = bins[y + margin, x + margin]
+                pixel = out[i, y, x]
                 dry_windows = window[0] == members and (not slides
                                                         or wide_window[0] == wide_members)
                 if dry_windows and not (
                         errors and _error_is_wet(value, error, y + margin, x + margin)):
-                    _dry_into(w, floor32, pixel)
+                    # every ensemble dry: all the mass (the weights sum to 1) in the first
+                    # bin, where a pin changes nothing; its weights are not even read
+                    pixel[:] = floor32
+                    pixel[0] = all_dry
                     continue
+                w, centre = weights[i, :, y, x], bins[y + margin, x + margin]
                 centred = np.float32(0) if pinned else w[0]
                 # a wide neighbourhood as wide as the first is the first: its weight adds
                 plain = w[o] + w[o + 1] if same else w[o]
