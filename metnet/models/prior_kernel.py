@@ -267,9 +267,10 @@ def _add_error_members(value: np.ndarray, error: np.ndarray, y: int, x: int,
     ``(y, x)`` of the planes (H, W) (:func:`_error_row`; 0 where unknown,
     :func:`_known_planes`): all in the first bin where the value and the errors around are
     at most 0, else 1/9 per member. Each member's bin is the number of inner edges (K + 1,
-    in all) at or below it, counted over every edge: a count without branches, which
-    vectorises, costs less than a walk along the edges from the pixel's own bin, whose
-    length the branch predictor cannot guess (BENCHMARKS.md)."""
+    in all) at or below it, and with a ``dry`` bin 0 at or below the first edge, the inner
+    edges counted over every edge: a count without branches, which vectorises, costs less
+    than a walk along the edges from the pixel's own bin, whose length the branch predictor
+    cannot guess (BENCHMARKS.md)."""
     if not _error_is_wet(value, error, y, x):
         out[0] += weight
         return
@@ -346,8 +347,10 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
             pins: np.ndarray, intervals: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     """Write into ``out`` (N, Ht, Wt, K) float32, the bins last, ``sum_c weights[:, c] *
     histogram_c + floor``, the histograms those of :func:`histograms` that are mixed (not a
-    pinned prior's own bin), weights (N, C, Ht, Wt) float32 in their order, each pixel's made
-    in turn from a sliding window's counts and never kept. (Its log is left to torch, whose
+    pinned prior's own bin), weights (N, C, Ht, Wt) float32 in their order (C of them, one
+    fewer than the histograms where pinned), summing to 1 at each pixel (a softmax: a pixel
+    whose every ensemble is dry is written without reading them), each pixel's made in turn
+    from a sliding window's counts and never kept. (Its log is left to torch, whose
     vectorised log is several times faster than a scalar one.) With margins ``pins`` (N,)
     at least 0 (all leads or none, as ``pins[0]`` says) the prior is pinned (no centred
     neighbourhood, the plain one's weight first): the sum's median is pinned into the bins
