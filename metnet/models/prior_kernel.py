@@ -33,6 +33,21 @@ FAST = {"contract", "reassoc", "nsz", "arcp"}
 
 
 @numba.njit(cache=True)
+def _input_bin(value: float, edges: np.ndarray, dry: bool) -> int:  # pragma: no cover
+    """The bin of ``value`` (the input transform) among ``edges`` (K + 1,), as
+    :func:`metnet.distribution.rain_to_bin` bins rates: the number of inner edges at or below
+    it, and with a ``dry`` bin 0 at or below the first edge. Every edge is counted: a count
+    without branches, which vectorises, costs less than a walk along the edges, whose length
+    the branch predictor cannot guess (BENCHMARKS.md)."""
+    if dry and value <= edges[0]:
+        return 0
+    b = 0
+    for e in range(1, len(edges) - 1):
+        b += edges[e] <= value
+    return b
+
+
+@numba.njit(cache=True)
 def _fractions(members: int) -> np.ndarray:  # pragma: no cover
     """count / members (float32, as torch divides) for every count 0..members."""
     out = np.empty(members + 1, np.float32)
@@ -126,7 +141,7 @@ def _error_row(value: np.ndarray, error: np.ndarray, y: int, margin: int, edges:
     in the input transform), binned by ``edges`` in the input transform, each member adding
     1/9 in the order of torch's form; pixels whose value and errors are all at most 0 are
     dry."""
-    k, wt = row.shape
+    wt = row.shape[1]
     share = np.float32(1 / 9)
     row[:] = 0
     for x in range(wt):
@@ -141,11 +156,7 @@ def _error_row(value: np.ndarray, error: np.ndarray, y: int, margin: int, edges:
         for dr in range(-1, 2):
             for dc in range(-1, 2):
                 member = own + error[y + margin + dr, x + margin + dc]
-                b = 0
-                if not (dry and member <= edges[0]):
-                    while b < k - 1 and edges[b + 1] <= member:
-                        b += 1
-                row[b, x] += share
+                row[_input_bin(member, edges, dry), x] += share
 
 
 @numba.njit(parallel=True, cache=True)
@@ -266,24 +277,14 @@ def _add_error_members(value: np.ndarray, error: np.ndarray, y: int, x: int,
     """Add to ``out`` (K,) ``weight`` times the error ensemble's bin frequencies at pixel
     ``(y, x)`` of the planes (H, W) (:func:`_error_row`; 0 where unknown,
     :func:`_known_planes`): all in the first bin where the value and the errors around are
-    at most 0, else 1/9 per member. Each member's bin is the number of inner edges (K + 1,
-    in all) at or below it, and with a ``dry`` bin 0 at or below the first edge, the inner
-    edges counted over every edge: a count without branches, which vectorises, costs less
-    than a walk along the edges from the pixel's own bin, whose length the branch predictor
-    cannot guess (BENCHMARKS.md)."""
+    at most 0, else 1/9 per member (:func:`_input_bin`)."""
     if not _error_is_wet(value, error, y, x):
         out[0] += weight
         return
-    share, k, own = weight / np.float32(9), len(out), value[y, x]
+    share, own = weight / np.float32(9), value[y, x]
     for dr in range(-1, 2):
         for dc in range(-1, 2):
-            member = own + error[y + dr, x + dc]
-            b = 0
-            for e in range(1, k):
-                b += edges[e] <= member
-            if dry and member <= edges[0]:
-                b = 0
-            out[b] += share
+            out[_input_bin(own + error[y + dr, x + dc], edges, dry)] += share
 
 
 @numba.njit(cache=True)
@@ -313,16 +314,12 @@ def _plane_bins(planes: np.ndarray, edges: np.ndarray, dry: bool) -> np.ndarray:
     rain), binned by ``edges`` (K + 1,) in the input transform as
     :func:`metnet.distribution.rain_to_bin` bins rates: the number of inner edges at or
     below the value, and with a ``dry`` bin 0 at or below the first edge."""
-    k, zero = len(edges) - 1, np.float32(0)
+    zero = np.float32(0)
     out = np.empty(planes.shape[1:], np.int32)
     for y in range(out.shape[0]):
         for x in range(out.shape[1]):
             value = max(planes[0, y, x], zero) if planes[1, y, x] > 0.5 else zero
-            b = 0
-            if not (dry and value <= edges[0]):
-                for e in range(1, k):
-                    b += edges[e] <= value
-            out[y, x] = b
+            out[y, x] = _input_bin(value, edges, dry)
     return out
 
 
