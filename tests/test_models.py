@@ -176,21 +176,25 @@ def test_a_network_without_positions_forecasts_a_domain_as_its_patches(
 @pytest.mark.parametrize("half_resolution", [False, True])
 def test_decoded_probabilities_are_the_softmax_of_the_logits(half_resolution: bool,
                                                              monkeypatch) -> None:
-    """A forecast asks the decoder for probabilities, which the head makes from the prior's
-    mixture without its log: the softmax of the logits, also where corrections are so
-    large that the mixture times their exponential overflows (+200 on one bin) or vanishes
-    (-200 on every bin), where the head takes the logits' way. Given a forecast's buffer,
-    the prior's kernel writes them into it (a buffer of the wrong shape is refused: the
-    kernel checks no bounds)."""
-    from metnet.models import head
-
+    """A forecast asks the decoder for probabilities, which the prior's kernel makes from
+    its mixture and the exponentials of the head's corrections, without a log: the softmax
+    of the logits, also where corrections are so large that the mixture times their
+    exponential overflows (+200 on one bin) or vanishes (-200 on every bin), where the head
+    takes the logits' way. Given a forecast's buffer, the prior's kernel writes them into
+    it (a buffer of the wrong shape is refused: the kernel checks no bounds)."""
     net = whole_domain_net(half_resolution)
     x, lead_inputs = whole_domain_inputs(160, 160, seed=4)
     leads = torch.tensor([10, 20, 30])
-    fast = []
-    corrected = head._corrected_mixture
-    monkeypatch.setattr(head, "_corrected_mixture",
-                        lambda *args: fast.append(corrected(*args)) or fast[-1])
+    fast = []  # what the kernel gave where it was to correct the mixture
+    mixture = net.head.prior.mixture
+
+    def corrected(*args: torch.Tensor) -> torch.Tensor | None:
+        result = mixture(*args)
+        if len(args) == 5:  # given the corrections' exponentials
+            fast.append(result)
+        return result
+
+    monkeypatch.setattr(net.head.prior, "mixture", corrected)
     bias, bins = net.head.logits.bias, torch.arange(25).repeat(net.head.pack**2)
     original = bias.detach().clone()
     buffer = torch.empty(1, 3, 64, 64, 25)  # a forecast's (B, L, Ht, Wt, K), bins last

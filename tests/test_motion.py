@@ -347,6 +347,17 @@ def test_the_prior_without_gradients_is_its_mixture_of_histograms(
         torch.testing.assert_close(fused.movedim(1, -1)[quiet], expected.movedim(1, -1)[quiet],
                                    rtol=0, atol=1e-4)
     assert fused.permute(0, 2, 3, 1).is_contiguous()
+    # given the exponentials of a head's corrections (blocks of 1 px), the softmax of the
+    # corrected logits, each pixel normalised in the kernel
+    corrections = 3 * torch.randn(len(leads), 19, 26, 1, 1, len(prior.edges) - 1,
+                                  generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        corrected = prior.mixture(mix, planes, leads, factors=corrections.exp())
+    torch.testing.assert_close(
+        corrected, torch.softmax(fused + corrections[:, :, :, 0, 0].movedim(-1, 1), dim=1),
+        rtol=1e-4, atol=1e-6)
+    with torch.inference_mode(), pytest.raises(ValueError, match="corrections of"):
+        prior.mixture(mix, planes, leads, factors=corrections.exp()[:, 1:])  # no bounds checked
     if prior.mix_planes:
         trained = mix.clone().requires_grad_()
         prior.logits(trained, planes, leads).sum().backward()

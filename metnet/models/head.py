@@ -96,28 +96,6 @@ def _add_blocks(full: Tensor, blocks: Tensor) -> Tensor:
     return summed.reshape(n, h, w, k).permute(0, 3, 1, 2)
 
 
-#: The least sum of a pixel's ``mixture * exp(corrections)`` that :func:`_corrected_mixture`
-#: normalises: above it, every term that matters is a normal float32.
-LEAST_SUM = 1e-30
-
-
-def _corrected_mixture(mixture: Tensor, blocks: Tensor) -> Tensor | None:
-    """``softmax(log(mixture) + _unblocked(blocks))`` over the bins without a log: the
-    mixture (N, K, H, W), the bins last in memory, times ``exp(blocks)`` (blocks (N, H / p,
-    W / p, p, p, K)), normalised, in place on the mixture: fewer elementwise passes over the
-    distribution than the log, the addition and the softmax, and no per-pixel maximum (a
-    softmax's guard against overflow). None, the mixture then spoilt, where a pixel's sum
-    is not finite or below :data:`LEAST_SUM` (corrections beyond about +-80, which the
-    softmax of the logits survives)."""
-    whole, part = _aligned_blocks(mixture, blocks.exp())
-    whole.mul_(part)
-    total = whole.sum(-1, keepdim=True)
-    if not bool(((total >= LEAST_SUM) & total.isfinite()).all()):
-        return None
-    n, k, h, w = mixture.shape
-    return whole.div_(total).view(n, h, w, k).permute(0, 3, 1, 2)
-
-
 class Head(nn.Module):
     """Crop the central target region of a channels-last latent and decode it to bin logits.
 
@@ -227,7 +205,9 @@ class Head(nn.Module):
             histograms: (N, C, K, Ht, Wt) the prior's histograms when already computed
                 (:meth:`~metnet.models.prior.ExtrapolationPrior.histograms`), or None.
             probabilities: give the probabilities (inference): where the prior runs its CPU
-                kernel, its mixture corrected without a log (:func:`_corrected_mixture`).
+                kernel, the kernel corrects its mixture pixel by pixel, times the exponentials
+                of the corrections and normalised, without a log or a pass of its own over
+                the distribution.
             out: with ``probabilities``, a contiguous (N, Ht, Wt, K) float32 buffer that the
                 prior's kernel writes them into where it can (the result then is a view of
                 it); None: a new one.
@@ -248,8 +228,8 @@ class Head(nn.Module):
         mix = _subpixel_planes(weight[k:], bias[k:], features, p)
         corrections = _block_logits(weight[:k], bias[:k], features, p)
         if probabilities and histograms is None and self.prior.runs_kernel(mix, lead_inputs):
-            probs = _corrected_mixture(self.prior.mixture(mix, lead_inputs, lead_minutes, out),
-                                       corrections)
+            probs = self.prior.mixture(mix, lead_inputs, lead_minutes, out,
+                                       corrections.float().exp())
             if probs is not None:
                 return probs
         if histograms is None:

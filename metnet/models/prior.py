@@ -94,6 +94,10 @@ ERROR_MINUTES = 5.0
 #: pixel's own bin and at it: its median stays in that bin through the floor, the log and a
 #: softmax.
 PIN_MARGIN = 1e-3
+#: The least sum of a pixel's ``mixture * exp(corrections)`` that
+#: :meth:`ExtrapolationPrior.mixture` normalises: above it, every term that matters is a
+#: normal float32.
+LEAST_SUM = 1e-30
 
 
 def neighbourhood_radius(lead_minutes: float, radius: tuple[float, float] = RADIUS) -> int:
@@ -220,10 +224,19 @@ class ExtrapolationPrior(nn.Module):
         return planes.device.type == "cpu" and not (torch.is_grad_enabled() and mix.requires_grad)
 
     def mixture(self, mix: Tensor, planes: Tensor, lead_minutes: Tensor,
-                out: Tensor | None = None) -> Tensor:
+                out: Tensor | None = None, factors: Tensor | None = None) -> Tensor | None:
         """What :meth:`logits` takes the log of, from the CPU kernel: ``mixture + FLOOR`` (N,
         K, Ht, Wt) float32, the bins last in memory; no gradient. ``out``: a contiguous
-        (N, Ht, Wt, K) float32 buffer to write it into (default: a new one)."""
+        (N, Ht, Wt, K) float32 buffer to write it into (default: a new one).
+
+        With ``factors``, the exponentials of the head's corrections in its blocks of p x p
+        pixels, contiguous float32 (N, Ht / p, Wt / p, p, p, K) (block row, block column,
+        row and column in the block), it gives instead the corrected probabilities
+        ``softmax(log(mixture + FLOOR) + corrections)`` over the bins, each pixel
+        multiplied and normalised as it is made (no log, and no pass of its own over the
+        distribution); None, ``out`` then spoilt, where a pixel's sum is below
+        :data:`LEAST_SUM` or not finite (corrections beyond about +-80, which the softmax of
+        the logits survives)."""
         weights = self._mixed_weights(mix.detach(), lead_minutes).contiguous()
         shape = (len(weights), *weights.shape[-2:], len(self.edges) - 1)
         if out is None:
@@ -232,16 +245,24 @@ class ExtrapolationPrior(nn.Module):
               or not out.is_contiguous()):  # the kernel checks no bounds
             raise ValueError(f"the prior's mixture needs a contiguous float32 buffer {shape}, "
                              f"got {out.dtype} {tuple(out.shape)}")
-        prior_kernel().mixture(planes.float().numpy(), ERROR_CHANNEL if self.error else -1,
-                               np.asarray(self._radii(lead_minutes)),
-                               np.asarray(self._wide_radii(lead_minutes)),
-                               self.margin, self.input_edges.float().numpy(),
-                               self.dry, weights.numpy(), FLOOR,
-                               self.pin_margins(lead_minutes).cpu().numpy() if self.pinned
-                               else np.full(len(weights), -1.0, np.float32),
-                               self.intervals.numpy(),
-                               out.numpy())
-        return out.permute(0, 3, 1, 2)
+        if factors is None:  # a placeholder without bins: no correction
+            factors = torch.zeros(1, 1, 1, 1, 1, 0)
+        else:  # the kernel checks no bounds
+            p = factors.shape[3] if factors.dim() == 6 and factors.shape[3] else 1
+            blocks = (shape[0], shape[1] // p, shape[2] // p, p, p, shape[3])
+            if (tuple(factors.shape) != blocks or shape[1] % p or shape[2] % p
+                    or factors.dtype != torch.float32 or not factors.is_contiguous()):
+                raise ValueError(f"the prior's corrections of {shape} need contiguous float32 "
+                                 f"blocks (N, Ht / p, Wt / p, p, p, K), got {factors.dtype} "
+                                 f"{tuple(factors.shape)}")
+        spoilt = prior_kernel().mixture(
+            planes.float().numpy(), ERROR_CHANNEL if self.error else -1,
+            np.asarray(self._radii(lead_minutes)), np.asarray(self._wide_radii(lead_minutes)),
+            self.margin, self.input_edges.float().numpy(), self.dry, weights.numpy(), FLOOR,
+            self.pin_margins(lead_minutes).cpu().numpy() if self.pinned
+            else np.full(len(weights), -1.0, np.float32),
+            self.intervals.numpy(), factors.numpy(), LEAST_SUM, out.numpy())
+        return None if spoilt else out.permute(0, 3, 1, 2)
 
     def pin_margins(self, lead_minutes: Tensor) -> Tensor:
         """How far from 1/2 a pinned prior puts each kept decision at each lead (N,) float32,

@@ -16,9 +16,10 @@ on KNMI's domain, BENCHMARKS.md):
   torch's form (a test), which remains for other devices and for training, where the
   mixture needs gradients;
 * :func:`mixture`: ``mixture + floor`` (pinned: ``pinned mixture + floor``) straight from
-  each pixel's window, never keeping
-  the histograms (inference), the bins last in memory as the head adds its corrections:
-  torch's result up to float32 rounding."""
+  each pixel's window, never keeping the histograms (inference), the bins last in memory
+  as the head adds its corrections, and given their exponentials the corrected
+  probabilities, each pixel normalised as it is made: torch's result up to float32
+  rounding."""
 
 from __future__ import annotations
 
@@ -307,6 +308,25 @@ def _pin_median(pixel: np.ndarray, first: int, last: int, margin: float,
         previous = pinned
 
 
+@numba.njit(cache=True, fastmath=FAST)
+def _corrected(pixel: np.ndarray, factors: np.ndarray,
+               least: np.float32) -> bool:  # pragma: no cover
+    """Multiply the mixture ``pixel`` (K,) by ``factors`` (K,), the exponentials of the
+    head's corrections, and normalise it to sum to 1: the softmax of ``log(pixel) +
+    corrections``. False, ``pixel`` then spoilt, where its sum is below ``least`` or not
+    finite (corrections beyond about +-80)."""
+    total = np.float32(0)
+    for b in range(len(pixel)):
+        pixel[b] *= factors[b]
+        total += pixel[b]
+    if not (total >= least and total < np.inf):
+        return False
+    scale = np.float32(1) / total
+    for b in range(len(pixel)):
+        pixel[b] *= scale
+    return True
+
+
 @numba.njit(cache=True)
 def _plane_bins(planes: np.ndarray, edges: np.ndarray, dry: bool) -> np.ndarray:  # pragma: no cover
     """Bin index (H, W) of each pixel of one lead's planes (Cl, H, W) (channel 0 the value in
@@ -341,7 +361,8 @@ def _known_planes(planes: np.ndarray, error_channel: int) -> tuple:  # pragma: n
 @numba.njit(parallel=True, cache=True)
 def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radii: np.ndarray,
             margin: int, edges: np.ndarray, dry: bool, weights: np.ndarray, floor: float,
-            pins: np.ndarray, intervals: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+            pins: np.ndarray, intervals: np.ndarray, factors: np.ndarray, least: float,
+            out: np.ndarray) -> int:  # pragma: no cover
     """Write into ``out`` (N, Ht, Wt, K) float32, the bins last, ``sum_c weights[:, c] *
     histogram_c + floor``, the histograms those of :func:`histograms` that are mixed (not a
     pinned prior's own bin), weights (N, C, Ht, Wt) float32 in their order (C of them, one
@@ -352,7 +373,12 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
     at least 0 (all leads or none, as ``pins[0]`` says) the prior is pinned (no centred
     neighbourhood, the plain one's weight first): the sum's median is pinned into the bins
     ``intervals[b]`` (K, 2) around the pixel's own bin ``b`` by lead i's margin ``pins[i]``
-    (:func:`_pin_median`) before the floor is added; negative: not pinned.
+    (:func:`_pin_median`) before the floor is added; negative: not pinned. With
+    ``factors`` each pixel is then multiplied by its factors and normalised
+    (:func:`_corrected`): the head's corrected probabilities.
+
+    Returns the number of pixels whose corrected sum is below ``least`` or not finite (0
+    without ``factors``): where there are any, ``out`` is spoilt.
 
     Args:
         planes: (N, Cl, Ht + 2 margin, Wt + 2 margin) float32 per-lead inputs, read in place
@@ -364,6 +390,9 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
         wide_radii: (N,) the wide neighbourhood's half-widths, at most ``margin``, its
             weight the one after the plain neighbourhood's; negative: none.
         edges: (K + 1,) bin edges in the input transform; ``dry``: the first bin is dry.
+        factors: (N, Ht / p, Wt / p, p, p, K) float32, the exponentials of the head's
+            corrections in blocks of p x p pixels (p a power of 2); (1, 1, 1, 1, 1, 0):
+            none.
     """
     n, ht, wt, k = out.shape
     floor32 = np.float32(floor)
@@ -373,6 +402,13 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
     base = np.float32(0) if pinned else floor32  # pinned: the floor comes after the pin
     o = 0 if pinned else 1  # the plain neighbourhood's weight
     all_dry = np.float32(1) + floor32  # the first bin of a pixel whose ensembles are dry
+    corrects = factors.shape[5] == k  # a placeholder has no bins
+    shift = 0  # the sub-pixel blocks' side is 2^shift pixels (no division per pixel)
+    while (1 << shift) < factors.shape[3]:
+        shift += 1
+    mask = (1 << shift) - 1
+    least32 = np.float32(least)
+    spoilt = 0
     for j in numba.prange(n):
         # leads taken from both ends in turn: each thread's contiguous share of them mixes
         # short and long ones, whose costs differ
@@ -397,6 +433,9 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
                        if slides else np.zeros((1, k), np.int16))
         wide_window = np.zeros(k, np.int32)
         for y in range(ht):
+            # the factors of row y's pixels, pixel x's at [x >> shift, x & mask]
+            row_factors = (factors[i, y >> shift, :, y & mask] if corrects
+                           else factors[0, 0, :, 0])
             _first_window(column, side, window)
             if slides:
                 _first_window(wide_column, wide_side, wide_window)
@@ -414,6 +453,9 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
                     # bin, where a pin changes nothing; its weights are not even read
                     pixel[:] = floor32
                     pixel[0] = all_dry
+                    if corrects and not _corrected(
+                            pixel, row_factors[x >> shift, x & mask], least32):
+                        spoilt += 1
                     continue
                 w, centre = weights[i, :, y, x], bins[y + margin, x + margin]
                 centred = np.float32(0) if pinned else w[0]
@@ -436,7 +478,11 @@ def mixture(planes: np.ndarray, error_channel: int, radii: np.ndarray, wide_radi
                 if pinned:
                     _pin_median(pixel, intervals[centre, 0], intervals[centre, 1], pins[i],
                                 floor32)
+                if corrects and not _corrected(
+                        pixel, row_factors[x >> shift, x & mask], least32):
+                    spoilt += 1
             if y + 1 < ht:
                 _move_down(bins, column, y, first, side)
                 if slides:
                     _move_down(bins, wide_column, y, wide_first, wide_side)
+    return spoilt
