@@ -14,9 +14,11 @@ first neighbourhood's former half-width ``floor(1 + lead / 10 min)``, and the sh
 prior, whose first neighbourhood is ``lead / 10 min`` rounded (``prior_radius``).
 The seven run in turn, ``--repeats`` times after a warm-up, so that the VM's
 drifting speed falls on all of them alike; medians are printed, with the seconds of the
-prior's mixture within them (its CPU kernel and the conversions of its arguments:
-steadier than the difference of two totals), and the median of each round's ratio to the
-forecast without a prior ("paired", steadier than the ratio of two medians)::
+prior's mixture within them (its CPU kernel and the conversions of its arguments; since
+21faadb the kernel also corrects and normalises the probabilities, which the network
+without a prior does in torch's softmax, so this is more than the prior's own work), and
+the median of each round's ratio to the forecast without a prior ("paired", steadier than
+the ratio of two medians: the measure of the prior's cost)::
 
     python pipelines/benchmark_prior_cost.py --store outputs/stores/knmi.zarr@2010-08-26T06:30 \
         --sides
