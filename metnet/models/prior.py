@@ -230,8 +230,8 @@ class ExtrapolationPrior(nn.Module):
         (N, Ht, Wt, K) float32 buffer to write it into (default: a new one).
 
         With ``factors``, the exponentials of the head's corrections in its blocks of p x p
-        pixels, contiguous float32 (N, Ht / p, Wt / p, p, p, K) (block row, block column,
-        row and column in the block), it gives instead the corrected probabilities
+        pixels (p a power of 2), contiguous float32 (N, Ht / p, Wt / p, p, p, K) (block row,
+        block column, row and column in the block), it gives instead the corrected probabilities
         ``softmax(log(mixture + FLOOR) + corrections)`` over the bins, each pixel
         multiplied and normalised as it is made (no log, and no pass of its own over the
         distribution); None, ``out`` then spoilt, where a pixel's sum is below
@@ -250,11 +250,11 @@ class ExtrapolationPrior(nn.Module):
         else:  # the kernel checks no bounds
             p = factors.shape[3] if factors.dim() == 6 and factors.shape[3] else 1
             blocks = (shape[0], shape[1] // p, shape[2] // p, p, p, shape[3])
-            if (tuple(factors.shape) != blocks or shape[1] % p or shape[2] % p
+            if (tuple(factors.shape) != blocks or shape[1] % p or shape[2] % p or p & (p - 1)
                     or factors.dtype != torch.float32 or not factors.is_contiguous()):
                 raise ValueError(f"the prior's corrections of {shape} need contiguous float32 "
-                                 f"blocks (N, Ht / p, Wt / p, p, p, K), got {factors.dtype} "
-                                 f"{tuple(factors.shape)}")
+                                 f"blocks (N, Ht / p, Wt / p, p, p, K), p a power of 2, got "
+                                 f"{factors.dtype} {tuple(factors.shape)}")
         spoilt = prior_kernel().mixture(
             planes.float().numpy(), ERROR_CHANNEL if self.error else -1,
             np.asarray(self._radii(lead_minutes)), np.asarray(self._wide_radii(lead_minutes)),
